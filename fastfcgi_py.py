@@ -508,7 +508,7 @@ class Parser(object):
         return (FCGI_DATA, request_id, content)
 
     def _on_get_values(self, content):
-        asked = _decode_params(content, self.max_param_size)
+        asked = _decode_params(content, FCGI_MAX_CONTENT)  # one record's worth
         if type(asked) is int:
             return self._fail(PROTO)
         known = {"FCGI_MAX_CONNS": str(self.max_conns),

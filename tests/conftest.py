@@ -1,0 +1,183 @@
+"""Shared fixtures: the two cores, and helpers to build and feed records.
+
+Every behaviour test takes the ``core`` fixture, so it runs against the
+compiled module (id "c") and the pure one (id "py").  When the compiled core
+was expected but did not import, the "c" tests skip and
+``test_compiled_core_loaded`` fails, so a broken build cannot pass quietly.
+"""
+
+import os
+import platform
+import struct
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import fastfcgi_py  # noqa: E402
+
+try:
+    import fastfcgi
+except ImportError as exc:  # reported by test_compiled_core_loaded
+    fastfcgi = None
+    COMPILED_IMPORT_ERROR = exc
+else:
+    COMPILED_IMPORT_ERROR = None
+
+# Where no compiled core is expected: asked for a pure run, or an interpreter
+# the extension does not support (PyPy, CPython < 3.8).
+PURE_ONLY_REASON = (
+    "FASTFCGI_NO_EXT=1" if os.environ.get("FASTFCGI_NO_EXT") == "1" else
+    "FASTFCGI_PURE=1" if os.environ.get("FASTFCGI_PURE") == "1" else
+    "PyPy" if platform.python_implementation() == "PyPy" else
+    "Python < 3.8" if sys.version_info < (3, 8) else
+    None)
+
+CORES = [fastfcgi, fastfcgi_py]
+
+
+@pytest.fixture(params=CORES, ids=["c", "py"])
+def core(request):
+    """The core module under test: compiled ``fastfcgi`` or ``fastfcgi_py``."""
+    if request.param is None:
+        pytest.skip("compiled core not built (%s)"
+                    % (PURE_ONLY_REASON or COMPILED_IMPORT_ERROR))
+    return request.param
+
+
+# -- building records (independently of the cores) ---------------------------
+
+def rec(rtype, request_id, content=b"", pad=None, version=1):
+    """One record; padding to a multiple of 8 unless ``pad`` is given."""
+    if pad is None:
+        pad = -len(content) & 7
+    return struct.pack("!BBHHBx", version, rtype, request_id, len(content),
+                       pad) + content + b"\xAA" * pad  # non-zero padding: it must be skipped, not read
+
+
+def nv(name, value):
+    """One name-value pair (spec 3.4) from bytes or latin-1 str."""
+    if isinstance(name, str):
+        name = name.encode("latin-1")
+    if isinstance(value, str):
+        value = value.encode("latin-1")
+    out = b""
+    for n in (len(name), len(value)):
+        out += bytes((n,)) if n < 128 else struct.pack("!L", n | 0x80000000)
+    return out + name + value
+
+
+def pairs(mapping):
+    return b"".join(nv(k, v) for k, v in mapping.items())
+
+
+def begin(request_id=1, role=1, flags=0):
+    return rec(1, request_id, struct.pack("!HB5x", role, flags))
+
+
+def params_records(request_id, mapping, split=None):
+    """PARAMS records for ``mapping`` (cut every ``split`` bytes), then the
+    empty PARAMS record."""
+    body = pairs(mapping)
+    out = b""
+    if body:
+        step = split or 65535
+        for i in range(0, len(body), step):
+            out += rec(4, request_id, body[i:i + step])
+    return out + rec(4, request_id, b"")
+
+
+def stdin_records(request_id, body, split=None):
+    out = b""
+    step = split or 65535
+    for i in range(0, len(body), step):
+        out += rec(5, request_id, body[i:i + step])
+    return out + rec(5, request_id, b"")
+
+
+def request(request_id=1, env=None, body=b"", role=1, flags=0, split=None):
+    """A whole request as a web server sends it."""
+    env = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/"} if env is None else env
+    return (begin(request_id, role, flags) + params_records(request_id, env, split)
+            + stdin_records(request_id, body, split))
+
+
+def get_values(*names):
+    return rec(9, 0, b"".join(nv(n, "") for n in names))
+
+
+# -- feeding a parser --------------------------------------------------------
+
+def drain(parser, events, on_event=None):
+    """Collect events until the parser needs data, calling ``on_event(parser,
+    event)`` after each one as a server would; True once a code ends it."""
+    while True:
+        event = parser.next_event()
+        if event is None:
+            return False
+        events.append(event)
+        if type(event) is int:
+            return True
+        if on_event is not None:
+            on_event(parser, event)
+
+
+def run(parser, chunks, eof=True, on_event=None):
+    """Feed ``chunks`` (then EOF), collecting events and replies.
+
+    ``on_event(parser, event)`` may act on events (e.g. end_request).
+    Returns (events, replies): the final code, if any, is the last event.
+    """
+    events = []
+    replies = b""
+    for chunk in list(chunks) + ([b""] if eof else []):
+        parser.feed(chunk)
+        done = drain(parser, events, on_event)
+        replies += parser.data_to_send()
+        if done:
+            break
+    return events, replies
+
+
+def end_after_stdin(parser, event):
+    """on_event hook: answer each request once its stdin ended or aborted."""
+    if type(event) is tuple and (event[0] == 2 or (event[0] == 5 and event[2] == b"")):
+        parser.end_request(event[1])
+
+
+TRAILER = get_values("FCGI_MAX_CONNS")
+
+
+def ways(data):
+    """The three ways every reader test feeds its input (h11's tr()):
+    whole, one byte at a time, and with trailing data (a GET_VALUES record,
+    which must not change what came before)."""
+    return [("whole", [data], False),
+            ("bytewise", [data[i:i + 1] for i in range(len(data))], False),
+            ("trailing", [data + TRAILER], True)]
+
+
+def check_three_ways(core, data, expected_events, expected_replies=b"",
+                     on_event=end_after_stdin, trailing=True, **kw):
+    """Feed ``data`` the three ways and compare with the expected results.
+
+    ``trailing=False`` for inputs cut mid-record, where bytes after them
+    would change their meaning.
+    """
+    trailer_reply = core.Writer().get_values_result(
+        {"FCGI_MAX_CONNS": str(kw.get("max_conns", 1))})
+    for name, chunks, trailing_way in ways(data):
+        if trailing_way and not trailing:
+            continue
+        events, replies = run(core.Parser(**kw), chunks, on_event=on_event)
+        assert events == expected_events, name
+        if trailing_way and not (expected_events and type(expected_events[-1]) is int
+                             and expected_events[-1] not in (-1, -7)):
+            # The trailer arrives before EOF, so it is answered unless an
+            # error stopped the parser first.
+            assert replies == expected_replies + trailer_reply, name
+        else:
+            assert replies == expected_replies, name

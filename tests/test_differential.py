@@ -1,0 +1,175 @@
+"""Differential tests: both cores get the same bytes, split at the same
+random points, and must give identical events, codes and output bytes.
+
+Also checks a property of each core alone: events do not depend on where the
+input was split.
+"""
+
+import socket
+import struct
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import fastfcgi_py
+from conftest import (begin, end_after_stdin, fastfcgi, get_values, nv, params_records,
+                      rec, run, stdin_records)
+
+needs_both = pytest.mark.skipif(fastfcgi is None, reason="compiled core not built")
+
+SETTINGS = settings(max_examples=400, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+small_bytes = st.binary(max_size=40)
+names = st.sampled_from(["CONTENT_LENGTH", "REQUEST_METHOD", "HTTP_HOST", "A", "",
+                         "FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS", "X" * 130])
+values = st.one_of(st.sampled_from(["", "0", "3", "10", "5x", "GET", "\xe9", "1" * 20]),
+                   st.text(alphabet=st.characters(max_codepoint=255), max_size=140))
+request_ids = st.sampled_from([0, 1, 1, 1, 2, 3, 65535])
+
+
+@st.composite
+def a_record(draw):
+    """One record: mostly meaningful ones, sometimes anything at all."""
+    rid = draw(request_ids)
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
+        return begin(rid, draw(st.sampled_from([1, 2, 3, 0, 9])), draw(st.sampled_from([0, 1])))
+    if kind in (1, 2):
+        env = draw(st.dictionaries(names, values, max_size=4))
+        return params_records(rid, env, split=draw(st.sampled_from([None, 1, 5, 50])))
+    if kind in (3, 4):
+        return stdin_records(rid, draw(small_bytes), split=draw(st.sampled_from([None, 3, 16])))
+    if kind == 5:
+        return get_values(*draw(st.lists(names, max_size=3)))
+    if kind == 6:
+        return rec(2, rid)
+    if kind == 7:
+        return rec(8, rid, draw(small_bytes))
+    return rec(draw(st.integers(0, 255)), rid, draw(small_bytes), pad=draw(st.integers(0, 12)),
+               version=draw(st.sampled_from([1, 1, 1, 0, 2])))
+
+
+@st.composite
+def a_stream(draw):
+    """Records, possibly mutated and truncated, and the points to split at."""
+    data = bytearray(b"".join(draw(st.lists(a_record(), max_size=8))))
+    for _ in range(draw(st.integers(0, 2))):
+        if data:
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    if data and draw(st.booleans()):
+        data = data[:draw(st.integers(0, len(data)))]
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=10)))
+    chunks = [bytes(data[a:b]) for a, b in zip([0] + cuts, cuts + [len(data)])]
+    return bytes(data), [c for c in chunks if c]    # b"" would mean EOF
+
+
+parser_options = st.fixed_dictionaries({}, optional={
+    "max_param_size": st.integers(0, 200),
+    "max_params_size": st.integers(0, 400),
+    "max_body": st.one_of(st.none(), st.integers(0, 60)),
+    "max_conns": st.integers(1, 100),
+    "max_reqs": st.integers(1, 3),
+    "mpxs_conns": st.booleans(),
+})
+
+
+def outcome(module, chunks, options, hook):
+    return run(module.Parser(**options), chunks, on_event=hook)
+
+
+@needs_both
+@SETTINGS
+@given(stream=a_stream(), options=parser_options, answer=st.booleans())
+def test_Parser_cores_agree_on_any_stream(stream, options, answer):
+    data, chunks = stream
+    hook = end_after_stdin if answer else None
+    compiled = outcome(fastfcgi, chunks, options, hook)
+    pure = outcome(fastfcgi_py, chunks, options, hook)
+    assert compiled == pure
+    # Splitting never changes the events.
+    assert outcome(fastfcgi_py, [data], options, hook) == pure
+
+
+@SETTINGS
+@given(stream=a_stream(), options=parser_options)
+def test_Parser_pure_events_do_not_depend_on_splits(stream, options):
+    data, chunks = stream
+    assert outcome(fastfcgi_py, chunks, options, end_after_stdin) == \
+        outcome(fastfcgi_py, [data], options, end_after_stdin)
+
+
+def result_or_error(fn, *args, **kw):
+    try:
+        return fn(*args, **kw)
+    except (TypeError, ValueError) as exc:
+        return type(exc)
+
+
+header_text = st.text(alphabet=st.sampled_from(
+    list("aZ09-_ :;/\t\r\n\0\x7f\xe9\xff") + ["\u20ac", "\u0663"]), max_size=12)
+
+
+@needs_both
+@SETTINGS
+@given(rid=st.integers(-2, 65537), data=st.binary(max_size=70000),
+       app_status=st.integers(-2 ** 33, 2 ** 33), status=header_text,
+       headers=st.lists(st.tuples(header_text, header_text), max_size=3))
+def test_Writer_cores_agree(rid, data, app_status, status, headers):
+    c, p = fastfcgi.Writer(), fastfcgi_py.Writer()
+    for method, args, kw in [("stdout", (rid, data), {}), ("stderr", (rid, data), {}),
+                             ("end_stdout", (rid,), {}), ("end_request", (rid, app_status), {}),
+                             ("finish", (rid, data), {"app_status": app_status}),
+                             ("head", (status, headers), {}),
+                             ("head", ("200 " + status, headers), {}),
+                             ("response", (rid, status, headers, data[:100]), {})]:
+        assert result_or_error(getattr(c, method), *args, **kw) == \
+            result_or_error(getattr(p, method), *args, **kw), method
+
+
+def serve_bytes(data):
+    """A socket whose peer sends ``data`` in small pieces, then closes."""
+    app, web = socket.socketpair()
+
+    def send():
+        for i in range(0, len(data), 7):
+            web.sendall(data[i:i + 7])
+        web.close()
+    thread = threading.Thread(target=send)
+    thread.start()
+    return app, thread
+
+
+def read_all_events(module, data):
+    app, thread = serve_bytes(data)
+    parser = module.Parser()
+    events = []
+    try:
+        while True:
+            event = parser.read_event(app)
+            events.append(event)
+            if type(event) is int:
+                break
+            end_after_stdin(parser, event)
+    finally:
+        thread.join()
+        app.close()
+    return events
+
+
+@needs_both
+@pytest.mark.parametrize("data", [
+    begin(1, flags=1) + params_records(1, {"A": "b"}) + stdin_records(1, b"x" * 300, split=100)
+    + get_values("FCGI_MAX_CONNS") + begin(1) + params_records(1, {}) + rec(5, 1, b"")
+    + rec(5, 2, b""),
+    begin(1) + rec(4, 1, nv("K", "v")) + b"\x01\x04\x00",
+    b"",
+])
+def test_Parser_read_event_cores_agree_over_a_socket(data):
+    assert read_all_events(fastfcgi, data) == read_all_events(fastfcgi_py, data)
+
+
+def test_struct_layout_of_test_helpers():
+    # The helpers build records independently of the cores; keep them honest.
+    assert begin(258, 3, 1) == struct.pack("!BBHHBx", 1, 1, 258, 8, 0) + b"\0\x03\x01" + b"\0" * 5

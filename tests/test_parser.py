@@ -1,0 +1,447 @@
+"""Parser behaviour, on both cores, each input fed whole, bytewise and with
+trailing data (see conftest.check_three_ways)."""
+
+import socket
+import struct
+
+import pytest
+
+from conftest import (begin, check_three_ways, get_values, nv, pairs,
+                      params_records, rec, request, run, stdin_records)
+
+GET_ENV = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/x",
+           "QUERY_STRING": "a=1", "CONTENT_LENGTH": ""}
+
+
+def params_event(env, request_id=1, role=1, flags=0):
+    return (4, request_id, role, flags, env)
+
+
+def end_reply(request_id, protocol_status, app_status=0):
+    return rec(3, request_id, struct.pack("!LB3x", app_status, protocol_status))
+
+
+# -- requests ---------------------------------------------------------------
+
+def test_Parser_get_request(core):
+    data = request(1, GET_ENV)
+    check_three_ways(core, data, [params_event(GET_ENV), (5, 1, b""), core.NOREQ])
+
+
+def test_Parser_request_still_active_at_close_is_EOF(core):
+    # Nobody called end_request: the peer left while a request was active.
+    check_three_ways(core, request(1, GET_ENV),
+                     [params_event(GET_ENV), (5, 1, b""), core.EOF], on_event=None)
+
+
+def test_Parser_post_streams_stdin_per_record(core):
+    env = dict(GET_ENV, REQUEST_METHOD="POST", CONTENT_LENGTH="10")
+    data = request(7, env, b"0123456789", split=4)
+    check_three_ways(core, data, [params_event(env, 7), (5, 7, b"0123"), (5, 7, b"4567"),
+                                  (5, 7, b"89"), (5, 7, b""), core.NOREQ])
+
+
+def test_Parser_body_without_content_length(core):
+    # Bodies relayed from chunked or HTTP/2 uploads come with no length.
+    env = {"REQUEST_METHOD": "PUT"}
+    data = request(1, env, b"abc" * 10, split=16)
+    check_three_ways(core, data, [params_event(env), (5, 1, b"abc" * 5 + b"a"),
+                                  (5, 1, b"bcabcabcabcabc"), (5, 1, b""), core.NOREQ])
+
+
+def test_Parser_keep_conn_flag_and_role(core):
+    env = {"A": "b"}
+    data = request(3, env, role=2, flags=1)
+    check_three_ways(core, data, [params_event(env, 3, 2, 1), (5, 3, b""), core.NOREQ])
+
+
+def test_Parser_two_requests_on_kept_connection(core):
+    env = {"N": "1"}
+    data = request(1, env, flags=1) + request(1, {"N": "2"}, b"x", flags=1)
+    check_three_ways(core, data, [params_event(env, flags=1), (5, 1, b""),
+                                  params_event({"N": "2"}, flags=1), (5, 1, b"x"), (5, 1, b""),
+                                  core.NOREQ])
+
+
+def test_Parser_padding_of_any_length_is_skipped(core):
+    data = (rec(1, 1, struct.pack("!HB5x", 1, 0), pad=255)
+            + rec(4, 1, nv("K", "v"), pad=0) + rec(4, 1, b"", pad=7)
+            + rec(5, 1, b"body", pad=200) + rec(5, 1, b"", pad=1))
+    check_three_ways(core, data, [params_event({"K": "v"}), (5, 1, b"body"), (5, 1, b""),
+                                  core.NOREQ])
+
+
+def test_Parser_version_other_than_1_is_PROTO_and_sticky(core):
+    data = rec(1, 1, struct.pack("!HB5x", 1, 0), version=2)
+    check_three_ways(core, data, [core.PROTO])
+    parser = core.Parser()
+    parser.feed(data[:2])     # known as soon as the header starts... no: needs 8 bytes
+    assert parser.next_event() is None
+    parser.feed(data[2:8])
+    assert parser.next_event() == core.PROTO
+    parser.feed(request(1))
+    assert parser.next_event() == core.PROTO
+    assert parser.error == core.PROTO
+
+
+def test_Parser_stays_in_error_after_any_code(core):
+    for data, code in [(rec(5, 1, b"x"), core.PROTO),
+                       (begin() + rec(4, 1, nv("a" * 11, "")) + rec(4, 1, b""), core.PLEN)]:
+        parser = core.Parser(max_param_size=10)
+        events, _ = run(parser, [data], eof=False)
+        assert events == [code]
+        parser.feed(request(2))
+        assert parser.next_event() == code
+        assert parser.next_event() == code
+
+
+# -- params -----------------------------------------------------------------
+
+def test_Parser_params_one_and_four_byte_lengths(core):
+    env = {"N" * 127: "v" * 128, "X" * 128: "y" * 127, "E": "", "": "empty name",
+           "LONG": "z" * 65536}     # the default limit, exactly
+    data = request(1, env, split=1000)
+    check_three_ways(core, data, [params_event(env), (5, 1, b""), core.NOREQ])
+
+
+def test_Parser_params_split_across_records_at_every_byte(core):
+    env = {"HTTP_HOST": "example.org", "K" * 200: "V" * 300}
+    for split in (1, 2, 3, 5, 7, 130):
+        data = request(1, env, split=split)
+        events, _ = run(core.Parser(), [data])
+        assert events[0] == params_event(env)
+
+
+def test_Parser_params_decoded_as_latin1(core):
+    raw = bytes(range(256))
+    data = begin() + rec(4, 1, nv(b"HTTP_X", raw) + nv(b"\xe9t\xe9", b"\xff")) + rec(4, 1, b"") \
+        + rec(5, 1, b"")
+    env = {"HTTP_X": raw.decode("latin-1"), "\xe9t\xe9": "\xff"}
+    check_three_ways(core, data, [params_event(env), (5, 1, b""), core.NOREQ])
+    assert all(type(k) is str and type(v) is str for k, v in env.items())
+
+
+def test_Parser_duplicate_param_last_wins(core):
+    data = begin() + rec(4, 1, nv("A", "1") + nv("A", "2")) + rec(4, 1, b"") + rec(5, 1, b"")
+    check_three_ways(core, data, [params_event({"A": "2"}), (5, 1, b""), core.NOREQ])
+
+
+@pytest.mark.parametrize("name,value,code", [
+    ("n" * 10, "v" * 10, 0),          # at the limits: fine
+    ("n" * 11, "v", -4),              # name over
+    ("n", "v" * 11, -4),              # value over
+])
+def test_Parser_param_size_limit(core, name, value, code):
+    env = {name: value}
+    data = request(1, env)
+    expected = ([params_event(env), (5, 1, b""), core.NOREQ] if code == 0 else [code])
+    check_three_ways(core, data, expected, max_param_size=10)
+
+
+def test_Parser_all_params_size_limit(core):
+    env = {"A": "x" * 40, "B": "y" * 40}     # 2 * (2 + 1 + 40) = 86 bytes
+    data = request(1, env, split=10)
+    check_three_ways(core, data, [params_event(env), (5, 1, b""), core.NOREQ],
+                     max_params_size=86)
+    check_three_ways(core, data, [core.PLEN], max_params_size=85)
+
+
+def test_Parser_param_length_running_past_end_is_PROTO(core):
+    for body in (b"\x05\x01ab", b"\x80\x00", b"\x03", b"\x01\x80\x00\x00"):
+        data = begin() + rec(4, 1, body) + rec(4, 1, b"")
+        check_three_ways(core, data, [core.PROTO])
+
+
+# -- content length and body limits ------------------------------------------
+
+@pytest.mark.parametrize("cl", ["12a", "-1", " 5", "+5", "5 ", "\xb2", "0x5", "1" * 19])
+def test_Parser_invalid_content_length_is_CLEN(core, cl):
+    data = request(1, {"CONTENT_LENGTH": cl}, b"12345")
+    check_three_ways(core, data, [core.CLEN])
+
+
+def test_Parser_empty_content_length_means_none(core):
+    # nginx sends CONTENT_LENGTH "" for requests without a body.
+    env = {"CONTENT_LENGTH": ""}
+    check_three_ways(core, request(1, env, b"ab"),
+                     [params_event(env), (5, 1, b"ab"), (5, 1, b""), core.NOREQ])
+
+
+def test_Parser_content_length_over_max_body_is_CLEN_before_the_body(core):
+    env = {"CONTENT_LENGTH": "101"}
+    data = begin() + params_records(1, env)
+    check_three_ways(core, data, [core.CLEN], max_body=100)
+    env = {"CONTENT_LENGTH": "100"}
+    check_three_ways(core, request(1, env, b"x" * 100, split=60),
+                     [params_event(env), (5, 1, b"x" * 60), (5, 1, b"x" * 40), (5, 1, b""),
+                      core.NOREQ], max_body=100)
+
+
+def test_Parser_body_over_max_body_without_length_is_CLEN(core):
+    data = request(1, {}, b"x" * 101, split=50)
+    check_three_ways(core, data, [params_event({}), (5, 1, b"x" * 50), (5, 1, b"x" * 50),
+                                  core.CLEN], max_body=100)
+
+
+def test_Parser_more_stdin_than_content_length_is_PROTO(core):
+    env = {"CONTENT_LENGTH": "3"}
+    data = request(1, env, b"abcd", split=2)
+    check_three_ways(core, data, [params_event(env), (5, 1, b"ab"), core.PROTO])
+
+
+def test_Parser_less_stdin_than_content_length_is_ABORT(core):
+    env = {"CONTENT_LENGTH": "5", "N": "1"}
+    data = request(1, env, b"abc", flags=1) + request(1, {"N": "2"}, flags=1)
+    check_three_ways(core, data, [params_event(env, flags=1), (5, 1, b"abc"), (2, 1),
+                                  params_event({"N": "2"}, flags=1), (5, 1, b""), core.NOREQ])
+
+
+# -- abort, roles, multiplexing --------------------------------------------
+
+def test_Parser_abort_request(core):
+    data = begin(1, flags=1) + params_records(1, {}) + rec(5, 1, b"part") + rec(2, 1) \
+        + rec(5, 1, b"late") + request(1, {"N": "2"}, flags=1)
+    check_three_ways(core, data, [params_event({}, flags=1), (5, 1, b"part"), (2, 1),
+                                  params_event({"N": "2"}, flags=1), (5, 1, b""), core.NOREQ])
+
+
+def test_Parser_abort_before_params(core):
+    data = begin(4) + rec(4, 4, nv("a", "b")) + rec(2, 4)
+    check_three_ways(core, data, [(2, 4), core.NOREQ])
+
+
+def test_Parser_unknown_role_kept_connection_lives_on(core):
+    data = begin(1, role=9, flags=1) + params_records(1, {"X": "y"}) + rec(5, 1, b"") \
+        + request(2, {"N": "2"})
+    check_three_ways(core, data, [params_event({"N": "2"}, 2), (5, 2, b""), core.NOREQ],
+                     expected_replies=end_reply(1, 3))
+
+
+def test_Parser_unknown_role_without_keep_conn_ends_connection(core):
+    parser = core.Parser()
+    events, replies = run(parser, [begin(1, role=0)], eof=False)
+    assert events == [core.NOREQ]
+    assert replies == end_reply(1, 3)
+
+
+def test_Parser_second_request_while_active_is_CANT_MPX_CONN(core):
+    data = (begin(1, flags=1) + params_records(1, {"N": "1"})
+            + request(2, {"N": "2"}, b"ignored", flags=1)  # rejected, its records skipped
+            + stdin_records(1, b"one"))
+    check_three_ways(core, data, [params_event({"N": "1"}, flags=1), (5, 1, b"one"),
+                                  (5, 1, b""), core.NOREQ],
+                     expected_replies=end_reply(2, 1))
+
+
+def test_Parser_multiplexing_when_enabled(core):
+    data = (begin(1, flags=1) + begin(2, flags=1) + params_records(2, {"N": "2"})
+            + params_records(1, {"N": "1"}) + rec(5, 1, b"a") + rec(5, 2, b"b")
+            + rec(5, 2, b"") + rec(5, 1, b"") + begin(3, flags=1))
+    check_three_ways(core, data, [params_event({"N": "2"}, 2, flags=1),
+                                  params_event({"N": "1"}, 1, flags=1),
+                                  (5, 1, b"a"), (5, 2, b"b"), (5, 2, b""), (5, 1, b""),
+                                  core.EOF],  # request 3 begun, then the peer closed
+                     expected_replies=b"", mpxs_conns=True, max_reqs=3)
+    # Over max_reqs: the third is refused.
+    check_three_ways(core, begin(1, flags=1) + begin(2, flags=1) + begin(3, flags=1),
+                     [core.EOF], expected_replies=end_reply(3, 1),
+                     mpxs_conns=True, max_reqs=2)
+
+
+# -- misplaced records --------------------------------------------------------
+
+@pytest.mark.parametrize("data", [
+    rec(5, 1, b"x"),                                    # stdin of an unknown id
+    begin(1) + rec(5, 1, b"x"),                         # stdin before params ended
+    begin(1) + params_records(1, {}) + rec(4, 1, nv("a", "b")),  # params after the end
+    begin(1) + begin(1),                                # the same id twice
+    rec(1, 1, b"\0\1\0"),                               # short BEGIN_REQUEST body
+    begin(0),                                           # a request record with id 0
+    rec(6, 1, b"out"),                                  # STDOUT sent to the application
+    rec(3, 1, b"\0" * 8),                               # END_REQUEST sent to the application
+    rec(9, 1, nv("FCGI_MAX_CONNS", "")),                # GET_VALUES with a request id
+    rec(9, 0, b"\x05"),                                 # malformed GET_VALUES
+    begin(1) + params_records(1, {}) + stdin_records(1, b"") + rec(5, 1, b"x"),  # after end
+])
+def test_Parser_misplaced_records_are_PROTO(core, data):
+    events, _ = run(core.Parser(), [data])
+    assert events[-1] == core.PROTO
+    assert all(type(e) is tuple for e in events[:-1])
+    check_three_ways(core, data, events, on_event=None)
+
+
+# -- management records -------------------------------------------------------
+
+def test_Parser_get_values_answers_only_what_was_asked(core):
+    w = core.Writer()
+    data = get_values("FCGI_MPXS_CONNS", "UNKNOWN_NAME", "FCGI_MAX_CONNS")
+    check_three_ways(core, data, [core.NOREQ],
+                     expected_replies=w.get_values_result(
+                         [("FCGI_MPXS_CONNS", "0"), ("FCGI_MAX_CONNS", "4")]),
+                     max_conns=4)
+    check_three_ways(core, get_values("FCGI_MAX_REQS", "FCGI_MPXS_CONNS"), [core.NOREQ],
+                     expected_replies=w.get_values_result(
+                         [("FCGI_MAX_REQS", "8"), ("FCGI_MPXS_CONNS", "1")]),
+                     max_reqs=8, mpxs_conns=True)
+
+
+def test_Parser_management_records_in_the_middle_of_a_request(core):
+    env = {"K": "v"}
+    data = (begin(1) + get_values("FCGI_MAX_REQS") + rec(4, 1, pairs(env))
+            + rec(77, 0, b"?") + rec(4, 1, b"") + rec(200, 5, b"") + stdin_records(1, b"q"))
+    expected_replies = (core.Writer().get_values_result({"FCGI_MAX_REQS": "1"})
+                        + core.Writer().unknown_type(77) + core.Writer().unknown_type(200))
+    check_three_ways(core, data, [params_event(env), (5, 1, b"q"), (5, 1, b""), core.NOREQ],
+                     expected_replies=expected_replies)
+
+
+def test_Parser_unknown_type_reply_layout(core):
+    _, replies = run(core.Parser(), [rec(12, 0, b"")])
+    assert replies == rec(11, 0, bytes((12,)) + b"\0" * 7).replace(b"\xAA", b"\0")
+    assert replies == b"\x01\x0b\x00\x00\x00\x08\x00\x00\x0c" + b"\0" * 7
+
+
+# -- end of input -------------------------------------------------------------
+
+def test_Parser_clean_close_is_NOREQ(core):
+    check_three_ways(core, b"", [core.NOREQ])
+
+
+@pytest.mark.parametrize("cut", [1, 7, 8, 12, 16, 20, 35])
+def test_Parser_close_mid_record_or_request_is_EOF(core, cut):
+    data = request(1, {"K": "value"}, b"body")[:cut]
+    parser = core.Parser()
+    events, _ = run(parser, [data])
+    assert events[-1] == core.EOF
+    check_three_ways(core, data, events, trailing=False)
+
+
+def test_Parser_feed_after_eof_raises(core):
+    parser = core.Parser()
+    parser.feed(b"")
+    parser.feed(b"")          # repeating EOF is harmless
+    with pytest.raises(RuntimeError):
+        parser.feed(b"x")
+
+
+def test_Parser_rejects_bad_limits(core):
+    for kw in ({"max_param_size": -1}, {"max_params_size": -1}, {"max_body": -5}):
+        with pytest.raises(ValueError):
+            core.Parser(**kw)
+    with pytest.raises(TypeError):
+        core.Parser(10)       # options are keyword-only
+
+
+def test_Parser_exposes_its_limits(core):
+    p = core.Parser(max_param_size=5, max_params_size=6, max_body=7, max_conns=2,
+                    max_reqs=3, mpxs_conns=True)
+    assert (p.max_param_size, p.max_params_size, p.max_body, p.max_conns, p.max_reqs,
+            p.mpxs_conns) == (5, 6, 7, 2, 3, True)
+    assert core.Parser().max_body is None
+
+
+def test_Parser_filter_role_data_stream(core):
+    env = {"FCGI_DATA_LENGTH": "4"}
+    data = (begin(1, role=3) + params_records(1, env) + stdin_records(1, b"in")
+            + rec(8, 1, b"da") + rec(8, 1, b"ta") + rec(8, 1, b""))
+    check_three_ways(core, data, [params_event(env, role=3), (5, 1, b"in"), (5, 1, b""),
+                                  (8, 1, b"da"), (8, 1, b"ta"), (8, 1, b""), core.EOF],
+                     on_event=None)
+
+
+# -- the blocking fast path over real sockets ------------------------------------
+
+@pytest.fixture
+def sockpair():
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_Parser_read_request_and_stdin_over_a_socket(core, sockpair):
+    app, web = sockpair
+    env = {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "6"}
+    web.sendall(request(1, env, b"abcdef", flags=1, split=4) + get_values("FCGI_MAX_CONNS")
+                + request(1, {"N": "2"}, b"unread", flags=1))
+    parser = core.Parser(max_conns=3)
+    assert parser.read_request(app) == core.OK
+    assert (parser.request_id, parser.role, parser.flags, parser.keep_conn,
+            parser.params) == (1, 1, 1, True, env)
+    assert parser.read_event(app) == (5, 1, b"abcd")
+    assert parser.read_event(app) == (5, 1, b"ef")
+    assert parser.read_event(app) == (5, 1, b"")
+    parser.end_request(1)
+    assert parser.read_request(app) == core.OK
+    assert parser.params == {"N": "2"}
+    # The management reply went out while reading.
+    web.settimeout(5)
+    assert web.recv(100) == core.Writer().get_values_result({"FCGI_MAX_CONNS": "3"})
+    parser.end_request(1)           # its stdin was never read: skipped
+    web.sendall(request(1, {"N": "3"}, b"", flags=0))
+    assert parser.read_request(app) == core.OK
+    assert parser.params == {"N": "3"} and not parser.keep_conn
+    parser.end_request(1)
+    web.close()
+    assert parser.read_request(app) == core.NOREQ
+    assert parser.read_request(app) == core.NOREQ
+
+
+def test_Parser_read_request_abort_and_unknown_role(core, sockpair):
+    app, web = sockpair
+    web.sendall(begin(1, role=7, flags=1) + begin(2, flags=1) + rec(2, 2)
+                + request(3, {"N": "3"}))
+    parser = core.Parser()
+    assert parser.read_request(app) == core.ABORT
+    assert parser.request_id == 2
+    parser.end_request(2)
+    assert parser.read_request(app) == core.OK
+    assert parser.request_id == 3
+    web.settimeout(5)
+    assert web.recv(100) == end_reply(1, 3)
+
+
+def test_Parser_read_request_while_reading_stdin_raises(core, sockpair):
+    app, web = sockpair
+    web.sendall(request(1, {}, b"abc"))
+    parser = core.Parser()
+    assert parser.read_request(app) == core.OK
+    with pytest.raises(RuntimeError):
+        parser.read_request(app)
+
+
+def test_Parser_read_error_is_IO(core):
+    # A TCP reset: the peer closes with SO_LINGER 0 while we wait for data.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    web = socket.create_connection(listener.getsockname())
+    app, _ = listener.accept()
+    web.sendall(begin(1))
+    web.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    web.close()
+    parser = core.Parser()
+    try:
+        assert parser.read_request(app) == core.IO
+        assert parser.error == core.IO
+        assert parser.read_request(app) == core.IO
+    finally:
+        app.close()
+        listener.close()
+
+
+def test_Parser_write_error_is_SEND(core, sockpair):
+    app, web = sockpair
+    web.sendall(get_values("FCGI_MAX_CONNS"))
+    web.close()                     # the reply has nowhere to go: EPIPE
+    parser = core.Parser()
+    assert parser.read_request(app) == core.SEND
+    assert parser.read_request(app) == core.SEND
+
+
+def test_Parser_read_on_closed_socket_is_IO(core):
+    a, b = socket.socketpair()
+    b.close()
+    fileno_holder = socket.socket(fileno=a.detach())
+    fileno_holder.close()           # fileno() is now -1: the read fails
+    assert core.Parser().read_request(fileno_holder) == core.IO
