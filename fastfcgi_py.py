@@ -10,9 +10,16 @@ Table of contents: ``grep -n '^# .*####' fastfcgi_py.py``.
 """
 
 import errno
+import logging
 import os
+import random
+import select
+import signal
 import socket
 import struct
+import sys
+import time
+import traceback
 
 __version__ = "0.1.0"
 
@@ -301,7 +308,8 @@ class Parser(object):
         self._ignored = set()    # ended or rejected ids: skip their records
         self._out = []           # queued management replies
         self._closing = False    # rejected a request without KEEP_CONN
-        # The head of the last request read_request returned OK for.
+        # The head of the last request read_request returned OK for; on PLEN
+        # and CLEN, request_id names the request that broke the limit.
         self.request_id = 0
         self.role = 0
         self.flags = 0
@@ -328,6 +336,11 @@ class Parser(object):
     def error(self):
         """The sticky code (EOF, NOREQ, PROTO, PLEN, CLEN, IO, SEND) or 0."""
         return self._error
+
+    @property
+    def buffered(self):
+        """How many received bytes are not consumed yet."""
+        return len(self._buf) - self._pos
 
     @property
     def keep_conn(self):
@@ -465,19 +478,23 @@ class Parser(object):
             return self._fail(PROTO)
         if content:
             if len(state.params_buf) + len(content) > self.max_params_size:
+                self.request_id = request_id
                 return self._fail(PLEN)
             state.params_buf += content
             return None
         params = _decode_params(bytes(state.params_buf), self.max_param_size)
         state.params_buf = None
         if type(params) is int:
+            self.request_id = request_id
             return self._fail(params)
         cl = params.get("CONTENT_LENGTH")
         if cl:
             if len(cl) > _MAX_CL_DIGITS or cl.strip("0123456789"):
+                self.request_id = request_id
                 return self._fail(CLEN)
             n = int(cl)
             if self.max_body is not None and n > self.max_body:
+                self.request_id = request_id
                 return self._fail(CLEN)
             state.content_length = n
         state.params = params
@@ -497,6 +514,7 @@ class Parser(object):
         if 0 <= state.content_length < seen:
             return self._fail(PROTO)
         if self.max_body is not None and seen > self.max_body:
+            self.request_id = request_id
             return self._fail(CLEN)
         return (FCGI_STDIN, request_id, content)
 
@@ -788,5 +806,1614 @@ def send_file(sock, request_id, fd, offset=0, count=None):
 
 
 def _wait_writable(sock):
-    import select
     select.select([], [sock], [])
+
+
+# ############################################################################
+# Request  ####################################################################
+# ############################################################################
+#
+# One request lives in one object (Net::Async::FastCGI's model): the params,
+# the stdin stream (pulled from the connection on demand, so a body of any
+# size costs one record of memory), the stdout/stderr streams and the finish
+# with an exit code.  A Request belongs to a blocking connection: reading
+# stdin blocks on the socket through the parser's read_event.
+#
+# When the web server goes away (a write fails, or stdin ends in EOF/ABORT)
+# the request is aborted: output is dropped from then on, and reads raise
+# RequestError, so the application unwinds and its close() runs.
+
+
+class RequestError(IOError):
+    """Reading the request failed; ``code`` is the return code (EOF, ABORT,
+    IO, CLEN, PROTO, SEND...)."""
+
+    def __init__(self, code, message=None):
+        IOError.__init__(self, message or "request failed: %s" % CODE_NAMES.get(code, code))
+        self.code = code
+
+
+class Connection(object):
+    """A web server's connection as requests see it: the socket and the
+    core objects that read and write it."""
+
+    __slots__ = ("sock", "parser", "writer", "peer")
+
+    def __init__(self, sock, parser, writer, peer=""):
+        self.sock = sock
+        self.parser = parser
+        self.writer = writer
+        self.peer = peer
+
+
+class _Stream(object):
+    """File-like view of one of a request's streams (stdin, stdout, stderr)."""
+
+    def __init__(self, request, which, close_finishes=False):
+        self._request = request
+        self._which = which
+        self._close_finishes = close_finishes
+        self.closed = False
+
+    # reading (stdin)
+    def read(self, size=-1):
+        return self._request.read_stdin(None if size is None or size < 0 else size)
+
+    def readline(self, size=-1):
+        return self._request.read_stdin_line(None if size is None or size < 0 else size)
+
+    def readlines(self, hint=-1):
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    # writing (stdout, stderr)
+    def write(self, data):
+        if self._which == FCGI_STDOUT:
+            self._request.print_stdout(data)
+        else:
+            self._request.print_stderr(data)
+        return len(data)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            if self._close_finishes:
+                self._request.finish()
+
+    def readable(self):
+        return self._which == FCGI_STDIN
+
+    def writable(self):
+        return self._which != FCGI_STDIN
+
+
+class Request(object):
+    """One FastCGI request.
+
+    Attributes:
+        params: dict of the request's params (latin-1 str).
+        request_id, role, keep_conn: from FCGI_BEGIN_REQUEST.
+        stdin, stdout, stderr: file-like streams.
+    """
+
+    __slots__ = ("params", "request_id", "role", "keep_conn", "connection",
+                 "stdin", "stdout", "stderr", "encoding", "_buffer", "_stdin_done",
+                 "_aborted", "_finished", "_stderr_used", "_stdout_used",
+                 "data", "stdout_bytes")
+
+    def __init__(self, connection, request_id, role, flags, params):
+        self.connection = connection
+        self.request_id = request_id
+        self.role = role
+        self.keep_conn = bool(flags & FCGI_KEEP_CONN)
+        self.params = params
+        self.encoding = "utf-8"
+        self._buffer = b""          # stdin received but not yet read
+        self._stdin_done = False
+        self._aborted = False
+        self._finished = False
+        self._stderr_used = False
+        self._stdout_used = False
+        self.stdout_bytes = 0       # body bytes sent (the access log counts them)
+        self.data = None            # FILTER role: the FCGI_DATA stream, read on demand
+        self.stdin = _Stream(self, FCGI_STDIN)
+        self.stdout = _Stream(self, FCGI_STDOUT)
+        self.stderr = _Stream(self, FCGI_STDERR)
+
+    # -- params ----------------------------------------------------------------
+
+    def param(self, name, default=None):
+        """The param ``name``, or ``default``."""
+        return self.params.get(name, default)
+
+    @property
+    def method(self):
+        return self.params.get("REQUEST_METHOD", "GET")
+
+    @property
+    def script_name(self):
+        return self.params.get("SCRIPT_NAME", "")
+
+    @property
+    def path_info(self):
+        return self.params.get("PATH_INFO", "")
+
+    @property
+    def path(self):
+        """SCRIPT_NAME + PATH_INFO, or "/" when both are empty."""
+        return (self.script_name + self.path_info) or "/"
+
+    @property
+    def query_string(self):
+        return self.params.get("QUERY_STRING", "")
+
+    @property
+    def protocol(self):
+        return self.params.get("SERVER_PROTOCOL", "HTTP/1.0")
+
+    def set_encoding(self, encoding):
+        """Text encoding of str read from stdin and printed to stdout/stderr;
+        None makes reads return bytes and printing accept bytes only."""
+        self.encoding = encoding
+
+    # -- stdin -----------------------------------------------------------------
+
+    def _fill(self):
+        """Pull the next stdin chunk into the buffer; False at the end."""
+        if self._stdin_done:
+            return False
+        conn = self.connection
+        while True:
+            event = conn.parser.read_event(conn.sock)
+            if type(event) is int:
+                self._stdin_done = True
+                self._aborted = True
+                raise RequestError(event)
+            kind = event[0]
+            if event[1] != self.request_id:
+                continue        # another id's record the parser let through
+            if kind == FCGI_STDIN:
+                if not event[2]:
+                    self._stdin_done = True
+                    return False
+                self._buffer += event[2]
+                return True
+            if kind == FCGI_ABORT_REQUEST:
+                self._stdin_done = True
+                self._aborted = True
+                raise RequestError(ABORT)
+            if kind == FCGI_DATA:
+                continue        # FILTER data arrives after stdin
+
+    def _decode(self, data):
+        return data.decode(self.encoding) if self.encoding else data
+
+    def read_stdin_bytes(self, size=None):
+        """Read up to ``size`` bytes of stdin (all of it when None), blocking
+        until that much arrived or stdin ended.  b"" at the end.
+
+        Raises:
+            RequestError: the web server went away or aborted, or the body
+                broke a limit (``code`` says which).
+        """
+        if size is None:
+            while self._fill():
+                pass
+            data, self._buffer = self._buffer, b""
+            return data
+        while len(self._buffer) < size and self._fill():
+            pass
+        data = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return data
+
+    def read_stdin_line_bytes(self, size=None):
+        """One line of stdin including its b"\\n" (at most ``size`` bytes)."""
+        start = 0
+        while True:
+            i = self._buffer.find(b"\n", start)
+            if i >= 0:
+                end = i + 1
+                break
+            if size is not None and len(self._buffer) >= size:
+                end = size
+                break
+            start = len(self._buffer)
+            if not self._fill():
+                end = len(self._buffer)
+                break
+        if size is not None:
+            end = min(end, size)
+        data = self._buffer[:end]
+        self._buffer = self._buffer[end:]
+        return data
+
+    def read_stdin(self, size=None):
+        """As read_stdin_bytes, decoded with the request's encoding (str)
+        unless set_encoding(None) was called."""
+        return self._decode(self.read_stdin_bytes(size))
+
+    def read_stdin_line(self, size=None):
+        """One line of stdin, decoded unless set_encoding(None)."""
+        return self._decode(self.read_stdin_line_bytes(size))
+
+    def discard_stdin(self):
+        """Skip what is left of stdin (used before reusing a connection)."""
+        self._buffer = b""
+        try:
+            while self._fill():
+                self._buffer = b""
+        except RequestError:
+            pass
+
+    # -- output ----------------------------------------------------------------
+
+    def _encode(self, data):
+        if isinstance(data, str):
+            if not self.encoding:
+                raise TypeError("str output needs an encoding (set_encoding)")
+            return data.encode(self.encoding)
+        return data
+
+    def send(self, data):
+        """Send already framed bytes; False (and the request is aborted) when
+        the web server went away."""
+        if self._aborted:
+            return False
+        try:
+            self.connection.sock.sendall(data)
+            return True
+        except OSError:
+            self._aborted = True
+            return False
+
+    def print_stdout(self, data):
+        """Send ``data`` (str or bytes) in STDOUT records now."""
+        if self._finished:
+            raise RuntimeError("print_stdout() after finish()")
+        data = self._encode(data)
+        if data:
+            self._stdout_used = True
+            self.stdout_bytes += len(data)
+            self.send(self.connection.writer.stdout(self.request_id, data))
+
+    def print_stderr(self, data):
+        """Send ``data`` (str or bytes) in STDERR records now: it lands in
+        the web server's error log."""
+        if self._finished:
+            raise RuntimeError("print_stderr() after finish()")
+        data = self._encode(data)
+        if data:
+            self._stderr_used = True
+            self.send(self.connection.writer.stderr(self.request_id, data))
+
+    def stdout_with_close(self):
+        """A file-like stdout whose close() finishes the request."""
+        return _Stream(self, FCGI_STDOUT, close_finishes=True)
+
+    def stream_stdout_then_finish(self, readfn, exit_code=0):
+        """Send what ``readfn()`` returns until it returns b"", "" or None
+        (or the web server goes away), then finish with ``exit_code``."""
+        while not self._aborted:
+            data = readfn()
+            if not data:
+                break
+            self.print_stdout(data)
+        self.finish(exit_code)
+
+    def send_file(self, fd, offset=0, count=None):
+        """Send a file region as STDOUT content via sendfile(2); returns the
+        bytes sent (0 if the web server went away)."""
+        if self._aborted:
+            return 0
+        self._stdout_used = True
+        sent = send_file(self.connection.sock, self.request_id, fd, offset, count)
+        if sent < 0:
+            self._aborted = True
+            return 0
+        self.stdout_bytes += sent
+        return sent
+
+    def finish(self, exit_code=0, _tail=b""):
+        """End the request: the stream terminators and END_REQUEST with
+        ``exit_code`` as the application status.  Idempotent."""
+        if self._finished:
+            return
+        self._finished = True
+        conn = self.connection
+        writer = conn.writer
+        out = writer.finish(self.request_id, _tail, app_status=exit_code)
+        if self._stderr_used:
+            out = writer.end_stderr(self.request_id) + out
+        self.stdout_bytes += len(_tail)
+        self.send(out)
+        conn.parser.end_request(self.request_id)
+
+    @property
+    def finished(self):
+        return self._finished
+
+    @property
+    def is_aborted(self):
+        """True once the web server aborted the request or went away.
+
+        With stdin read to its end, this also looks at the connection
+        without blocking, so an application can notice a closed connection
+        before it writes."""
+        if not self._aborted and self._stdin_done:
+            sock = self.connection.sock
+            try:
+                peek = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                peek = None
+            except OSError:
+                peek = b""
+            if peek == b"":
+                self._aborted = True
+            elif peek:
+                # Records wait: maybe FCGI_ABORT_REQUEST.  Read what is there.
+                try:
+                    data = sock.recv(65536, socket.MSG_DONTWAIT)
+                except OSError:
+                    data = b""
+                parser = self.connection.parser
+                parser.feed(data)
+                event = parser.next_event()
+                while event is not None:
+                    if type(event) is int or (event[0] == FCGI_ABORT_REQUEST
+                                              and event[1] == self.request_id):
+                        self._aborted = True
+                        break
+                    event = parser.next_event()
+        return self._aborted
+
+
+# ############################################################################
+# WSGI gateway  ###############################################################
+# ############################################################################
+#
+# PEP 3333 on a Request.  The environ is the params as the web server sent
+# them (REQUEST_URI, SCRIPT_NAME and PATH_INFO untouched) plus the wsgi.*
+# keys.  The common case, a list body, goes out as head + body + terminators
+# + END_REQUEST in one send; any other iterable is sent chunk by chunk, each
+# chunk before the next is asked for, the head with the first non-empty one.
+
+log = logging.getLogger("fastfcgi")
+
+
+
+def _plain_response(status, text):
+    body = text.encode("ascii")
+    return status, [("Content-Type", "text/plain; charset=utf-8"),
+                    ("Content-Length", str(len(body)))], body
+
+
+_ERROR_500 = _plain_response("500 Internal Server Error", "Internal Server Error\n")
+# What the web server's client gets for a limit broken before the response.
+LIMIT_RESPONSES = {
+    CLEN: _plain_response("413 Content Too Large", "Request body too large\n"),
+    PLEN: _plain_response("431 Request Header Fields Too Large",
+                          "Request header fields too large\n"),
+}
+
+
+class FileWrapper(object):
+    """wsgi.file_wrapper: a real file is sent with sendfile(2) inside STDOUT
+    records; anything else is read in blocks."""
+
+    def __init__(self, filelike, block_size=65536):
+        self.filelike = filelike
+        self.block_size = block_size
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        data = self.filelike.read(self.block_size)
+        if data:
+            return data
+        raise StopIteration
+
+    def fileno(self):
+        """The file descriptor to sendfile from, or None."""
+        try:
+            fd = self.filelike.fileno()
+            os.fstat(fd)
+            return fd
+        except (AttributeError, OSError, ValueError):
+            return None
+
+
+class ErrorStream(object):
+    """wsgi.errors: text written here goes out as FCGI_STDERR, so it lands in
+    the web server's error log next to the request."""
+
+    def __init__(self, request):
+        self._request = request
+
+    def write(self, text):
+        data = text.encode("utf-8", "backslashreplace") if isinstance(text, str) else text
+        if not self._request.finished:
+            self._request.print_stderr(data)
+        return len(text)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        pass
+
+
+class InputStream(object):
+    """wsgi.input: the request's stdin, streamed (bytes)."""
+
+    def __init__(self, request):
+        self._request = request
+
+    def read(self, size=-1):
+        return self._request.read_stdin_bytes(None if size is None or size < 0 else size)
+
+    def readline(self, size=-1):
+        return self._request.read_stdin_line_bytes(None if size is None or size < 0 else size)
+
+    def readlines(self, hint=-1):
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+class _Response(object):
+    """The state start_response and write() share for one request."""
+
+    __slots__ = ("request", "status", "headers", "head_sent", "head_only")
+
+    def __init__(self, request, head_only):
+        self.request = request
+        self.status = None
+        self.headers = None
+        self.head_sent = False
+        self.head_only = head_only
+
+    def start_response(self, status, headers, exc_info=None):
+        if exc_info is not None:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None     # no reference cycle through the frame
+        elif self.status is not None:
+            raise RuntimeError("start_response() called again without exc_info")
+        # Validate now, so a bad head fails inside the application's call.
+        self.request.connection.writer.head(status, headers)
+        self.status = status
+        self.headers = list(headers)
+        return self.write
+
+    def head(self):
+        if self.status is None:
+            raise RuntimeError("the application sent a body before start_response()")
+        self.head_sent = True
+        return self.request.connection.writer.head(self.status, self.headers)
+
+    def write(self, data):
+        """PEP 3333's write() callable: sends at once."""
+        if type(data) is not bytes:
+            raise TypeError("write() takes bytes, not %s" % type(data).__name__)
+        request = self.request
+        if not self.head_sent:
+            request.print_stdout(self.head())
+        if data and not self.head_only:
+            request.print_stdout(data)
+
+
+class WSGIGateway(object):
+    """Runs a WSGI application on a Request (``gateway(request)``)."""
+
+    multiprocess = True
+    multithread = False
+
+    def __init__(self, app, access_log=False):
+        self.app = app
+        self.access_log = access_log
+
+    def environ(self, request):
+        env = dict(request.params)
+        https = env.get("HTTPS", "").lower()
+        scheme = env.get("REQUEST_SCHEME", "").lower()
+        env["wsgi.url_scheme"] = "https" if https in ("on", "1") or scheme == "https" else "http"
+        env["wsgi.version"] = (1, 0)
+        env["wsgi.input"] = InputStream(request)
+        env["wsgi.input_terminated"] = True
+        env["wsgi.errors"] = ErrorStream(request)
+        env["wsgi.multithread"] = self.multithread
+        env["wsgi.multiprocess"] = self.multiprocess
+        env["wsgi.run_once"] = False
+        env["wsgi.file_wrapper"] = FileWrapper
+        env["fastcgi.request"] = request
+        if "SCRIPT_NAME" not in env:
+            env["SCRIPT_NAME"] = ""
+        if "PATH_INFO" not in env:
+            env["PATH_INFO"] = ""
+        if "QUERY_STRING" not in env:
+            env["QUERY_STRING"] = ""
+        return env
+
+    def __call__(self, request):
+        started = time.time() if self.access_log else 0
+        env = self.environ(request)
+        response = _Response(request, env.get("REQUEST_METHOD") == "HEAD")
+        result = None
+        try:
+            result = self.app(env, response.start_response)
+            self._send(request, response, result)
+        except RequestError as exc:
+            self._request_failed(request, response, exc)
+        except Exception:
+            self._app_failed(request, response)
+        finally:
+            if result is not None and hasattr(result, "close"):
+                try:
+                    result.close()
+                except Exception:
+                    self._app_failed(request, response)
+        if self.access_log:
+            self._log_access(request, response, started)
+
+    def _send(self, request, response, result):
+        if type(result) is list and not response.head_sent:
+            # The common case: one buffer, one send.
+            body = b"".join(result) if len(result) != 1 else result[0]
+            if type(body) is not bytes:
+                raise TypeError("the application returned non-bytes in its body")
+            if response.status is None:
+                raise RuntimeError("the application returned before start_response()")
+            head = response.head()
+            if response.head_only:
+                body = b""
+            request.finish(0, head + body)
+            return
+        if isinstance(result, FileWrapper) and not response.head_only:
+            fd = result.fileno()
+            if fd is not None:
+                self._send_file(request, response, result, fd)
+                return
+        for chunk in result:
+            if type(chunk) is not bytes:
+                raise TypeError("the application yielded %s, not bytes" % type(chunk).__name__)
+            if chunk:
+                if request.is_aborted:
+                    raise RequestError(SEND, "the web server went away")
+                if not response.head_sent:
+                    request.print_stdout(response.head())
+                if not response.head_only:
+                    request.print_stdout(chunk)
+            if response.head_only and response.head_sent:
+                break
+        if request.is_aborted and not request.finished:
+            raise RequestError(SEND, "the web server went away")
+        tail = b"" if response.head_sent else response.head()
+        request.finish(0, tail)
+
+    def _send_file(self, request, response, wrapper, fd):
+        if not response.head_sent:
+            request.print_stdout(response.head())
+        try:
+            offset = wrapper.filelike.tell()
+        except (AttributeError, OSError):
+            offset = 0
+        count = None
+        for name, value in response.headers:
+            if name.lower() == "content-length" and value.isdigit():
+                count = int(value)
+        request.send_file(fd, offset, count)
+        if request.is_aborted:
+            raise RequestError(SEND, "the web server went away")
+        request.finish(0)
+
+    def _request_failed(self, request, response, exc):
+        """stdin broke a limit or the web server went away."""
+        code = exc.code
+        if code in LIMIT_RESPONSES and not response.head_sent:
+            log.warning("request %d from %s: %s (%d): %s; answered %s",
+                        request.request_id, request.params.get("REMOTE_ADDR", "?"),
+                        CODE_NAMES.get(code, code), code, exc,
+                        LIMIT_RESPONSES[code][0][:3])
+            status, headers, body = LIMIT_RESPONSES[code]
+            request.finish(0, request.connection.writer.head(status, headers) + body)
+            request.keep_conn = False    # the rest of the body is still coming
+            return
+        log.warning("request %d %s %s: %s (%d): %s; response cut short",
+                    request.request_id, request.method, request.params.get("REQUEST_URI", ""),
+                    CODE_NAMES.get(code, code), code, exc)
+        request.keep_conn = False
+        if code == ABORT:
+            request._aborted = False     # the web server waits for END_REQUEST
+            request.finish(1)
+
+    def _app_failed(self, request, response):
+        log.error("request %d %s %s: application error\n%s", request.request_id,
+                  request.method, request.params.get("REQUEST_URI", ""),
+                  traceback.format_exc().rstrip())
+        if request.finished:
+            return
+        if response.head_sent:
+            request.keep_conn = False
+            request.finish(1)      # cut short: the web server sees a non-zero status
+            return
+        status, headers, body = _ERROR_500
+        response.status = status
+        request.finish(1, request.connection.writer.head(status, headers) + body)
+
+    def _log_access(self, request, response, started):
+        p = request.params
+        log.info('%s "%s %s %s" %s %d %.1fms', p.get("REMOTE_ADDR", "-"),
+                 p.get("REQUEST_METHOD", "-"), p.get("REQUEST_URI", p.get("PATH_INFO", "")),
+                 p.get("SERVER_PROTOCOL", "-"), (response.status or "-")[:3],
+                 request.stdout_bytes, (time.time() - started) * 1000)
+
+
+class RawGateway(object):
+    """``--raw``: the application is called with the Request itself and
+    must finish it (it is finished with exit code 0 if it returns without)."""
+
+    def __init__(self, app, access_log=False):
+        self.app = app
+
+    def __call__(self, request):
+        try:
+            self.app(request)
+        except RequestError as exc:
+            log.warning("request %d: %s (%d): %s", request.request_id,
+                        CODE_NAMES.get(exc.code, exc.code), exc.code, exc)
+            request.keep_conn = False
+        except Exception:
+            log.error("request %d: application error\n%s", request.request_id,
+                      traceback.format_exc().rstrip())
+            if not request.finished:
+                request.keep_conn = False
+                if not request._stdout_used:
+                    status, headers, body = _ERROR_500
+                    request.finish(1, request.connection.writer.head(status, headers) + body)
+                else:
+                    request.finish(1)
+        if not request.finished:
+            request.finish(0)
+
+
+# ############################################################################
+# Servers  ####################################################################
+# ############################################################################
+#
+# A Server is what runs in a worker: it owns the listening socket's accept
+# loop and the connections it accepted.  It serves one request at a time;
+# between requests it waits, in one selector, on the listener, on its kept
+# (KEEP_CONN) connections and on a wake-up pipe that signals write to, so an
+# idle kept connection never blocks new ones and a signal acts at once.
+# Signals never raise into the request: they only set flags.
+
+_CODE_REASONS = {
+    EOF: "the web server closed the connection mid-request",
+    IO: "read error",
+    PROTO: "FastCGI protocol violation",
+    PLEN: "params over the limit",
+    CLEN: "body over the limit or invalid CONTENT_LENGTH",
+    ABORT: "request aborted by the web server",
+    SEND: "write error: the web server went away",
+}
+# Kept connections one worker holds open at most; past it the least
+# recently used is closed (nginx then opens a new one).
+MAX_KEPT_CONNECTIONS = 64
+# After answering a request whose body was not read, we read and drop what
+# the web server still sends (so it never sees a reset before our reply), up
+# to this long.
+_DRAIN_SECONDS = 2.0
+
+
+def parse_address(text):
+    """Parse ``HOST:PORT``, ``[V6ADDR]:PORT``, ``unix:/PATH`` or ``/PATH``.
+
+    Returns:
+        (family, address) for socket.bind.
+    Raises:
+        ValueError: not one of those forms.
+    """
+    if text.startswith("unix:"):
+        return socket.AF_UNIX, text[5:]
+    if text.startswith("/") or text.startswith("./"):
+        return socket.AF_UNIX, text
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError("bad address %r: use [V6ADDR]:PORT" % text)
+        family = socket.AF_INET6
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError("bad address %r: use HOST:PORT, [V6]:PORT or unix:/PATH" % text)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("bad port in address %r" % text)
+    return family, (host or "0.0.0.0", int(port))
+
+
+def format_address(family, address):
+    if family == socket.AF_UNIX:
+        return "unix:" + (address if isinstance(address, str) else repr(address))
+    if family == socket.AF_INET6:
+        return "[%s]:%d" % address[:2]
+    return "%s:%d" % address[:2]
+
+
+def bind_listener(text, backlog=1024, socket_mode=None):
+    """Bind and listen on the address ``text`` (see parse_address).
+
+    A stale unix socket (nobody accepting) is replaced; a live one is an
+    error.  ``socket_mode`` (int) is applied to a unix socket's file.
+    """
+    family, address = parse_address(text)
+    if family == socket.AF_UNIX:
+        if os.path.exists(address):
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(address)
+            except OSError:
+                os.unlink(address)      # stale: left by a server that died
+            else:
+                raise OSError(errno.EADDRINUSE, "%s: another server is listening" % address)
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o077) if socket_mode is not None else None
+        try:
+            sock.bind(address)
+        finally:
+            if old_umask is not None:
+                os.umask(old_umask)
+        if socket_mode is not None:
+            os.chmod(address, socket_mode)
+    else:
+        if family == socket.AF_INET and not address[0][:1].isdigit():
+            family = socket.getaddrinfo(address[0], address[1], 0, socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+    sock.listen(backlog)
+    return sock
+
+
+def inherited_listener():
+    """The listening socket we were handed, or None: our own re-exec
+    (FASTFCGI_LISTEN_FD), systemd socket activation (LISTEN_FDS/LISTEN_PID),
+    or a web server that spawned us with it on fd 0 (FCGI_LISTENSOCK_FILENO,
+    spec 2.2)."""
+    fd = None
+    if os.environ.get("FASTFCGI_LISTEN_FD", "").isdigit():
+        fd = int(os.environ.pop("FASTFCGI_LISTEN_FD"))
+    elif (os.environ.get("LISTEN_PID") == str(os.getpid())
+          and os.environ.get("LISTEN_FDS", "0").isdigit() and int(os.environ["LISTEN_FDS"]) >= 1):
+        fd = 3
+        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            os.environ.pop(name, None)
+    else:
+        try:
+            import stat
+            if not stat.S_ISSOCK(os.fstat(0).st_mode):
+                return None
+        except OSError:
+            return None
+        fd = 0
+    sock = socket.socket(fileno=fd)
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        listening = 0
+    if not listening:
+        sock.detach()
+        return None
+    if fd == 0:
+        # Keep fd 0 from being a socket for the application: move it.
+        new = sock.dup()
+        sock.detach()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        sock = new
+    return sock
+
+
+def parse_allow(text):
+    """``--allow`` / FCGI_WEB_SERVER_ADDRS: comma-separated addresses or
+    networks.  Returns a list of ip_network, or None for "anyone"."""
+    if not text:
+        return None
+    import ipaddress
+    return [ipaddress.ip_network(part.strip(), strict=False)
+            for part in text.replace(" ", ",").split(",") if part.strip()]
+
+
+def peer_allowed(allow, peer):
+    """Is ``peer`` (an accept() address) in ``allow``?  Unix peers are."""
+    if allow is None or not isinstance(peer, tuple):
+        return True
+    import ipaddress
+    ip = ipaddress.ip_address(peer[0].split("%")[0])
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in allow)
+
+
+class Server(object):
+    """Serves FastCGI requests from ``listener`` with ``gateway(request)``.
+
+    The core comes in as the class attributes ``parser_class`` and
+    ``writer_class``; the compiled module subclasses Server to plug its own.
+    """
+
+    parser_class = Parser
+    writer_class = Writer
+
+    def __init__(self, gateway, listener, *, max_body=None,
+                 max_param_size=DEFAULT_MAX_PARAM_SIZE,
+                 max_params_size=DEFAULT_MAX_PARAMS_SIZE, allow=None,
+                 max_requests=0, max_conns=MAX_KEPT_CONNECTIONS, busy_slot=None):
+        self.gateway = gateway
+        self.listener = listener
+        self.max_body = max_body
+        self.max_param_size = max_param_size
+        self.max_params_size = max_params_size
+        self.allow = allow
+        self.max_requests = max_requests
+        self.max_conns = max_conns
+        self.busy_slot = busy_slot      # callable(seconds or 0.0), see Supervisor
+        self.writer = self.writer_class()
+        self.alive = True
+        self.served = 0
+        self._wake_r = self._wake_w = None
+        self._kept = {}                 # fd -> Connection, kept for the next request
+
+    def stop(self):
+        """Stop after the request in flight (signal-safe: sets a flag)."""
+        self.alive = False
+
+    # -- the accept loop ------------------------------------------------------
+
+    def serve_forever(self, parent_pid=None):
+        """Serve until stop() (or the parent process ``parent_pid`` dies)."""
+        import selectors
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        old_wakeup = signal.set_wakeup_fd(self._wake_w)
+        selector = selectors.DefaultSelector()
+        self.listener.setblocking(False)
+        selector.register(self.listener, selectors.EVENT_READ, None)
+        selector.register(self._wake_r, selectors.EVENT_READ, None)
+        try:
+            while self.alive:
+                if parent_pid is not None and os.getppid() != parent_pid:
+                    log.warning("supervisor %d is gone; worker exits", parent_pid)
+                    break
+                for key, _ in selector.select(1.0):
+                    if not self.alive:
+                        break
+                    if key.fileobj is self.listener:
+                        self._accept(selector)
+                    elif key.fileobj == self._wake_r:
+                        try:
+                            os.read(self._wake_r, 512)
+                        except OSError:
+                            pass
+                    else:
+                        self._serve_kept(selector, key.data)
+        finally:
+            for conn in list(self._kept.values()):
+                self._close(selector, conn)
+            selector.close()
+            signal.set_wakeup_fd(old_wakeup)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _accept(self, selector):
+        try:
+            sock, peer = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return              # another worker took it
+        except OSError as exc:
+            log.error("accept failed: %s", exc)
+            time.sleep(0.1)     # e.g. EMFILE: do not spin
+            return
+        if not peer_allowed(self.allow, peer):
+            log.warning("connection from %s refused: not in --allow", peer[0])
+            sock.close()
+            return
+        sock.setblocking(True)
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        parser = self.parser_class(max_param_size=self.max_param_size,
+                                   max_params_size=self.max_params_size,
+                                   max_body=self.max_body, max_conns=self.max_conns)
+        peer_text = "%s:%s" % peer[:2] if isinstance(peer, tuple) else "unix"
+        conn = Connection(sock, parser, self.writer, peer_text)
+        if self.serve_connection(conn):
+            self._keep(selector, conn)
+        else:
+            self._close(None, conn)
+
+    def _keep(self, selector, conn):
+        import selectors
+        if len(self._kept) >= MAX_KEPT_CONNECTIONS:
+            oldest = next(iter(self._kept.values()))
+            self._close(selector, oldest)
+        fd = conn.sock.fileno()
+        self._kept[fd] = conn
+        selector.register(conn.sock, selectors.EVENT_READ, conn)
+
+    def _serve_kept(self, selector, conn):
+        # Move it to the end: the dict's order is least recently used first.
+        fd = conn.sock.fileno()
+        del self._kept[fd]
+        if self.serve_connection(conn):
+            self._kept[fd] = conn
+        else:
+            self._close(selector, conn)
+
+    def _close(self, selector, conn):
+        if selector is not None:
+            try:
+                selector.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+            self._kept.pop(conn.sock.fileno(), None)
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+
+    # -- one connection -----------------------------------------------------
+
+    def serve_connection(self, conn):
+        """Serve the requests that are ready on ``conn``.
+
+        Returns True to keep the connection for a later request (KEEP_CONN,
+        nothing buffered), False once it must be closed.
+        """
+        parser = conn.parser
+        while True:
+            code = parser.read_request(conn.sock)
+            if code == OK:
+                request = Request(conn, parser.request_id, parser.role, parser.flags,
+                                  parser.params)
+                keep = self.handle(request)
+                if not keep:
+                    return False
+                if parser.buffered < 8:
+                    return True     # wait in the selector for the next one
+                continue
+            if code == ABORT:
+                # Aborted before its params ended: answer and go on.
+                try:
+                    conn.sock.sendall(self.writer.end_request(parser.request_id, 1))
+                except OSError:
+                    return False
+                parser.end_request(parser.request_id)
+                continue
+            if code != NOREQ:
+                self.connection_failed(conn, code)
+            return False
+
+    def handle(self, request):
+        """Run the gateway on one request; True if the connection stays."""
+        self.served += 1
+        if self.busy_slot is not None:
+            self.busy_slot(time.monotonic())
+        try:
+            self.gateway(request)
+            if not request.finished:
+                request.finish(0)
+            keep = request.keep_conn and not request._aborted and self.alive
+            if keep and not request._stdin_done:
+                request.discard_stdin()     # so the next request's records come next
+                keep = not request._aborted
+            elif not keep and not request._stdin_done and not request._aborted:
+                self._drain(request.connection)
+        finally:
+            if self.busy_slot is not None:
+                self.busy_slot(0.0)
+        if self.max_requests and self.served >= self.max_requests:
+            log.info("served %d requests (--max-requests): worker recycles", self.served)
+            self.alive = False
+        return keep
+
+    def connection_failed(self, conn, code):
+        """One log line naming the code; answer the request if it can be."""
+        parser = conn.parser
+        answered = ""
+        if code in LIMIT_RESPONSES and parser.request_id:
+            status, headers, body = LIMIT_RESPONSES[code]
+            try:
+                conn.sock.sendall(self.writer.response(parser.request_id, status, headers, body))
+                answered = "; answered %s" % status[:3]
+            except OSError:
+                pass
+            self._drain(conn)
+        log.warning("connection from %s: %s (%d): %s%s", conn.peer, CODE_NAMES[code], code,
+                    _CODE_REASONS.get(code, ""), answered)
+
+    def _drain(self, conn):
+        """Half-close, then read and drop what the web server still sends,
+        so it reads our answer instead of a connection reset."""
+        sock = conn.sock
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + _DRAIN_SECONDS
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([sock], [], [], left)[0]:
+                    break
+                if not sock.recv(262144):
+                    break
+        except OSError:
+            pass
+
+
+# ############################################################################
+# Supervisor  #################################################################
+# ############################################################################
+#
+# The supervisor binds first, then forks the workers, and from then on only
+# watches: signal handlers record the signal in a bounded queue and wake the
+# main loop through a self-pipe (they never log); the loop reaps with
+# waitpid(WNOHANG), replaces dead workers (backing off when they keep
+# crashing), kills workers whose request outlived --timeout, and handles
+#   TERM, INT  graceful stop: workers finish their request, then exit 0;
+#   HUP        graceful reload: a new generation imports fresh code, and once
+#              it is up the old one retires (oldest first).
+#
+# A worker's "busy since" time lives in a shared memory slot: written when a
+# request starts, zeroed when it ends, -1 while the worker boots.  An idle
+# kept connection leaves it at zero, so it never counts against --timeout.
+#
+# With one worker and nothing that needs a supervisor (no --timeout, no
+# --max-requests), the process serves by itself, as FU does; HUP then
+# re-executes it on the same listening socket.
+
+WORKER_BOOT_ERROR = 3         # the application failed to import: do not respawn
+_KILL_GRACE = 3.0             # seconds between SIGABRT and SIGKILL for --timeout
+_BOOTING = -1.0
+
+
+class Worker(object):
+    """The supervisor's record of one worker process."""
+
+    __slots__ = ("pid", "slot", "generation", "started", "retiring", "aborted_at")
+
+    def __init__(self, pid, slot, generation):
+        self.pid = pid
+        self.slot = slot
+        self.generation = generation
+        self.started = time.monotonic()
+        self.retiring = False
+        self.aborted_at = None
+
+
+class Supervisor(object):
+    """Prefork supervisor.  ``make_server(listener, busy_slot, max_requests)``
+    runs in each new worker: it imports the application and returns the
+    Server to run."""
+
+    SIGNALS = ("TERM", "INT", "HUP", "CHLD", "TTIN", "TTOU")
+
+    def __init__(self, listener, make_server, *, workers=1, max_requests=(0, 0),
+                 timeout=0, graceful_timeout=30.0):
+        import mmap
+        self.listener = listener
+        self.make_server = make_server
+        self.workers_wanted = workers
+        self.max_requests = max_requests
+        self.timeout = timeout
+        self.graceful_timeout = graceful_timeout
+        self.slots_count = 4 * workers + 8
+        self.slots = mmap.mmap(-1, 8 * self.slots_count)     # shared with the children
+        self.workers = {}            # pid -> Worker
+        self.generation = 0
+        self.signal_queue = []
+        self.crashes = []            # monotonic times of recent crashes
+        self.respawn_at = 0.0
+        self.stopping = False
+        self.exit_code = 0
+        self.pipe = None
+
+    # -- signals: record and wake ----------------------------------------------
+
+    def _on_signal(self, signum, frame):
+        if len(self.signal_queue) < 5:
+            self.signal_queue.append(signum)
+        try:
+            os.write(self.pipe[1], b".")
+        except OSError:
+            pass
+
+    def handle_term(self):
+        self.stop(graceful=True)
+
+    handle_int = handle_term
+
+    def handle_hup(self):
+        log.info("reload: starting generation %d", self.generation + 1)
+        self.generation += 1
+        for _ in range(self.workers_wanted):
+            self.spawn()
+
+    def handle_chld(self):
+        pass                        # reap() runs every loop
+
+    def handle_ttin(self):
+        self.workers_wanted += 1
+
+    def handle_ttou(self):
+        if self.workers_wanted > 1:
+            self.workers_wanted -= 1
+
+    # -- slots -------------------------------------------------------------------
+
+    def _free_slot(self):
+        used = {w.slot for w in self.workers.values()}
+        for i in range(self.slots_count):
+            if i not in used:
+                return i
+        raise RuntimeError("no free worker slot")
+
+    def slot_value(self, i):
+        return struct.unpack_from("d", self.slots, 8 * i)[0]
+
+    # -- workers -----------------------------------------------------------------
+
+    def spawn(self):
+        slot = self._free_slot()
+        struct.pack_into("d", self.slots, 8 * slot, _BOOTING)
+        pid = os.fork()
+        if pid:
+            self.workers[pid] = Worker(pid, slot, self.generation)
+            return
+        # In the child.
+        code = 0
+        try:
+            code = self._worker_main(slot)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            log.error("worker crashed\n%s", traceback.format_exc().rstrip())
+            code = 1
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def _worker_main(self, slot):
+        parent = os.getppid()
+        os.close(self.pipe[0])
+        os.close(self.pipe[1])
+        for name in self.SIGNALS:
+            signal.signal(getattr(signal, "SIG" + name), signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        slots = self.slots
+
+        def busy(value, offset=8 * slot):
+            struct.pack_into("d", slots, offset, value)
+
+        low, high = self.max_requests
+        limit = random.randint(low, high) if low else 0
+        try:
+            server = self.make_server(self.listener, busy, limit)
+        except BaseException:
+            log.error("cannot load the application:\n%s", traceback.format_exc().rstrip())
+            return WORKER_BOOT_ERROR
+
+        def graceful(signum, frame):
+            server.stop()
+
+        def dump_and_exit(signum, frame):
+            log.error("worker %d: request over --timeout %ss, killed; it was at:\n%s",
+                      os.getpid(), self.timeout,
+                      "".join(traceback.format_stack(frame)).rstrip())
+            logging.shutdown()
+            os._exit(1)
+
+        signal.signal(signal.SIGTERM, graceful)
+        signal.signal(signal.SIGINT, graceful)
+        signal.signal(signal.SIGABRT, dump_and_exit)
+        busy(0.0)
+        server.serve_forever(parent_pid=parent)
+        return 0
+
+    def reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not pid:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+            if code == WORKER_BOOT_ERROR:
+                if worker.generation == 0 and not self.stopping:
+                    log.error("the application failed to load: stopping")
+                    self.exit_code = 1
+                    self.stop(graceful=False)
+                else:
+                    log.error("reload failed: the new code does not load; old workers serve on")
+                    for other in self.workers.values():
+                        if other.generation == worker.generation:
+                            self._kill(other.pid, signal.SIGTERM)
+                            other.retiring = True
+                    self.generation_failed = worker.generation
+                continue
+            if self.stopping or worker.retiring:
+                continue
+            if code != 0:
+                log.warning("worker %d died (%s): replacing it", pid,
+                            "exit %d" % code if code > 0 else "signal %d" % -code)
+                now = time.monotonic()
+                self.crashes = [t for t in self.crashes if now - t < 10] + [now]
+                if len(self.crashes) > 3:
+                    delay = min(10.0, 0.1 * 2 ** (len(self.crashes) - 3))
+                    log.warning("workers keep dying: next start in %.1fs", delay)
+                    self.respawn_at = now + delay
+
+    def manage(self):
+        """Keep the wanted number of workers in the newest generation, retire
+        the older ones once it is up, kill the ones over --timeout."""
+        now = time.monotonic()
+        current = [w for w in self.workers.values()
+                   if w.generation == self.generation and not w.retiring]
+        if getattr(self, "generation_failed", None) == self.generation:
+            # Fall back to the newest generation that still has workers.
+            self.generation = max((w.generation for w in self.workers.values()
+                                   if not w.retiring), default=self.generation)
+            self.generation_failed = None
+            current = [w for w in self.workers.values()
+                       if w.generation == self.generation and not w.retiring]
+        if len(current) < self.workers_wanted and now >= self.respawn_at:
+            for _ in range(self.workers_wanted - len(current)):
+                self.spawn()
+        elif len(current) > self.workers_wanted:
+            for worker in sorted(current, key=lambda w: w.started)[:len(current) - self.workers_wanted]:
+                worker.retiring = True
+                self._kill(worker.pid, signal.SIGTERM)
+        if current and all(self.slot_value(w.slot) != _BOOTING for w in current):
+            for worker in sorted(self.workers.values(), key=lambda w: w.started):
+                if worker.generation < self.generation and not worker.retiring:
+                    worker.retiring = True
+                    self._kill(worker.pid, signal.SIGTERM)
+        if self.timeout:
+            for worker in list(self.workers.values()):
+                since = self.slot_value(worker.slot)
+                if worker.aborted_at is not None:
+                    if now - worker.aborted_at > _KILL_GRACE:
+                        self._kill(worker.pid, signal.SIGKILL)
+                elif since > 0 and now - since > self.timeout:
+                    log.error("worker %d: request running for %.1fs, over --timeout %ss",
+                              worker.pid, now - since, self.timeout)
+                    worker.aborted_at = now
+                    self._kill(worker.pid, signal.SIGABRT)
+
+    def _kill(self, pid, sig):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, graceful=True):
+        if not self.stopping:
+            self.stopping = True
+            self.stop_deadline = time.monotonic() + (self.graceful_timeout if graceful else 0)
+            for worker in self.workers.values():
+                self._kill(worker.pid, signal.SIGTERM if graceful else signal.SIGKILL)
+
+    # -- the main loop -------------------------------------------------------------
+
+    def run(self):
+        """Run until stopped; returns the exit code."""
+        self.pipe = os.pipe()
+        for fd in self.pipe:
+            os.set_blocking(fd, False)
+        for name in self.SIGNALS:
+            signal.signal(getattr(signal, "SIG" + name), self._on_signal)
+        try:
+            while True:
+                while self.signal_queue:
+                    signum = self.signal_queue.pop(0)
+                    getattr(self, "handle_" + signal.Signals(signum).name[3:].lower())()
+                self.reap()
+                if self.stopping:
+                    if not self.workers:
+                        break
+                    if time.monotonic() > self.stop_deadline:
+                        log.warning("graceful timeout: killing %d worker(s)", len(self.workers))
+                        for worker in self.workers.values():
+                            self._kill(worker.pid, signal.SIGKILL)
+                        self.stop_deadline = float("inf")
+                else:
+                    self.manage()
+                try:
+                    select.select([self.pipe[0]], [], [], 0.5)
+                    os.read(self.pipe[0], 512)
+                except (OSError, InterruptedError):
+                    pass
+        finally:
+            for name in self.SIGNALS:
+                signal.signal(getattr(signal, "SIG" + name), signal.SIG_DFL)
+        return self.exit_code
+
+
+# ############################################################################
+# CLI  ########################################################################
+# ############################################################################
+
+def select_core():
+    """The core to serve with: ``FASTFCGI_PURE=1`` gives this module;
+    otherwise the compiled ``fastfcgi`` when it imports, else this module."""
+    if os.environ.get("FASTFCGI_PURE") == "1":
+        return sys.modules[__name__]
+    try:
+        import fastfcgi
+        return fastfcgi
+    except ImportError:
+        return sys.modules[__name__]
+
+
+def core_name(core):
+    return "compiled" if core.Parser.__module__ == "fastfcgi" else "pure"
+
+
+def load_app(spec):
+    """Import ``MODULE:CALLABLE`` (CALLABLE may be a dotted attribute path;
+    default ``application``).  The current directory is importable.
+
+    Raises:
+        ImportError, AttributeError, TypeError: with a message that says what.
+    """
+    import importlib
+    module_name, _, attr = spec.partition(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    obj = module
+    for part in (attr or "application").split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AttributeError("%s has no attribute %r" % (module_name, attr or "application"))
+    if not callable(obj):
+        raise TypeError("%s is not callable" % spec)
+    return obj
+
+
+def _size(text):
+    """A byte count with an optional k/m/g suffix (powers of 1024)."""
+    text = text.strip().lower()
+    mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(text[-1:], 1)
+    return int(text[:-1] if mult > 1 else text) * mult
+
+
+def _max_requests(text):
+    low, _, high = text.partition(":")
+    low = int(low)
+    high = int(high) if high else low
+    if low < 0 or high < low:
+        raise ValueError("--max-requests: want N or N:M with N <= M")
+    return low, high
+
+
+def build_arg_parser():
+    import argparse
+    p = argparse.ArgumentParser(
+        prog="fastfcgi",
+        description="Serve a WSGI application over FastCGI behind nginx, Apache, lighttpd, "
+                    "Caddy or h2o.",
+        epilog="ADDR is HOST:PORT, [V6ADDR]:PORT, unix:/PATH or /PATH.  With no address, "
+               "a listening socket on fd 0 (the web server spawned us) or from systemd "
+               "(LISTEN_FDS) is served.  Signals: TERM/INT stop gracefully, HUP reloads "
+               "the application with no request dropped.")
+    p.add_argument("app", metavar="MODULE:CALLABLE", nargs="?",
+                   help="the application, e.g. myproject.wsgi:application")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--fcgi", metavar="ADDR", help="serve FastCGI on ADDR")
+    where.add_argument("--http", metavar="ADDR",
+                       help="serve plain HTTP on ADDR (development only)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--asgi", action="store_true", help="the callable is an ASGI 3 app")
+    kind.add_argument("--raw", action="store_true",
+                      help="the callable receives the fastfcgi Request object")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes (default 1)")
+    p.add_argument("--max-requests", type=_max_requests, default=(0, 0), metavar="N[:M]",
+                   help="recycle a worker after N requests (a random count in N..M)")
+    p.add_argument("--max-body", type=_size, default=None, metavar="BYTES",
+                   help="largest request body (413 past it); k/m/g suffixes; default no limit")
+    p.add_argument("--max-param-size", type=_size, default=DEFAULT_MAX_PARAM_SIZE,
+                   metavar="BYTES", help="largest param name or value (431 past it; "
+                   "default %d)" % DEFAULT_MAX_PARAM_SIZE)
+    p.add_argument("--max-params-size", type=_size, default=DEFAULT_MAX_PARAMS_SIZE,
+                   metavar="BYTES", help="largest total of a request's params (431 past it; "
+                   "default %d)" % DEFAULT_MAX_PARAMS_SIZE)
+    p.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
+                   help="kill a worker whose request runs longer, logging its traceback")
+    p.add_argument("--graceful-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long in-flight requests may run after TERM (default 30)")
+    p.add_argument("--allow", metavar="ADDR,...", default=os.environ.get("FCGI_WEB_SERVER_ADDRS"),
+                   help="accept connections only from these addresses/networks "
+                        "(default: $FCGI_WEB_SERVER_ADDRS, else anyone)")
+    p.add_argument("--socket-mode", type=lambda s: int(s, 8), default=None, metavar="MODE",
+                   help="file mode of a unix socket, octal (e.g. 660)")
+    p.add_argument("--backlog", type=int, default=1024, help="listen backlog (default 1024)")
+    p.add_argument("--access-log", action="store_true", help="log one line per request")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("--reload", action="store_true",
+                   help="restart workers when the application's source changes (development)")
+    p.add_argument("--version", action="store_true", help="print version and core, then exit")
+    return p
+
+
+def main(argv=None, core=None):
+    """The ``fastfcgi`` command.  Returns the exit code."""
+    args = build_arg_parser().parse_args(argv)
+    core = core or select_core()
+    if args.version:
+        print("fastfcgi %s (%s core, Python %s)" % (__version__, core_name(core),
+                                                    sys.version.split()[0]))
+        return 0
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s [%(process)d] %(levelname)s %(message)s")
+    if not args.app:
+        build_arg_parser().print_usage(sys.stderr)
+        log.error("no application given (MODULE:CALLABLE)")
+        return 2
+    if args.asgi or args.http or args.reload:
+        log.error("%s is not available in this version",
+                  "--asgi" if args.asgi else "--http" if args.http else "--reload")
+        return 2
+    if args.workers < 1:
+        log.error("--workers must be at least 1")
+        return 2
+    try:
+        allow = parse_allow(args.allow)
+    except ValueError as exc:
+        log.error("--allow: %s", exc)
+        return 2
+
+    # Bind first: the workers inherit the socket.
+    listener = inherited_listener()
+    unix_path = None
+    if args.fcgi:
+        if listener is not None:
+            listener.close()
+        try:
+            listener = bind_listener(args.fcgi, args.backlog, args.socket_mode)
+        except (OSError, ValueError) as exc:
+            log.error("cannot listen on %s: %s", args.fcgi, exc)
+            return 1
+        family, address = parse_address(args.fcgi)
+        if family == socket.AF_UNIX:
+            unix_path = address
+    elif listener is None:
+        log.error("no address: give --fcgi ADDR, or start us with a listening socket on fd 0")
+        return 2
+    where = format_address(listener.family, listener.getsockname())
+    gateway_class = RawGateway if args.raw else WSGIGateway
+    single = args.workers == 1 and not args.timeout and not args.max_requests[0]
+
+    def make_server(listener, busy_slot=None, max_requests=0):
+        app = load_app(args.app)
+        return core.Server(gateway_class(app, access_log=args.access_log), listener,
+                           max_body=args.max_body, max_param_size=args.max_param_size,
+                           max_params_size=args.max_params_size, allow=allow,
+                           max_requests=max_requests,
+                           max_conns=MAX_KEPT_CONNECTIONS * args.workers,
+                           busy_slot=busy_slot)
+
+    log.info("fastfcgi %s serving %s on %s: %d worker(s), %s core, Python %s",
+             __version__, args.app, where, args.workers, core_name(core),
+             sys.version.split()[0])
+    try:
+        if single:
+            return _serve_single(make_server, listener)
+        return Supervisor(listener, make_server, workers=args.workers,
+                          max_requests=args.max_requests, timeout=args.timeout,
+                          graceful_timeout=args.graceful_timeout).run()
+    finally:
+        if unix_path and os.environ.get("FASTFCGI_LISTEN_FD") is None:
+            try:
+                os.unlink(unix_path)
+            except OSError:
+                pass
+        log.info("stopped")
+
+
+def _serve_single(make_server, listener):
+    """One process serves by itself.  HUP re-executes it on the same socket."""
+    try:
+        server = make_server(listener)
+    except BaseException:
+        log.error("cannot load the application:\n%s", traceback.format_exc().rstrip())
+        return 1
+    reload_wanted = []
+
+    def graceful(signum, frame):
+        if signum == signal.SIGHUP:
+            reload_wanted.append(True)
+        server.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, graceful)
+    server.serve_forever()
+    if reload_wanted:
+        log.info("reload: re-executing with the same listening socket")
+        os.set_inheritable(listener.fileno(), True)
+        os.environ["FASTFCGI_LISTEN_FD"] = str(listener.fileno())
+        logging.shutdown()
+        argv = [sys.executable] + _original_argv()
+        os.execv(sys.executable, argv)
+    return 0
+
+
+def _original_argv():
+    """The command line to re-execute: the interpreter's own options are
+    lost, the script and its arguments kept (``-m module`` included)."""
+    main_module = sys.modules.get("__main__")
+    spec = getattr(main_module, "__spec__", None)
+    if spec is not None and spec.name:
+        return ["-m", spec.name] + sys.argv[1:]
+    return sys.argv[:]
+
+
+if __name__ == "__main__":
+    sys.exit(main(core=sys.modules[__name__]))
