@@ -1151,6 +1151,11 @@ class Request(object):
             out = writer.end_stderr(self.request_id) + out
         self.stdout_bytes += len(_tail)
         self.send(out)
+        if self.keep_conn and not self._stdin_done and not self._aborted:
+            # The connection serves on: the stdin the application left must
+            # be read off it first (the parser skips records of ended ids,
+            # but could not tell when they stop).
+            self.discard_stdin()
         conn.parser.end_request(self.request_id)
 
     @property
@@ -1360,7 +1365,19 @@ class WSGIGateway(object):
         self.access_log = access_log
 
     def environ(self, request):
+        """The PEP 3333 environ: the params as sent, plus the wsgi.* keys.
+
+        Two params are moved, not copied: nginx forwards every header as
+        HTTP_*, but RFC 3875 4.1.18 and PEP 3333 want Content-Type and
+        Content-Length only as CONTENT_TYPE and CONTENT_LENGTH.
+        """
         env = dict(request.params)
+        if "HTTP_CONTENT_TYPE" in env:
+            value = env.pop("HTTP_CONTENT_TYPE")
+            env.setdefault("CONTENT_TYPE", value)
+        if "HTTP_CONTENT_LENGTH" in env:
+            value = env.pop("HTTP_CONTENT_LENGTH")
+            env.setdefault("CONTENT_LENGTH", value)
         https = env.get("HTTPS", "").lower()
         scheme = env.get("REQUEST_SCHEME", "").lower()
         env["wsgi.url_scheme"] = "https" if https in ("on", "1") or scheme == "https" else "http"
@@ -1856,10 +1873,7 @@ class Server(object):
             if not request.finished:
                 request.finish(0)
             keep = request.keep_conn and not request._aborted and self.alive
-            if keep and not request._stdin_done:
-                request.discard_stdin()     # so the next request's records come next
-                keep = not request._aborted
-            elif not keep and not request._stdin_done and not request._aborted:
+            if not keep and not request._stdin_done and not request._aborted:
                 self._drain(request.connection)
         finally:
             if self.busy_slot is not None:

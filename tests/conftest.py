@@ -181,3 +181,15 @@ def check_three_ways(core, data, expected_events, expected_replies=b"",
             assert replies == expected_replies + trailer_reply, name
         else:
             assert replies == expected_replies, name
+
+
+def core_id_or_skip(core_id):
+    if core_id == "c" and fastfcgi is None:
+        pytest.skip("compiled core not built (%s)" % (PURE_ONLY_REASON or COMPILED_IMPORT_ERROR))
+    return core_id
+
+
+@pytest.fixture(params=["c", "py"])
+def core_id(request):
+    """The core id ("c" or "py") for tests that run the server as a process."""
+    return core_id_or_skip(request.param)

@@ -1,0 +1,163 @@
+"""WSGI applications the integration tests serve (each wrapped in
+wsgiref.validate.validator, so a PEP 3333 slip of the gateway fails loudly).
+
+Run by the server subprocess as ``tests.apps:NAME`` (or ``apps:NAME`` with
+tests/ on the path).
+"""
+
+import hashlib
+import json
+import os
+import time
+from wsgiref.validate import validator
+
+
+def _respond(start_response, body, status="200 OK", ctype="text/plain"):
+    start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+@validator
+def hello(environ, start_response):
+    return _respond(start_response, b"Hello, world!")
+
+
+def hello_plain(environ, start_response):
+    """Unvalidated hello, for load tests."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
+    return [b"Hello, world!"]
+
+
+@validator
+def environ_dump(environ, start_response):
+    env = {k: v for k, v in environ.items() if isinstance(v, (str, bool, tuple, int))}
+    env["pid"] = os.getpid()
+    return _respond(start_response, json.dumps(env, sort_keys=True).encode(), ctype="application/json")
+
+
+@validator
+def upload(environ, start_response):
+    """Reads the body in pieces, lines and all; answers its sha256 and size."""
+    stream = environ["wsgi.input"]
+    digest = hashlib.sha256()
+    size = 0
+    mode = environ.get("QUERY_STRING", "")
+    if mode == "lines":
+        for line in stream:
+            digest.update(line)
+            size += len(line)
+    else:
+        while True:
+            chunk = stream.read(65536 + 17)
+            if not chunk:
+                break
+            digest.update(chunk)
+            size += len(chunk)
+    body = json.dumps({"sha256": digest.hexdigest(), "size": size,
+                       "content_length": environ.get("CONTENT_LENGTH")}).encode()
+    return _respond(start_response, body, ctype="application/json")
+
+
+@validator
+def download(environ, start_response):
+    """Sends the file named by DOWNLOAD_FILE with wsgi.file_wrapper."""
+    path = os.environ["DOWNLOAD_FILE"]
+    f = open(path, "rb")
+    start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                              ("Content-Length", str(os.path.getsize(path)))])
+    return environ["wsgi.file_wrapper"](f, 65536)
+
+
+def _wait_for(path, limit=20.0):
+    deadline = time.time() + limit
+    while not os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.01)
+
+
+@validator
+def stream(environ, start_response):
+    """Yields a first chunk, then waits until the test creates the flag file
+    named in the query string before yielding the rest: the test can only
+    finish if the first chunk reached it while the application still ran."""
+    flag = environ["QUERY_STRING"]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+
+    def body():
+        yield b"first chunk\n"
+        _wait_for(flag)
+        yield b""               # empty chunks are allowed anywhere
+        yield b"second chunk\n"
+    return body()
+
+
+@validator
+def fail_before_head(environ, start_response):
+    raise RuntimeError("boom before the head")
+
+
+def fail_after_head(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+
+    def body():
+        yield b"partial"
+        raise RuntimeError("boom after the head")
+    return body()
+
+
+def crash(environ, start_response):
+    """The worker dies hard (os._exit) mid-request."""
+    os._exit(7)
+
+
+@validator
+def slow(environ, start_response):
+    """Sleeps for the seconds in the query string, then answers."""
+    time.sleep(float(environ.get("QUERY_STRING") or 1))
+    return _respond(start_response, b"slept")
+
+
+@validator
+def pid(environ, start_response):
+    return _respond(start_response, str(os.getpid()).encode())
+
+
+@validator
+def errors(environ, start_response):
+    environ["wsgi.errors"].write("a line for the web server's error log\n")
+    environ["wsgi.errors"].flush()
+    return _respond(start_response, b"logged")
+
+
+@validator
+def write_callable(environ, start_response):
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    write(b"written ")
+    return [b"then returned"]
+
+
+def raw_echo(request):
+    """--raw: the Request API directly."""
+    request.set_encoding("utf-8")
+    body = request.read_stdin()
+    request.print_stdout("Status: 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n")
+    request.print_stdout("%s %s %s|%s|%s" % (request.method, request.path, request.protocol,
+                                            request.param("HTTP_X_TEST", "-"), body))
+    request.print_stderr("raw request served\n")
+    request.finish(0)
+
+
+def flask_app():
+    from flask import Flask, request
+    app = Flask("fastfcgi_test")
+
+    @app.route("/hello/<name>", methods=["GET", "POST"])
+    def greet(name):
+        return {"name": name, "form": request.form.to_dict(),
+                "args": request.args.to_dict(), "path": request.path}
+    return app
+
+
+try:
+    flask = flask_app()
+except ImportError:
+    flask = None

@@ -1,0 +1,204 @@
+"""Real processes for the integration tests: fastfcgi as a subprocess on a
+free port or unix socket, and a private nginx in front of it.
+
+Every process is started with its own temporary files and stopped by PID.
+"""
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, "tests")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_until(predicate, timeout=15.0, interval=0.02):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def accepts(address):
+    """Ready means the address accepts connections."""
+    try:
+        if address.startswith("unix:"):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(address[5:])
+        else:
+            host, port = address.rsplit(":", 1)
+            s = socket.create_connection((host.strip("[]"), int(port)), timeout=1)
+        s.close()
+        return True
+    except OSError:
+        return False
+
+
+class FastCGIProcess(object):
+    """``fastfcgi`` in a subprocess, on the given core ("c" or "py")."""
+
+    def __init__(self, core_id, app, *args, address=None, env=None, tmpdir=None):
+        self.tmpdir = tmpdir or tempfile.mkdtemp(prefix="fastfcgi-test-")
+        self.address = address or "127.0.0.1:%d" % free_port()
+        self.log_path = os.path.join(self.tmpdir, "fastfcgi-%d.log" % free_port())
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join([TESTS, ROOT, environment.get("PYTHONPATH", "")])
+        environment.pop("FASTFCGI_PURE", None)
+        if core_id == "py":
+            environment["FASTFCGI_PURE"] = "1"
+        environment.update(env or {})
+        cmd = [sys.executable, "-c", "import sys, fastfcgi_py; sys.exit(fastfcgi_py.main())",
+               "--fcgi", self.address] + list(args) + [app]
+        self.log_file = open(self.log_path, "w+")
+        self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
+                                     env=environment, cwd=TESTS, start_new_session=True)
+        self.core_id = core_id
+
+    def wait_ready(self):
+        if not wait_until(lambda: accepts(self.address) or self.proc.poll() is not None):
+            raise RuntimeError("fastfcgi did not start:\n" + self.log())
+        if self.proc.poll() is not None:
+            raise RuntimeError("fastfcgi exited %s:\n%s" % (self.proc.returncode, self.log()))
+        want = "compiled core" if self.core_id == "c" else "pure core"
+        assert wait_until(lambda: want in self.log(), 5), self.log()
+        return self
+
+    def log(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def signal(self, sig):
+        os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout=20):
+        """TERM, wait; KILL the process group if it does not go."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)   # stray workers, if any
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.log_file.close()
+        return self.proc.returncode
+
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+NGINX_CONF = """
+daemon off;
+master_process off;
+worker_processes 1;
+error_log {tmp}/error.log info;
+pid {tmp}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    fastcgi_temp_path {tmp}/fastcgi;
+    proxy_temp_path {tmp}/proxy;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    client_max_body_size 200m;
+    upstream app_keepalive {{
+        server {backend};
+        keepalive 8;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            {params}
+            fastcgi_pass {backend};
+        }}
+        location /stream/ {{
+            {params}
+            fastcgi_buffering off;
+            fastcgi_pass {backend};
+        }}
+        location /tls/ {{
+            {params}
+            fastcgi_param HTTPS on;
+            fastcgi_pass {backend};
+        }}
+        location /keep/ {{
+            {params}
+            fastcgi_keep_conn on;
+            fastcgi_pass app_keepalive;
+        }}
+    }}
+}}
+"""
+
+# The README's nginx params for a WSGI application mounted at /: the whole
+# path is PATH_INFO, SCRIPT_NAME is empty.
+NGINX_PARAMS = """
+            include /etc/nginx/fastcgi_params;
+            fastcgi_param SCRIPT_NAME "";
+            fastcgi_param PATH_INFO $uri;
+"""
+
+
+class Nginx(object):
+    """A private nginx in front of ``backend`` (host:port or unix:/path)."""
+
+    def __init__(self, backend):
+        self.tmp = tempfile.mkdtemp(prefix="fastfcgi-nginx-")
+        self.port = free_port()
+        conf = os.path.join(self.tmp, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF.format(tmp=self.tmp, port=self.port, backend=backend,
+                                      params=NGINX_PARAMS))
+        self.proc = subprocess.Popen([NGINX, "-p", self.tmp, "-c", conf],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        if not wait_until(lambda: accepts("127.0.0.1:%d" % self.port)
+                          or self.proc.poll() is not None):
+            raise RuntimeError("nginx did not start: " + self.error_log())
+        if self.proc.poll() is not None:
+            raise RuntimeError("nginx exited: " + self.error_log())
+
+    def error_log(self):
+        try:
+            with open(os.path.join(self.tmp, "error.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def request(self, method, path, body=None, headers=None, timeout=60):
+        """One HTTP request; returns (status, headers dict, body bytes)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, dict(resp.getheaders()), resp.read()
+        finally:
+            conn.close()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
