@@ -38,6 +38,10 @@ __all__ = [
     "DEFAULT_MAX_PARAM_SIZE", "DEFAULT_MAX_PARAMS_SIZE",
     # protocol core
     "Parser", "Writer", "encode_params", "send_file",
+    # request, gateways, servers, client, CLI
+    "Request", "RequestError", "Connection", "WSGIGateway", "RawGateway", "FileWrapper",
+    "Server", "Supervisor", "WORKER_BOOT_ERROR", "parse_address", "bind_listener",
+    "Client", "ClientResponse", "main", "select_core", "load_app",
 ]
 
 
@@ -585,6 +589,7 @@ class Parser(object):
                 return OK
             if kind == FCGI_ABORT_REQUEST:
                 self.request_id = event[1]
+                self.flags = self._requests[event[1]].flags
                 return ABORT
             # STDIN/DATA of a request the caller has not ended: the caller
             # reads those with read_event; here they are a misuse.
@@ -991,7 +996,9 @@ class Request(object):
             event = conn.parser.read_event(conn.sock)
             if type(event) is int:
                 self._stdin_done = True
-                self._aborted = True
+                # EOF, IO: the web server is gone.  CLEN, PROTO: it is
+                # there and may still read an answer.
+                self._aborted = event in (EOF, IO, SEND)
                 raise RequestError(event)
             kind = event[0]
             if event[1] != self.request_id:
@@ -1563,6 +1570,9 @@ _CODE_REASONS = {
 # Kept connections one worker holds open at most; past it the least
 # recently used is closed (nginx then opens a new one).
 MAX_KEPT_CONNECTIONS = 64
+# How long a stopping worker still answers requests on its kept
+# connections (see Server._linger).
+KEPT_LINGER = 1.0
 # After answering a request whose body was not read, we read and drop what
 # the web server still sends (so it never sees a reset before our reply), up
 # to this long.
@@ -1767,6 +1777,8 @@ class Server(object):
                             pass
                     else:
                         self._serve_kept(selector, key.data)
+            selector.unregister(self.listener)
+            self._linger(selector)
         finally:
             for conn in list(self._kept.values()):
                 self._close(selector, conn)
@@ -1774,6 +1786,27 @@ class Server(object):
             signal.set_wakeup_fd(old_wakeup)
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+    def _linger(self, selector):
+        """Stopping: serve what arrives on kept connections for a moment,
+        closing each after its answer.  Closing a kept connection just as
+        the web server sends a request on it makes a failed request (nginx
+        retries once, on another kept connection that may be closing too);
+        nginx reuses its most recent connections first, so the busy ones
+        get one last request, and those left idle are cold."""
+        deadline = time.monotonic() + KEPT_LINGER
+        while self._kept:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for key, _ in selector.select(left):
+                if isinstance(key.data, Connection):
+                    self._serve_kept(selector, key.data)
+                elif key.fileobj == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 512)
+                    except OSError:
+                        pass
 
     def _accept(self, selector):
         try:
@@ -1858,6 +1891,8 @@ class Server(object):
                 except OSError:
                     return False
                 parser.end_request(parser.request_id)
+                if not parser.keep_conn:
+                    return False
                 continue
             if code != NOREQ:
                 self.connection_failed(conn, code)
@@ -2208,6 +2243,179 @@ class Supervisor(object):
 
 
 # ############################################################################
+# Client  #####################################################################
+# ############################################################################
+#
+# The web server's side of the protocol, for tests (ours and users') and for
+# probing any FastCGI server: send a request with real framing, read back
+# the records, and parse the CGI response.
+
+
+class ClientResponse(object):
+    """What a FastCGI application answered.
+
+    Attributes:
+        status (int), reason (str), headers (list of (name, value) str),
+        body (bytes), stdout (the raw STDOUT stream), stderr (bytes),
+        app_status (int), protocol_status (int), records (list of
+        (type, request_id, content)).
+    """
+
+    def __init__(self, stdout, stderr, app_status, protocol_status, records):
+        self.stdout = stdout
+        self.stderr = stderr
+        self.app_status = app_status
+        self.protocol_status = protocol_status
+        self.records = records
+        self.status, self.reason, self.headers, self.body = _parse_cgi_response(stdout)
+
+    def header(self, name, default=None):
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return default
+
+    def __repr__(self):
+        return "<ClientResponse %d %s, %d body bytes, app status %d>" % (
+            self.status, self.reason, len(self.body), self.app_status)
+
+
+def _parse_cgi_response(stdout):
+    """Split a CGI response (RFC 3875 6.2) into status, reason, headers, body."""
+    sep = stdout.find(b"\r\n\r\n")
+    sep_len = 4
+    if sep < 0:
+        sep = stdout.find(b"\n\n")
+        sep_len = 2
+    if sep < 0:
+        return 0, "", [], stdout
+    head = stdout[:sep].decode("latin-1")
+    body = stdout[sep + sep_len:]
+    status, reason, headers = None, "", []
+    for line in head.replace("\r\n", "\n").split("\n"):
+        name, _, value = line.partition(":")
+        value = value.strip()
+        if name.lower() == "status":
+            code, _, reason = value.partition(" ")
+            status = int(code) if code.isdigit() else 0
+        else:
+            headers.append((name, value))
+    if status is None:   # RFC 3875 6.3.3: a Location alone is a redirect
+        located = any(name.lower() == "location" for name, _ in headers)
+        status, reason = (302, "Found") if located else (200, "OK")
+    return status, reason, headers, body
+
+
+class Client(object):
+    """A FastCGI client: one connection to ``address`` (see parse_address).
+
+    Args (keyword-only):
+        timeout: seconds for connecting and for each read.
+    """
+
+    def __init__(self, address, *, timeout=30.0):
+        family, addr = parse_address(address)
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(addr)
+        self._buffer = b""
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def send_raw(self, data):
+        """Send bytes as they are (for probing servers with odd input)."""
+        self.sock.sendall(data)
+
+    def read_record(self):
+        """The next record as (type, request_id, content), or None at EOF."""
+        while len(self._buffer) < 8:
+            data = self.sock.recv(262144)
+            if not data:
+                return None
+            self._buffer += data
+        _, rtype, rid, clen, pad = _header.unpack_from(self._buffer)
+        while len(self._buffer) < 8 + clen + pad:
+            data = self.sock.recv(262144)
+            if not data:
+                return None
+            self._buffer += data
+        content = self._buffer[8:8 + clen]
+        self._buffer = self._buffer[8 + clen + pad:]
+        return rtype, rid, content
+
+    def request(self, params, body=b"", *, request_id=1, role=FCGI_RESPONDER,
+                keep_conn=False, data=None, stdin_chunk=65535):
+        """Send one request and read its response.
+
+        Args:
+            params: mapping of str (CONTENT_LENGTH is added for a body if
+                missing).
+            body: the request body (stdin).
+            data: the FCGI_DATA stream, for the FILTER role.
+        Returns:
+            ClientResponse.
+        Raises:
+            ConnectionError: the server closed before END_REQUEST.
+        """
+        params = dict(params)
+        if body and "CONTENT_LENGTH" not in params:
+            params["CONTENT_LENGTH"] = str(len(body))
+        out = [_record(FCGI_BEGIN_REQUEST, request_id, struct.pack(
+            "!HB5x", role, FCGI_KEEP_CONN if keep_conn else 0))]
+        encoded = encode_params(params)
+        for i in range(0, len(encoded), 65528):
+            out.append(_record(FCGI_PARAMS, request_id, encoded[i:i + 65528]))
+        out.append(_record(FCGI_PARAMS, request_id, b""))
+        self.sock.sendall(b"".join(out))
+        for i in range(0, len(body), stdin_chunk):
+            self.sock.sendall(_record(FCGI_STDIN, request_id, body[i:i + stdin_chunk]))
+        self.sock.sendall(_record(FCGI_STDIN, request_id, b""))
+        if data is not None:
+            for i in range(0, len(data), 65528):
+                self.sock.sendall(_record(FCGI_DATA, request_id, data[i:i + 65528]))
+            self.sock.sendall(_record(FCGI_DATA, request_id, b""))
+        return self.read_response(request_id)
+
+    def read_response(self, request_id=1):
+        """Read records up to END_REQUEST of ``request_id``."""
+        stdout, stderr, records = [], [], []
+        while True:
+            record = self.read_record()
+            if record is None:
+                raise ConnectionError("the server closed the connection before END_REQUEST")
+            records.append(record)
+            rtype, rid, content = record
+            if rid != request_id:
+                continue
+            if rtype == FCGI_STDOUT:
+                stdout.append(content)
+            elif rtype == FCGI_STDERR:
+                stderr.append(content)
+            elif rtype == FCGI_END_REQUEST:
+                app_status, protocol_status = struct.unpack("!LB3x", content)
+                return ClientResponse(b"".join(stdout), b"".join(stderr), app_status,
+                                      protocol_status, records)
+
+    def get_values(self, names=("FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS")):
+        """Ask FCGI_GET_VALUES; returns the dict the server answered."""
+        self.sock.sendall(_record(FCGI_GET_VALUES, 0, encode_params((n, "") for n in names)))
+        while True:
+            record = self.read_record()
+            if record is None:
+                raise ConnectionError("the server closed the connection")
+            if record[0] == FCGI_GET_VALUES_RESULT:
+                return _decode_params(record[2], FCGI_MAX_CONTENT)
+
+
+# ############################################################################
 # CLI  ########################################################################
 # ############################################################################
 
@@ -2345,9 +2553,14 @@ def main(argv=None, core=None):
         return 2
 
     # Bind first: the workers inherit the socket.
+    reexecuted = "FASTFCGI_LISTEN_FD" in os.environ
     listener = inherited_listener()
     unix_path = None
-    if args.fcgi:
+    if args.fcgi and reexecuted:
+        # Our own reload: keep the socket, and the connections queued on it.
+        family, address = parse_address(args.fcgi)
+        unix_path = address if family == socket.AF_UNIX else None
+    elif args.fcgi:
         if listener is not None:
             listener.close()
         try:
@@ -2384,12 +2597,15 @@ def main(argv=None, core=None):
                           max_requests=args.max_requests, timeout=args.timeout,
                           graceful_timeout=args.graceful_timeout).run()
     finally:
-        if unix_path and os.environ.get("FASTFCGI_LISTEN_FD") is None:
+        if unix_path:
             try:
                 os.unlink(unix_path)
             except OSError:
                 pass
         log.info("stopped")
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _serve_single(make_server, listener):
@@ -2406,11 +2622,17 @@ def _serve_single(make_server, listener):
             reload_wanted.append(True)
         server.stop()
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, graceful)
+    # A re-executed process starts with these blocked (see below): the ones
+    # that came while it booted are delivered now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     server.serve_forever()
     if reload_wanted:
         log.info("reload: re-executing with the same listening socket")
+        # The mask survives exec: a HUP or TERM during the new process's boot
+        # waits for its handlers instead of killing it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         os.set_inheritable(listener.fileno(), True)
         os.environ["FASTFCGI_LISTEN_FD"] = str(listener.fileno())
         logging.shutdown()
@@ -2420,12 +2642,15 @@ def _serve_single(make_server, listener):
 
 
 def _original_argv():
-    """The command line to re-execute: the interpreter's own options are
-    lost, the script and its arguments kept (``-m module`` included)."""
+    """The command line to re-execute: the script or ``-m module`` and its
+    arguments (the interpreter's own options are lost).  A ``-c`` program
+    is gone by now, so that case re-enters through this module's main()."""
     main_module = sys.modules.get("__main__")
     spec = getattr(main_module, "__spec__", None)
     if spec is not None and spec.name:
         return ["-m", spec.name] + sys.argv[1:]
+    if sys.argv[0] == "-c":
+        return ["-c", "import sys, fastfcgi_py; sys.exit(fastfcgi_py.main())"] + sys.argv[1:]
     return sys.argv[:]
 
 

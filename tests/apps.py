@@ -8,8 +8,13 @@ tests/ on the path).
 import hashlib
 import json
 import os
+import sys
 import time
+import uuid
 from wsgiref.validate import validator
+
+# New at every import: tells a reloaded application from the old one.
+BOOT_ID = uuid.uuid4().hex
 
 
 def _respond(start_response, body, status="200 OK", ctype="text/plain"):
@@ -32,6 +37,7 @@ def hello_plain(environ, start_response):
 def environ_dump(environ, start_response):
     env = {k: v for k, v in environ.items() if isinstance(v, (str, bool, tuple, int))}
     env["pid"] = os.getpid()
+    env["boot_id"] = BOOT_ID
     return _respond(start_response, json.dumps(env, sort_keys=True).encode(), ctype="application/json")
 
 
@@ -112,6 +118,7 @@ def crash(environ, start_response):
 @validator
 def slow(environ, start_response):
     """Sleeps for the seconds in the query string, then answers."""
+    print("slow: started", file=sys.stderr, flush=True)
     time.sleep(float(environ.get("QUERY_STRING") or 1))
     return _respond(start_response, b"slept")
 

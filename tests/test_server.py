@@ -1,0 +1,330 @@
+"""The server process on both cores: real signals, worker lifecycle, and bad
+input over raw sockets.  After every fault the next request must succeed."""
+
+import json
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+import fastfcgi_py
+from conftest import begin, params_records, rec, stdin_records
+from servers import FastCGIProcess, Nginx, wait_until
+
+ENV = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "SERVER_NAME": "test", "SERVER_PORT": "80",
+       "SERVER_PROTOCOL": "HTTP/1.1", "QUERY_STRING": "", "REMOTE_ADDR": "127.0.0.1"}
+
+
+def env(path, **extra):
+    e = dict(ENV, PATH_INFO=path, REQUEST_URI=path)
+    e.update(extra)
+    return e
+
+
+def get(server, path, body=b"", **extra):
+    with fastfcgi_py.Client(server.address, timeout=30) as client:
+        return client.request(env(path, **extra), body)
+
+
+def assert_serving(server):
+    response = get(server, "/hello")
+    assert (response.status, response.body) == (200, b"Hello, world!"), server.log()
+
+
+@pytest.fixture
+def start(core_id, tmp_path):
+    started = []
+
+    def start(*args, app="dispatch:app", **kw):
+        server = FastCGIProcess(core_id, app, *args, tmpdir=str(tmp_path), **kw).wait_ready()
+        started.append(server)
+        return server
+    yield start
+    for server in started:
+        server.stop()
+
+
+# -- signals ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_Server_term_lets_the_request_in_flight_complete(start, workers):
+    server = start("--workers", workers)
+    results = []
+    thread = threading.Thread(target=lambda: results.append(get(server, "/slow", QUERY_STRING="1.5")))
+    thread.start()
+    assert wait_until(lambda: "slow: started" in server.log(), 10), server.log()
+    server.signal(signal.SIGTERM)
+    thread.join(30)
+    assert results and results[0].body == b"slept"
+    assert server.proc.wait(30) == 0
+    assert "stopped" in server.log()
+
+
+def _load(nginx, stop, failures, count):
+    while not stop.is_set():
+        try:
+            status, _, body = nginx.request("GET", "/keep/hello", timeout=30)
+            if (status, body) != (200, b"Hello, world!"):
+                failures.append((status, body))
+        except Exception as exc:      # any failed request counts
+            failures.append(repr(exc))
+        count.append(1)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_Server_hup_under_load_drops_nothing(start, workers):
+    server = start("--workers", workers)
+    nginx = Nginx(server.address)
+    try:
+        boot_before = json.loads(nginx.request("GET", "/environ")[2])["boot_id"]
+        stop, failures, count = threading.Event(), [], []
+        threads = [threading.Thread(target=_load, args=(nginx, stop, failures, count))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for _ in range(2):
+            time.sleep(0.7)
+            server.signal(signal.SIGHUP)
+        time.sleep(1.5)
+        stop.set()
+        for t in threads:
+            t.join(60)
+        errors = [l.split(", client")[0] for l in nginx.error_log().splitlines() if "[error]" in l]
+        assert failures == [], "%d failed\n%s\n%s" % (len(failures), "\n".join(errors[:6]), server.log())
+        assert len(count) > 20
+        assert wait_until(lambda: json.loads(nginx.request("GET", "/environ")[2])["boot_id"]
+                          != boot_before, 10), "the application was not imported again"
+        assert "reload" in server.log()
+    finally:
+        nginx.stop()
+
+
+def test_Server_dead_worker_is_replaced(start):
+    server = start("--workers", "2")
+    with pytest.raises(ConnectionError):
+        get(server, "/crash")
+    assert wait_until(lambda: "died" in server.log(), 10), server.log()
+    for _ in range(5):
+        assert_serving(server)
+
+
+def test_Server_max_requests_recycles_the_worker(start):
+    server = start("--max-requests", "3")
+    pids = [get(server, "/pid").body for _ in range(7)]
+    assert len(set(pids)) >= 2, pids
+    assert pids[0] == pids[1] == pids[2] and pids[3] != pids[2]
+    assert "--max-requests" in server.log()
+
+
+def test_Server_max_requests_range_is_parsed(start):
+    server = start("--max-requests", "2:4", "--workers", "2")
+    assert len({get(server, "/pid").body for _ in range(12)}) >= 3
+
+
+def test_Server_timeout_kills_a_stuck_request_with_its_traceback(start):
+    server = start("--timeout", "1")
+    with pytest.raises(ConnectionError):
+        get(server, "/slow", QUERY_STRING="30")
+    log = server.log()
+    assert "over --timeout" in log
+    assert "apps.py" in log and "time.sleep" in log, log     # where it was stuck
+    assert_serving(server)
+
+
+def test_Server_timeout_never_counts_an_idle_kept_connection(start):
+    server = start("--timeout", "1")
+    with fastfcgi_py.Client(server.address) as client:
+        first = client.request(env("/pid"), keep_conn=True).body
+        time.sleep(2.5)              # idle, kept: must survive
+        assert client.request(env("/pid"), keep_conn=True).body == first
+    assert "over --timeout" not in server.log()
+
+
+def test_Server_app_that_fails_to_import_exits_nonzero_once(core_id, tmp_path):
+    for args in ([], ["--workers", "3"]):
+        server = FastCGIProcess(core_id, "no_such_module:app", *args, tmpdir=str(tmp_path))
+        try:
+            assert server.proc.wait(20) != 0
+        finally:
+            server.stop()
+        log = server.log()
+        assert "No module named 'no_such_module'" in log
+        assert log.count("cannot load the application") <= (3 if args else 1), log
+
+
+# -- bad input ----------------------------------------------------------------------
+
+def raw_exchange(server, data, read=True):
+    """Send raw bytes, then read until the server closes (or 10 s)."""
+    family, address = fastfcgi_py.parse_address(server.address)
+    sock = socket.socket(family)
+    sock.settimeout(10)
+    sock.connect(address)
+    out = b""
+    try:
+        sock.sendall(data)
+        while read:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        return out
+    except ConnectionResetError:      # closed with our bytes unread: a reset
+        return out
+    finally:
+        sock.close()
+
+
+def records_of(data):
+    out = []
+    while len(data) >= 8:
+        _, rtype, rid, clen, pad = struct.unpack_from("!BBHHBx", data)
+        out.append((rtype, rid, data[8:8 + clen]))
+        data = data[8 + clen + pad:]
+    return out
+
+
+def test_Server_malformed_record_closes_the_connection_and_logs_PROTO(start):
+    server = start()
+    assert raw_exchange(server, rec(1, 1, struct.pack("!HB5x", 1, 0), version=9)) == b""
+    assert wait_until(lambda: "PROTO (-3)" in server.log(), 5), server.log()
+    assert_serving(server)
+
+
+def test_Server_oversized_params_get_431(start):
+    server = start("--max-param-size", "1000")
+    out = raw_exchange(server, begin(1) + params_records(1, env("/hello", HTTP_X="y" * 1001))
+                       + stdin_records(1, b""))
+    response = fastfcgi_py.ClientResponse(
+        b"".join(c for t, _, c in records_of(out) if t == 6), b"", 0, 0, [])
+    assert response.status == 431
+    assert records_of(out)[-1][0] == 3         # END_REQUEST
+    assert wait_until(lambda: "PLEN (-4)" in server.log(), 5)
+    assert_serving(server)
+
+
+def test_Server_body_over_max_body_gets_413(start):
+    server = start("--max-body", "1k")
+    response = get(server, "/upload", b"x" * 2000)       # CONTENT_LENGTH says too much
+    assert response.status == 413
+    assert wait_until(lambda: "CLEN (-5)" in server.log(), 5)
+    # No CONTENT_LENGTH (a relayed chunked upload): found while streaming.
+    out = raw_exchange(server, begin(1) + params_records(1, env("/upload"))
+                       + stdin_records(1, b"y" * 5000, split=500))
+    body = b"".join(c for t, _, c in records_of(out) if t == 6)
+    assert body.startswith(b"Status: 413")
+    assert_serving(server)
+
+
+def test_Server_invalid_content_length_is_CLEN(start):
+    server = start()
+    response = get(server, "/upload", b"abc", CONTENT_LENGTH="3x")
+    assert response.status == 413
+    assert wait_until(lambda: "CLEN (-5)" in server.log(), 5)
+    assert_serving(server)
+
+
+@pytest.mark.parametrize("cut", [3, 12, 40])
+def test_Server_truncated_stream_is_EOF(start, cut):
+    server = start()
+    data = begin(1) + params_records(1, env("/hello")) + stdin_records(1, b"")
+    assert raw_exchange(server, data[:cut]) == b""
+    assert wait_until(lambda: "EOF (-1)" in server.log(), 5), server.log()
+    assert_serving(server)
+
+
+def test_Server_client_vanishing_mid_body(start):
+    server = start()
+    data = begin(1) + params_records(1, env("/upload", CONTENT_LENGTH="100000")) \
+        + rec(5, 1, b"x" * 5000)
+    raw_exchange(server, data, read=False)
+    assert wait_until(lambda: "EOF (-1)" in server.log(), 5), server.log()
+    assert_serving(server)
+
+
+def test_Server_abort_request_is_answered(start):
+    server = start()
+    out = raw_exchange(server, begin(1, flags=0) + rec(2, 1))
+    assert records_of(out)[-1][0] == 3
+    assert_serving(server)
+
+
+def test_Server_error_after_head_ends_with_nonzero_app_status(start):
+    server = start()
+    response = get(server, "/fail_after_head")
+    assert response.body == b"partial" and response.app_status != 0
+    response = get(server, "/fail_before_head")
+    assert response.status == 500 and response.app_status != 0
+    assert_serving(server)
+
+
+def test_Server_get_values_and_unknown_role(start):
+    server = start("--workers", "2")
+    with fastfcgi_py.Client(server.address) as client:
+        values = client.get_values()
+        assert values == {"FCGI_MAX_CONNS": str(2 * fastfcgi_py.MAX_KEPT_CONNECTIONS),
+                          "FCGI_MAX_REQS": "1", "FCGI_MPXS_CONNS": "0"}
+        response = client.request(env("/hello"), role=9, keep_conn=True)
+        assert response.protocol_status == fastfcgi_py.FCGI_UNKNOWN_ROLE
+        response = client.request(env("/hello"), keep_conn=True)
+        assert response.body == b"Hello, world!"
+
+
+def test_Server_cant_mpx_conn(start):
+    server = start()
+    out = raw_exchange(server, begin(1, flags=0) + begin(2) + params_records(1, env("/hello"))
+                       + stdin_records(1, b""))
+    recs = records_of(out)
+    assert (3, 2, struct.pack("!LB3x", 0, 1)) in recs       # CANT_MPX_CONN for id 2
+    assert recs[-1][:2] == (3, 1)
+
+
+def test_Server_allow_list_closes_other_peers(start):
+    server = start("--allow", "10.1.2.3,192.168.0.0/16")
+    assert raw_exchange(server, begin(1) + params_records(1, env("/hello"))) == b""
+    assert wait_until(lambda: "not in --allow" in server.log(), 5)
+    server2 = start("--allow", "127.0.0.0/8")
+    assert_serving(server2)
+
+
+def test_Server_unix_socket_mode_and_cleanup(start, tmp_path):
+    path = str(tmp_path / "s.sock")
+    open(path, "w").close()
+    os.unlink(path)
+    # A stale socket file is replaced.
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()
+    server = start("--socket-mode", "600", address="unix:" + path)
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert_serving(server)
+    assert server.stop() == 0
+    assert not os.path.exists(path)
+
+
+def test_Server_raw_request_api(start):
+    server = start("--raw", app="apps:raw_echo")
+    response = get(server, "/p", b"h\xc3\xa9llo", REQUEST_METHOD="POST", HTTP_X_TEST="t")
+    assert response.body.decode("utf-8") == "POST /p HTTP/1.1|t|h\xe9llo"
+    assert response.stderr == b"raw request served\n"
+
+
+def test_Server_access_log(start):
+    server = start("--access-log")
+    get(server, "/hello")
+    assert wait_until(lambda: '"GET /hello HTTP/1.1" 200' in server.log(), 5), server.log()
+
+
+def test_Server_version_names_the_core(core_id):
+    import subprocess
+    import sys
+    from servers import ROOT
+    environment = dict(os.environ, FASTFCGI_PURE="1" if core_id == "py" else "0")
+    out = subprocess.run([sys.executable, "-c", "import sys, fastfcgi_py; sys.exit(fastfcgi_py.main())",
+                          "--version"], stdout=subprocess.PIPE, env=environment, cwd=ROOT,
+                         check=True).stdout.decode()
+    assert ("compiled core" if core_id == "c" else "pure core") in out
