@@ -382,11 +382,13 @@ class Parser(object):
             return self._error
         buf = self._buf
         while True:
+            if self._closing and not self._requests:
+                # We refused a request that did not ask to keep the
+                # connection: nothing more is read from it.
+                return self._fail(NOREQ)
             pos = self._pos
             avail = len(buf) - pos
             if avail < 8:
-                if self._closing and not self._requests:
-                    return self._fail(NOREQ)
                 if self._eof:
                     if avail or self._requests:
                         return self._fail(EOF)

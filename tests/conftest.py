@@ -12,6 +12,11 @@ import struct
 import sys
 
 import pytest
+from hypothesis import settings
+
+# The matrix runs every interpreter; fewer examples there keep CI short.
+settings.register_profile("ci", max_examples=100, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

@@ -5,6 +5,7 @@ Also checks a property of each core alone: events do not depend on where the
 input was split.
 """
 
+import os
 import socket
 import struct
 import threading
@@ -18,7 +19,9 @@ from conftest import (begin, end_after_stdin, fastfcgi, get_values, nv, params_r
 
 needs_both = pytest.mark.skipif(fastfcgi is None, reason="compiled core not built")
 
-SETTINGS = settings(max_examples=400, deadline=None,
+# Many examples locally; fewer in the CI matrix (one run per interpreter).
+SETTINGS = settings(max_examples=100 if os.environ.get("HYPOTHESIS_PROFILE") == "ci" else 600,
+                    deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 small_bytes = st.binary(max_size=40)

@@ -158,8 +158,9 @@ def test_Server_app_that_fails_to_import_exits_nonzero_once(core_id, tmp_path):
 
 # -- bad input ----------------------------------------------------------------------
 
-def raw_exchange(server, data, read=True):
-    """Send raw bytes, then read until the server closes (or 10 s)."""
+def raw_exchange(server, data, read=True, half_close=False):
+    """Send raw bytes (then half-close if asked: the web server went away),
+    and read until the server closes (or 10 s)."""
     family, address = fastfcgi_py.parse_address(server.address)
     sock = socket.socket(family)
     sock.settimeout(10)
@@ -167,6 +168,8 @@ def raw_exchange(server, data, read=True):
     out = b""
     try:
         sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
         while read:
             chunk = sock.recv(65536)
             if not chunk:
@@ -232,7 +235,7 @@ def test_Server_invalid_content_length_is_CLEN(start):
 def test_Server_truncated_stream_is_EOF(start, cut):
     server = start()
     data = begin(1) + params_records(1, env("/hello")) + stdin_records(1, b"")
-    assert raw_exchange(server, data[:cut]) == b""
+    assert raw_exchange(server, data[:cut], half_close=True) == b""
     assert wait_until(lambda: "EOF (-1)" in server.log(), 5), server.log()
     assert_serving(server)
 
