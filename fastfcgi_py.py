@@ -34,14 +34,14 @@ __all__ = [
     "FCGI_GET_VALUES", "FCGI_GET_VALUES_RESULT", "FCGI_UNKNOWN_TYPE",
     "FCGI_RESPONDER", "FCGI_AUTHORIZER", "FCGI_FILTER", "FCGI_KEEP_CONN",
     "FCGI_REQUEST_COMPLETE", "FCGI_CANT_MPX_CONN", "FCGI_OVERLOADED",
-    "FCGI_UNKNOWN_ROLE",
+    "FCGI_UNKNOWN_ROLE", "ROLE_NAMES",
     "DEFAULT_MAX_PARAM_SIZE", "DEFAULT_MAX_PARAMS_SIZE",
     # protocol core
     "Parser", "Writer", "encode_params", "send_file",
     # request, gateways, servers, client, CLI
     "Request", "RequestError", "Connection", "WSGIGateway", "RawGateway", "FileWrapper",
     "Server", "Supervisor", "WORKER_BOOT_ERROR", "parse_address", "bind_listener",
-    "Client", "ClientResponse", "main", "select_core", "load_app",
+    "Client", "ClientResponse", "main", "select_core", "load_app", "authorizer",
 ]
 
 
@@ -89,6 +89,8 @@ FCGI_UNKNOWN_TYPE = 11
 FCGI_RESPONDER = 1
 FCGI_AUTHORIZER = 2
 FCGI_FILTER = 3
+ROLE_NAMES = {FCGI_RESPONDER: "RESPONDER", FCGI_AUTHORIZER: "AUTHORIZER",
+              FCGI_FILTER: "FILTER"}
 FCGI_KEEP_CONN = 1
 
 # protocolStatus of FCGI_END_REQUEST (spec 5.5).
@@ -918,6 +920,19 @@ class _Stream(object):
         return self._which != FCGI_STDIN
 
 
+class _DataStream(object):
+    """File-like view of the FILTER role's FCGI_DATA stream."""
+
+    def __init__(self, request):
+        self._request = request
+
+    def read(self, size=-1):
+        return self._request.read_data(None if size is None or size < 0 else size)
+
+    def readable(self):
+        return True
+
+
 class Request(object):
     """One FastCGI request.
 
@@ -930,7 +945,7 @@ class Request(object):
     __slots__ = ("params", "request_id", "role", "keep_conn", "connection",
                  "stdin", "stdout", "stderr", "encoding", "_buffer", "_stdin_done",
                  "_aborted", "_finished", "_stderr_used", "_stdout_used",
-                 "data", "stdout_bytes")
+                 "data", "_data_buffer", "_data_done", "stdout_bytes")
 
     def __init__(self, connection, request_id, role, flags, params):
         self.connection = connection
@@ -946,7 +961,11 @@ class Request(object):
         self._stderr_used = False
         self._stdout_used = False
         self.stdout_bytes = 0       # body bytes sent (the access log counts them)
-        self.data = None            # FILTER role: the FCGI_DATA stream, read on demand
+        # FILTER role (spec 6.4): the file to filter comes as FCGI_DATA,
+        # after stdin.  ``data`` is its file-like view.
+        self._data_buffer = b""
+        self._data_done = role != FCGI_FILTER
+        self.data = _DataStream(self)
         self.stdin = _Stream(self, FCGI_STDIN)
         self.stdout = _Stream(self, FCGI_STDOUT)
         self.stderr = _Stream(self, FCGI_STDERR)
@@ -993,30 +1012,68 @@ class Request(object):
         """Pull the next stdin chunk into the buffer; False at the end."""
         if self._stdin_done:
             return False
-        conn = self.connection
         while True:
-            event = conn.parser.read_event(conn.sock)
-            if type(event) is int:
-                self._stdin_done = True
-                # EOF, IO: the web server is gone.  CLEN, PROTO: it is
-                # there and may still read an answer.
-                self._aborted = event in (EOF, IO, SEND)
-                raise RequestError(event)
+            event = self._next_event()
             kind = event[0]
-            if event[1] != self.request_id:
-                continue        # another id's record the parser let through
             if kind == FCGI_STDIN:
                 if not event[2]:
                     self._stdin_done = True
                     return False
                 self._buffer += event[2]
                 return True
-            if kind == FCGI_ABORT_REQUEST:
-                self._stdin_done = True
+
+    def _fill_data(self):
+        """Pull the next FCGI_DATA chunk (FILTER role); False at the end.
+        The rest of stdin is buffered first: the data stream follows it."""
+        while self._fill():
+            pass
+        if self._data_done:
+            return False
+        while True:
+            event = self._next_event()
+            if event[0] == FCGI_DATA:
+                if not event[2]:
+                    self._data_done = True
+                    return False
+                self._data_buffer += event[2]
+                return True
+
+    def _next_event(self):
+        """This request's next STDIN or DATA event from the connection.
+
+        Raises:
+            RequestError: a code, or the web server aborted the request.
+        """
+        conn = self.connection
+        while True:
+            event = conn.parser.read_event(conn.sock)
+            if type(event) is int:
+                self._stdin_done = self._data_done = True
+                # EOF, IO: the web server is gone.  CLEN, PROTO: it is
+                # there and may still read an answer.
+                self._aborted = event in (EOF, IO, SEND)
+                raise RequestError(event)
+            if event[1] != self.request_id:
+                continue        # another id's record the parser let through
+            if event[0] == FCGI_ABORT_REQUEST:
+                self._stdin_done = self._data_done = True
                 self._aborted = True
                 raise RequestError(ABORT)
-            if kind == FCGI_DATA:
-                continue        # FILTER data arrives after stdin
+            return event
+
+    def read_data(self, size=None):
+        """FILTER role: read up to ``size`` bytes of the FCGI_DATA stream
+        (all of it when None); b"" at the end.  Raises RequestError as
+        read_stdin_bytes."""
+        if size is None:
+            while self._fill_data():
+                pass
+            size = len(self._data_buffer)
+        while len(self._data_buffer) < size and self._fill_data():
+            pass
+        data = self._data_buffer[:size]
+        self._data_buffer = self._data_buffer[size:]
+        return data
 
     def _decode(self, data):
         return data.decode(self.encoding) if self.encoding else data
@@ -1071,11 +1128,14 @@ class Request(object):
         return self._decode(self.read_stdin_line_bytes(size))
 
     def discard_stdin(self):
-        """Skip what is left of stdin (used before reusing a connection)."""
+        """Skip what is left of stdin (and of the FILTER data stream), so the
+        connection can carry the next request."""
         self._buffer = b""
         try:
             while self._fill():
                 self._buffer = b""
+            while self._fill_data():
+                self._data_buffer = b""
         except RequestError:
             pass
 
@@ -1160,7 +1220,7 @@ class Request(object):
             out = writer.end_stderr(self.request_id) + out
         self.stdout_bytes += len(_tail)
         self.send(out)
-        if self.keep_conn and not self._stdin_done and not self._aborted:
+        if self.keep_conn and not (self._stdin_done and self._data_done) and not self._aborted:
             # The connection serves on: the stdin the application left must
             # be read off it first (the parser skips records of ended ids,
             # but could not tell when they stop).
@@ -1399,6 +1459,9 @@ class WSGIGateway(object):
         env["wsgi.run_once"] = False
         env["wsgi.file_wrapper"] = FileWrapper
         env["fastcgi.request"] = request
+        env["fastcgi.role"] = ROLE_NAMES.get(request.role, str(request.role))
+        if request.role == FCGI_FILTER:
+            env["fastcgi.data"] = request.data
         if "SCRIPT_NAME" not in env:
             env["SCRIPT_NAME"] = ""
         if "PATH_INFO" not in env:
@@ -1519,6 +1582,39 @@ class WSGIGateway(object):
                  p.get("REQUEST_METHOD", "-"), p.get("REQUEST_URI", p.get("PATH_INFO", "")),
                  p.get("SERVER_PROTOCOL", "-"), (response.status or "-")[:3],
                  request.stdout_bytes, (time.time() - started) * 1000)
+
+
+def authorizer(check):
+    """Build a WSGI application for the AUTHORIZER role (spec 6.3) from
+    ``check(environ)``.
+
+    The convention (lighttpd's and the spec's): a 200 answer lets the
+    request through, and each ``Variable-NAME: value`` header becomes the
+    param NAME of the request the responder then gets; any other answer goes
+    to the client as it is.  ``check`` returns:
+
+        True, or a dict {NAME: value}   grant (with those variables)
+        False or None                   deny with 403 Forbidden
+        (status, headers, body)         deny with that response
+
+    The same application also answers as a RESPONDER (environ
+    ``fastcgi.role``), so it can be tried without an authorizing server.
+    """
+    def authorizer_app(environ, start_response):
+        result = check(environ)
+        if result is True or isinstance(result, dict):
+            variables = result if isinstance(result, dict) else {}
+            start_response("200 OK", [("Variable-" + name, str(value))
+                                      for name, value in variables.items()]
+                           + [("Content-Type", "text/plain"), ("Content-Length", "0")])
+            return [b""]
+        if not result:
+            status, headers, body = _plain_response("403 Forbidden", "Forbidden\n")
+        else:
+            status, headers, body = result
+        start_response(status, list(headers))
+        return [body]
+    return authorizer_app
 
 
 class RawGateway(object):

@@ -168,3 +168,30 @@ try:
     flask = flask_app()
 except ImportError:
     flask = None
+
+
+def _check_token(environ):
+    """Grants requests whose query string is token=good, with variables."""
+    if environ.get("QUERY_STRING") == "token=good":
+        return {"AUTH_USER": "alice", "AUTH_LEVEL": "admin"}
+    if environ.get("QUERY_STRING") == "token=expired":
+        return ("401 Unauthorized", [("Content-Type", "text/plain"),
+                                     ("WWW-Authenticate", 'Bearer realm="test"')],
+                b"token expired\n")
+    return False
+
+
+try:
+    import fastfcgi_py as _ffpy
+    token_authorizer = validator(_ffpy.authorizer(_check_token))
+except ImportError:     # pragma: no cover
+    token_authorizer = None
+
+
+@validator
+def filter_upper(environ, start_response):
+    """FILTER role: answers the FCGI_DATA file upper-cased, and stdin's size."""
+    stdin = environ["wsgi.input"].read(1 << 20)
+    data = environ["fastcgi.data"].read()
+    body = b"stdin=%d role=%s\n" % (len(stdin), environ["fastcgi.role"].encode()) + data.upper()
+    return _respond(start_response, body)

@@ -331,3 +331,28 @@ def test_Server_version_names_the_core(core_id):
                           "--version"], stdout=subprocess.PIPE, env=environment, cwd=ROOT,
                          check=True).stdout.decode()
     assert ("compiled core" if core_id == "c" else "pure core") in out
+
+
+def test_Server_filter_role_exposes_the_data_stream(start):
+    server = start()
+    with fastfcgi_py.Client(server.address) as client:
+        for _ in range(2):          # twice on one kept connection
+            response = client.request(env("/filter_upper", FCGI_DATA_LENGTH="11"), b"in",
+                                      role=fastfcgi_py.FCGI_FILTER, data=b"hello world",
+                                      keep_conn=True)
+            assert response.body == b"stdin=2 role=FILTER\nHELLO WORLD"
+
+
+def test_Server_authorizer_role_convention(start):
+    server = start()
+    with fastfcgi_py.Client(server.address) as client:
+        ok = client.request(env("/token_authorizer", QUERY_STRING="token=good"),
+                            role=fastfcgi_py.FCGI_AUTHORIZER, keep_conn=True)
+        assert ok.status == 200
+        assert ("Variable-AUTH_USER", "alice") in ok.headers
+        denied = client.request(env("/token_authorizer", QUERY_STRING="token=bad"),
+                                role=fastfcgi_py.FCGI_AUTHORIZER, keep_conn=True)
+        assert (denied.status, denied.body) == (403, b"Forbidden\n")
+        expired = client.request(env("/token_authorizer", QUERY_STRING="token=expired"),
+                                 role=fastfcgi_py.FCGI_AUTHORIZER)
+        assert expired.status == 401 and expired.header("WWW-Authenticate") == 'Bearer realm="test"'
