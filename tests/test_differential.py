@@ -138,6 +138,15 @@ def serve_bytes(data):
     def send():
         for i in range(0, len(data), 7):
             web.sendall(data[i:i + 7])
+        # Half-close, then read the replies off before closing: whether a
+        # reply meets a closed socket must not depend on timing.
+        web.shutdown(socket.SHUT_WR)
+        web.settimeout(10)
+        try:
+            while web.recv(65536):
+                pass
+        except OSError:
+            pass
         web.close()
     thread = threading.Thread(target=send)
     thread.start()
@@ -156,8 +165,8 @@ def read_all_events(module, data):
                 break
             end_after_stdin(parser, event)
     finally:
-        thread.join()
         app.close()
+        thread.join()
     return events
 
 

@@ -19,6 +19,9 @@ def test_compiled_core_loaded():
     assert fastfcgi.Parser.__module__ == "fastfcgi"
     assert fastfcgi.Writer.__module__ == "fastfcgi"
     assert fastfcgi.__file__.endswith((".so", ".pyd")), fastfcgi.__file__
+    # The servers of the compiled module really run on the compiled core.
+    assert fastfcgi.Server.parser_class is fastfcgi.Parser
+    assert fastfcgi.Server.writer_class is fastfcgi.Writer
 
 
 def test_cores_share_the_constants(core):
@@ -26,7 +29,7 @@ def test_cores_share_the_constants(core):
     assert (core.OK, core.EOF, core.IO, core.PROTO, core.PLEN, core.CLEN, core.ABORT,
             core.NOREQ, core.SEND) == (0, -1, -2, -3, -4, -5, -6, -7, -8)
     for name in fastfcgi_py.__all__:
-        if name not in ("Parser", "Writer"):
+        if name not in ("Parser", "Writer", "Server"):     # the compiled core's own
             assert getattr(core, name) is getattr(fastfcgi_py, name), name
 
 

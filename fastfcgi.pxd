@@ -1,0 +1,211 @@
+# cython: language_level=3
+#
+# fastfcgi.pxd: the map of the compiled core.  The FastCGI constants, the
+# return codes, the typed state of Parser and Writer and the few C functions
+# they call.  Other Cython code may ``cimport fastfcgi`` to use them.
+
+
+# ############################################################################
+# Externs  ####################################################################
+# ############################################################################
+
+cdef extern from "<sys/socket.h>" nogil:
+    # The blocking fast path (Parser.read_event) calls these on the fd of a
+    # plain socket.socket, without building a bytes object per read.
+    ssize_t recv(int fd, void* buf, size_t n, int flags)
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+
+cdef extern from "Python.h":
+    const Py_ssize_t PY_SSIZE_T_MAX
+
+cdef extern from "<errno.h>" nogil:
+    # EAGAIN is in libc.errno; this POSIX twin of it is not.
+    const int EWOULDBLOCK
+
+cdef extern from *:
+    """
+    /* A peer that went away must give us EPIPE (the SEND code), not kill
+       the process with SIGPIPE; where the flag does not exist, CPython's
+       start-up has already ignored SIGPIPE. */
+    #ifndef MSG_NOSIGNAL
+    #define MSG_NOSIGNAL 0
+    #endif
+    """
+    const int MSG_NOSIGNAL
+
+
+# ############################################################################
+# Constants  ##################################################################
+# ############################################################################
+#
+# The same values as in fastfcgi_py (DESIGN.md and the FastCGI 1.0 spec);
+# Python code sees fastfcgi_py's objects, re-exported by fastfcgi.pyx.
+
+cdef enum:
+    # Return codes.  Functions that return one are declared ``except -128``:
+    # -1 is EOF, a value, not an error marker.
+    OK = 0
+    EOF = -1
+    IO = -2
+    PROTO = -3
+    PLEN = -4
+    CLEN = -5
+    ABORT = -6
+    NOREQ = -7
+    SEND = -8
+
+cdef enum:
+    # Record header and record types (spec 8).
+    FCGI_VERSION_1 = 1
+    FCGI_HEADER_LEN = 8
+    FCGI_MAX_CONTENT = 65535
+    FCGI_BEGIN_REQUEST = 1
+    FCGI_ABORT_REQUEST = 2
+    FCGI_END_REQUEST = 3
+    FCGI_PARAMS = 4
+    FCGI_STDIN = 5
+    FCGI_STDOUT = 6
+    FCGI_STDERR = 7
+    FCGI_DATA = 8
+    FCGI_GET_VALUES = 9
+    FCGI_GET_VALUES_RESULT = 10
+    FCGI_UNKNOWN_TYPE = 11
+
+cdef enum:
+    # Roles and flags of BEGIN_REQUEST (spec 5.1), protocolStatus of
+    # END_REQUEST (spec 5.5).
+    FCGI_RESPONDER = 1
+    FCGI_AUTHORIZER = 2
+    FCGI_FILTER = 3
+    FCGI_KEEP_CONN = 1
+    FCGI_REQUEST_COMPLETE = 0
+    FCGI_CANT_MPX_CONN = 1
+    FCGI_OVERLOADED = 2
+    FCGI_UNKNOWN_ROLE = 3
+
+cdef enum:
+    # Private limits, as fastfcgi_py's _CHUNK, _MAX_IGNORED, _MAX_CL_DIGITS.
+    CHUNK = 65528           # content of the records we emit
+    MAX_IGNORED = 64        # ended/rejected ids remembered
+    MAX_CL_DIGITS = 18      # longest CONTENT_LENGTH accepted
+    # The caches of param names and values: slots (a power of two), and
+    # the longest string kept.
+    STR_CACHE_SIZE = 512
+    STR_CACHE_MAX_LEN = 64
+    # Receive buffer: its first size, and the size past which an emptied
+    # buffer is given back.
+    BUF_INITIAL = 16384
+    BUF_SHRINK = 1048576
+    # What read_event asks of one recv, as fastfcgi_py._RECV_SIZE: the same
+    # reads leave the same bytes unread when a connection fails.
+    RECV_SIZE = 262144
+
+
+# ############################################################################
+# Writer framing  #############################################################
+# ############################################################################
+
+cdef struct Framer:
+    # Cuts a byte stream of known length into records while it is copied.
+    unsigned char* p        # where the next byte goes
+    Py_ssize_t left         # content bytes still to come, all records
+    Py_ssize_t room         # content bytes the open record still takes
+    int pad                 # padding owed when the open record is full
+    int rtype
+    unsigned int request_id
+
+
+# ############################################################################
+# Classes  ####################################################################
+# ############################################################################
+
+cdef class _RequestState:
+    # Per-request parser state, as fastfcgi_py._RequestState.
+    cdef:
+        int request_id
+        int role
+        int flags
+        object params                # dict once the PARAMS stream ended
+        unsigned char* params_buf    # PARAMS content so far (malloc)
+        Py_ssize_t params_len
+        Py_ssize_t params_cap
+        long long content_length     # -1: no CONTENT_LENGTH given
+        long long stdin_seen
+        bint stdin_done
+        bint data_done
+        bint aborted
+
+    # Append PARAMS content to params_buf (MemoryError).
+    cdef int add_params(self, const unsigned char* data, Py_ssize_t n) except -1
+
+
+cdef class Parser:
+    cdef:
+        # Unparsed bytes are _buf[_start:_end]; _cap is the allocation.
+        unsigned char* _buf
+        Py_ssize_t _cap
+        Py_ssize_t _start
+        Py_ssize_t _end
+        bint _eof
+        bint _receiving              # read_event is in recv() into _buf
+        int _error                   # sticky code, 0 while healthy
+        bint _closing                # rejected a request without KEEP_CONN
+        dict _requests               # active request id -> _RequestState
+        list _out                    # queued management replies (bytes)
+        # The set of ended or rejected ids, at most MAX_IGNORED of them.
+        unsigned short _ignored[MAX_IGNORED]
+        int _n_ignored
+        # Limits as given (the attributes) and as C integers (the checks).
+        object _max_param_size
+        object _max_params_size
+        object _max_body
+        long long _c_max_param_size
+        long long _c_max_params_size
+        long long _c_max_body        # LLONG_MAX for None
+        public object max_conns
+        public object max_reqs
+        public object mpxs_conns
+        # The head of the last request read_request returned OK for; on PLEN
+        # and CLEN, request_id names the request that broke the limit.
+        public object request_id
+        public object role
+        public object flags
+        public object params
+
+    # Record the sticky code and return it.
+    cdef int _fail(self, int code) noexcept
+    # Add an id to the ignored set (cleared when full, as the pure core).
+    cdef void _ignore(self, int request_id) noexcept
+    # Remove an id from the ignored set.
+    cdef void _unignore(self, int request_id) noexcept
+    # Whether an id is in the ignored set.
+    cdef bint _is_ignored(self, int request_id) noexcept
+    # Make room for n more bytes at _end (MemoryError).
+    cdef int _reserve(self, Py_ssize_t n) except -1
+    # Forget consumed bytes; give a large emptied buffer back.
+    cdef void _compact(self) noexcept
+    # next_event: consume records up to the next event.
+    cdef object _next_event(self)
+    # Route one record to its handler; an event, a code or None.
+    cdef object _dispatch(self, int rtype, int request_id,
+                          const unsigned char* content, Py_ssize_t n)
+    # The record handlers (spec 5); each returns an event, a code or None.
+    cdef object _on_begin_request(self, int request_id,
+                                  const unsigned char* content, Py_ssize_t n)
+    cdef object _on_params(self, _RequestState state,
+                           const unsigned char* content, Py_ssize_t n)
+    cdef object _on_stdin(self, _RequestState state,
+                          const unsigned char* content, Py_ssize_t n)
+    cdef object _on_data(self, _RequestState state,
+                         const unsigned char* content, Py_ssize_t n)
+    cdef object _on_get_values(self, const unsigned char* content, Py_ssize_t n)
+    # read_event: the blocking loop over _next_event, _send_out and _recv.
+    cdef object _read_event(self, object sock)
+    # Send the queued replies; OK or SEND.
+    cdef int _send_out(self, object sock, int fd) except -128
+    # Receive once into _buf (or feed what sock.recv gave); OK or IO.
+    cdef int _recv(self, object sock, int fd) except -128
+
+
+cdef class Writer:
+    pass

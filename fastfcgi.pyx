@@ -1,0 +1,1210 @@
+# cython: language_level=3, embedsignature=True
+"""fastfcgi: the compiled core (Parser, Writer) with fastfcgi_py's whole API. See `fastfcgi_py`."""
+
+# Table of contents: ``grep -n '^# .*####' fastfcgi.pyx``.  The declarations
+# (fields, constants, externs) are in fastfcgi.pxd.
+#
+# fastfcgi_py.py is the reference: Parser and Writer here give the same
+# events, codes, bytes and exceptions for the same input, checked in the same
+# order, and the differential tests hold them to it.  Only the machinery
+# differs: a C receive buffer, header arithmetic in C, params decoded by a C
+# loop straight into a dict, and output written into one bytes object.
+
+cimport cython
+from cpython.buffer cimport (PyBUF_SIMPLE, PyBuffer_Release,
+                             PyObject_CheckBuffer, PyObject_GetBuffer)
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.long cimport (PyLong_AsLongAndOverflow,
+                           PyLong_AsLongLongAndOverflow,
+                           PyLong_AsUnsignedLongLongMask, PyLong_CheckExact)
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.unicode cimport (PyUnicode_1BYTE_KIND, PyUnicode_DATA,
+                              PyUnicode_DecodeLatin1, PyUnicode_FromOrdinal,
+                              PyUnicode_GET_LENGTH, PyUnicode_KIND,
+                              PyUnicode_READ)
+from libc.errno cimport EAGAIN, EINTR, errno
+from libc.limits cimport LLONG_MAX, LLONG_MIN
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp, memcpy, memmove, memset
+
+import math as _math
+import socket as _socket
+import struct as _struct
+
+import fastfcgi_py as _py
+from fastfcgi_py import (DEFAULT_MAX_PARAM_SIZE, DEFAULT_MAX_PARAMS_SIZE,
+                         encode_params)
+
+
+# ############################################################################
+# The rest of the API  ########################################################
+# ############################################################################
+#
+# Everything but the compiled classes is fastfcgi_py's own object, so
+# ``import fastfcgi`` gives the whole API (names added to fastfcgi_py.__all__
+# later come along).  Cython puts the cdef classes (Parser, Writer) in the
+# module dict before this code runs, so skipping the names already defined
+# keeps the compiled ones.
+
+__version__ = _py.__version__
+__all__ = list(_py.__all__)
+
+
+def _reexport(namespace):
+    for name in _py.__all__:
+        if name not in namespace:
+            namespace[name] = getattr(_py, name)
+
+
+_reexport(globals())
+del _reexport
+
+
+# ############################################################################
+# Records  ####################################################################
+# ############################################################################
+#
+# Record framing in C (spec 3.3): an 8-byte header, the content, zero padding
+# to a multiple of 8.  Writers size the output first, allocate one bytes
+# object and write into it; nothing else may hold that object meanwhile.
+
+# Slow paths delegate to struct so that odd arguments (bool, float, objects
+# with __index__) fail or pass exactly as in the pure core's struct.pack.
+_H = _struct.Struct("!H")
+_B = _struct.Struct("!B")
+_L = _struct.Struct("!L")
+
+
+cdef inline unsigned char* _put_header(unsigned char* p, int rtype,
+                                       unsigned int request_id, Py_ssize_t n,
+                                       int pad) noexcept:
+    p[0] = FCGI_VERSION_1
+    p[1] = <unsigned char>rtype
+    p[2] = <unsigned char>(request_id >> 8)
+    p[3] = <unsigned char>request_id
+    p[4] = <unsigned char>(n >> 8)
+    p[5] = <unsigned char>n
+    p[6] = <unsigned char>pad
+    p[7] = 0
+    return p + FCGI_HEADER_LEN
+
+
+cdef inline unsigned char* _put_end_body(unsigned char* p,
+                                         unsigned long long app_status,
+                                         int protocol_status) noexcept:
+    # FCGI_EndRequestBody (spec 5.5): appStatus (4 bytes), protocolStatus,
+    # 3 reserved bytes.
+    p[0] = <unsigned char>(app_status >> 24)
+    p[1] = <unsigned char>(app_status >> 16)
+    p[2] = <unsigned char>(app_status >> 8)
+    p[3] = <unsigned char>app_status
+    p[4] = <unsigned char>protocol_status
+    p[5] = p[6] = p[7] = 0
+    return p + 8
+
+
+cdef bytes _record(int rtype, unsigned int request_id, bytes content):
+    # One record, as fastfcgi_py._record.
+    cdef Py_ssize_t n = len(content)
+    cdef int pad = <int>(-n & 7)
+    cdef unsigned char* p
+    if n > FCGI_MAX_CONTENT:
+        # The pure core's header pack fails the same way.
+        raise _struct.error("'H' format requires 0 <= number <= 65535")
+    out = PyBytes_FromStringAndSize(NULL, FCGI_HEADER_LEN + n + pad)
+    p = _put_header(<unsigned char*>PyBytes_AS_STRING(out), rtype, request_id,
+                    n, pad)
+    memcpy(p, PyBytes_AS_STRING(content), n)
+    memset(p + n, 0, pad)
+    return out
+
+
+cdef bytes _end_request_record(unsigned int request_id,
+                               unsigned long long app_status,
+                               int protocol_status):
+    out = PyBytes_FromStringAndSize(NULL, 16)
+    cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(out)
+    _put_end_body(_put_header(p, FCGI_END_REQUEST, request_id, 8, 0),
+                  app_status, protocol_status)
+    return out
+
+
+cdef bytes _unknown_type_record(int rtype):
+    # FCGI_UnknownTypeBody (spec 4.2): the type, 7 reserved bytes.
+    out = PyBytes_FromStringAndSize(NULL, 16)
+    cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(out)
+    p = _put_header(p, FCGI_UNKNOWN_TYPE, 0, 8, 0)
+    p[0] = <unsigned char>rtype
+    memset(p + 1, 0, 7)
+    return out
+
+
+@cython.cdivision(True)
+cdef inline Py_ssize_t _framed_size(Py_ssize_t n) noexcept:
+    # The size of the records carrying n content bytes, CHUNK per record;
+    # CHUNK is a multiple of 8, so only the last record is padded.
+    cdef Py_ssize_t full = n // CHUNK
+    cdef Py_ssize_t rest = n - full * CHUNK
+    if rest:
+        return n + FCGI_HEADER_LEN * (full + 1) + (-rest & 7)
+    return n + FCGI_HEADER_LEN * full
+
+
+# A Framer cuts a stream of known length into records while copying it in,
+# so a response made of a head (several str) and a body crosses record
+# boundaries without first being joined.  Raw mode (no records) writes the
+# head alone.
+
+cdef inline void _framer_init(Framer* f, unsigned char* p, int rtype,
+                              unsigned int request_id,
+                              Py_ssize_t total) noexcept:
+    f.p = p
+    f.left = total
+    f.room = 0
+    f.pad = 0
+    f.rtype = rtype
+    f.request_id = request_id
+
+
+cdef inline void _framer_init_raw(Framer* f, unsigned char* p) noexcept:
+    f.p = p
+    f.left = f.room = PY_SSIZE_T_MAX
+    f.pad = 0
+
+
+cdef void _framer_put(Framer* f, const char* src, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t take
+    while n > 0:
+        if f.room == 0:
+            # Open the next record: CHUNK bytes, or all that is left.
+            take = f.left if f.left < CHUNK else CHUNK
+            f.pad = <int>(-take & 7)
+            f.p = _put_header(f.p, f.rtype, f.request_id, take, f.pad)
+            f.room = take
+        take = n if n < f.room else f.room
+        memcpy(f.p, src, take)
+        f.p += take
+        src += take
+        n -= take
+        f.room -= take
+        f.left -= take
+        if f.room == 0 and f.pad:
+            memset(f.p, 0, f.pad)
+            f.p += f.pad
+
+
+cdef void _framer_put_str(Framer* f, str text) noexcept:
+    # Validated text is latin-1, which CPython stores one byte per
+    # character (PEP 393), so it is copied as it is.
+    cdef Py_ssize_t i, n = PyUnicode_GET_LENGTH(text)
+    cdef int kind = PyUnicode_KIND(text)
+    cdef void* data = PyUnicode_DATA(text)
+    cdef char c
+    if kind == PyUnicode_1BYTE_KIND:
+        _framer_put(f, <const char*>data, n)
+        return
+    for i in range(n):          # a wider str holding latin-1 only
+        c = <char>PyUnicode_READ(kind, data, i)
+        _framer_put(f, &c, 1)
+
+
+# ############################################################################
+# Argument checks  ############################################################
+# ############################################################################
+#
+# The pure core checks ``0 <= x <= top`` (ValueError, or TypeError from the
+# comparison) and leaves the integer conversion to struct.pack, which runs
+# later: an in-range float passes the check and fails when packed.  So the
+# check returns the value, or -1 for "in range but not an int", and _packed
+# converts that one through struct at the point where the pure core packs.
+
+cdef long _check_range(object value, long top, str what) except -2:
+    cdef int overflow = 0
+    cdef long v
+    if PyLong_CheckExact(value):
+        v = PyLong_AsLongAndOverflow(value, &overflow)
+        if not overflow and 0 <= v <= top:
+            return v
+    elif 0 <= value <= top:
+        return -1
+    raise ValueError("%s out of range: %r" % (what, value))
+
+
+cdef long _packed(object value, long checked, object fmt) except -2:
+    if checked >= 0:
+        return checked
+    return fmt.unpack(fmt.pack(value))[0]
+
+
+cdef long long _app_status32(object app_status) except -1:
+    # The exit code modulo 2**32, as ``app_status & 0xFFFFFFFF`` packed "!L".
+    if PyLong_CheckExact(app_status):
+        return PyLong_AsUnsignedLongLongMask(app_status) & 0xFFFFFFFF
+    return _L.unpack(_L.pack(app_status & 0xFFFFFFFF))[0]
+
+
+cdef long long _c_limit(object value) except? -1:
+    # A limit as the C integer the parser compares with: None, NaN and
+    # anything from LLONG_MAX up mean no limit; a fraction acts as its floor,
+    # since only integers are compared with it.
+    cdef int overflow = 0
+    cdef long long v
+    if value is None:
+        return LLONG_MAX
+    if PyLong_CheckExact(value):
+        v = PyLong_AsLongLongAndOverflow(value, &overflow)
+        if overflow:
+            return LLONG_MAX if overflow > 0 else LLONG_MIN
+        return v
+    if value != value or value >= LLONG_MAX:
+        return LLONG_MAX
+    if value <= LLONG_MIN:
+        return LLONG_MIN
+    return _math.floor(value)
+
+
+cdef int _try_buffer(object data, Py_buffer* view) except -1:
+    # 1 with view filled (the caller releases it), or 0, with no exception
+    # set, when data has no contiguous buffer.
+    if not PyObject_CheckBuffer(data):
+        return 0
+    try:
+        PyObject_GetBuffer(data, view, PyBUF_SIMPLE)
+    except Exception:
+        return 0
+    return 1
+
+
+cdef int _get_data(object data, Py_buffer* view) except -1:
+    # Fill view with the bytes fastfcgi_py's _as_bytes(data) gives: those of
+    # a contiguous buffer, else of bytes(memoryview(data)), whose TypeError
+    # for a non-bytes-like object is the pure core's.
+    if not _try_buffer(data, view):
+        PyObject_GetBuffer(bytes(memoryview(data)), view, PyBUF_SIMPLE)
+    return 0
+
+
+cdef object _as_bytes(object data):
+    return data if type(data) is bytes else bytes(memoryview(data))
+
+
+# ############################################################################
+# Params  #####################################################################
+# ############################################################################
+#
+# A name-value block (spec 3.4) becomes a dict of latin-1 str in one C loop.
+# Two things make it cheap:
+#
+# * The dict is created at its final size (one quick pass counts the pairs),
+#   so it is not resized three times on the way to nginx's thirty-odd
+#   params.  _PyDict_NewPresized is CPython's, used as Cython itself uses
+#   it; elsewhere a plain dict is made.
+# * Requests repeat the same names (fastcgi_params, the usual headers) and
+#   many short values ("GET", "HTTP/1.1", the server's address), so short
+#   strings are first looked up in a small cache: a hit saves the allocation
+#   and, since a str keeps its hash, the hashing when it goes into the dict.
+#   Each cache is a fixed table whose slot keeps the last string hashed to
+#   it, so its memory is bounded whatever the peer sends.
+
+cdef extern from *:
+    """
+    #if defined(PYPY_VERSION) || PY_VERSION_HEX >= 0x030E0000
+    #define fastfcgi_new_dict(n) PyDict_New()
+    #else
+    #define fastfcgi_new_dict(n) _PyDict_NewPresized(n)
+    #endif
+    """
+    dict _new_dict "fastfcgi_new_dict" (Py_ssize_t n)
+
+
+cdef PyObject* _name_cache[STR_CACHE_SIZE]      # owned references or NULL
+cdef PyObject* _value_cache[STR_CACHE_SIZE]
+
+
+cdef inline size_t _slot(const unsigned char* p, Py_ssize_t n) noexcept:
+    # A cache slot from the length and the first and last 8 bytes: constant
+    # time, and enough to tell apart the strings a web server repeats.
+    cdef uint64_t head = 0, tail = 0
+    if n >= 8:
+        memcpy(&head, p, 8)
+        memcpy(&tail, p + n - 8, 8)
+    else:
+        memcpy(&head, p, <size_t>n)
+    head = (head ^ (tail * 0xC2B2AE3D27D4EB4Full) ^ <uint64_t>n) * 0x9E3779B97F4A7C15ull
+    return <size_t>(head >> 40) & (STR_CACHE_SIZE - 1)
+
+
+cdef object _cached_latin1(PyObject** cache, const unsigned char* p,
+                           Py_ssize_t n):
+    cdef size_t h
+    cdef PyObject* cached
+    if n > STR_CACHE_MAX_LEN:
+        return PyUnicode_DecodeLatin1(<const char*>p, n, NULL)
+    h = _slot(p, n)
+    cached = cache[h]
+    # A str decoded from latin-1 is stored one byte per character.
+    if (cached != NULL and PyUnicode_GET_LENGTH(<object>cached) == n
+            and memcmp(PyUnicode_DATA(<object>cached), p, <size_t>n) == 0):
+        return <object>cached
+    text = PyUnicode_DecodeLatin1(<const char*>p, n, NULL)
+    Py_INCREF(text)
+    Py_XDECREF(cached)
+    cache[h] = <PyObject*>text
+    return text
+
+
+cdef inline long long _nv_length(const unsigned char* data, Py_ssize_t* i,
+                                 Py_ssize_t end) noexcept:
+    # The length at data[*i], advancing *i past it: one byte below 128,
+    # else four with the top bit set; -1 when those four run past end.
+    cdef Py_ssize_t at = i[0]
+    cdef long long n = data[at]
+    if not n & 0x80:
+        i[0] = at + 1
+        return n
+    if at + 4 > end:
+        return -1
+    i[0] = at + 4
+    return ((n & 0x7F) << 24) | (data[at + 1] << 16) | (data[at + 2] << 8) | data[at + 3]
+
+
+cdef Py_ssize_t _count_params(const unsigned char* data, Py_ssize_t end) noexcept:
+    # How many well-formed pairs the block starts with: the dict's size.
+    cdef Py_ssize_t i = 0, count = 0
+    cdef long long n, v
+    while i < end:
+        n = _nv_length(data, &i, end)
+        if n < 0 or i >= end:
+            break
+        v = _nv_length(data, &i, end)
+        if v < 0 or n + v > end - i:
+            break
+        i += n + v
+        count += 1
+    return count
+
+
+cdef object _decode_params(const unsigned char* data, Py_ssize_t end,
+                           long long max_size):
+    # The dict of a complete block, or the code PLEN or PROTO, checked in
+    # fastfcgi_py._decode_params' order: name length, value length, the
+    # limit, then the bounds.
+    cdef Py_ssize_t i = 0
+    cdef long long n, v
+    cdef dict params = _new_dict(_count_params(data, end))
+    while i < end:
+        n = _nv_length(data, &i, end)
+        if n < 0 or i >= end:
+            return PROTO
+        v = _nv_length(data, &i, end)
+        if v < 0:
+            return PROTO
+        if n > max_size or v > max_size:
+            return PLEN
+        if n + v > end - i:
+            return PROTO
+        PyDict_SetItem(params, _cached_latin1(_name_cache, data + i, <Py_ssize_t>n),
+                       _cached_latin1(_value_cache, data + i + n, <Py_ssize_t>v))
+        i += n + v
+    return params
+
+
+cdef long long _content_length(str text) except -2:
+    # CONTENT_LENGTH as a number, or -1 unless it is 1 to MAX_CL_DIGITS
+    # ASCII digits (the pure core: ``cl.strip("0123456789")`` then int()).
+    cdef long long n = 0
+    cdef Py_UCS4 c
+    if len(text) > MAX_CL_DIGITS:
+        return -1
+    for c in text:
+        if not u'0' <= c <= u'9':
+            return -1
+        n = n * 10 + (<long>c - 48)
+    return n
+
+
+# ############################################################################
+# Parser  #####################################################################
+# ############################################################################
+#
+# The state machine of fastfcgi_py.Parser (its section comment is the theory
+# of operation), with its state in C: the receive buffer is malloc'd and
+# consumed in place, records are framed by header arithmetic, and the
+# record-type dispatch is a switch.  Handlers return what the pure ones do:
+# an event tuple, a code (through _fail), or None to go on.
+
+@cython.auto_pickle(False)
+cdef class _RequestState:
+    """Per-request parser state. See `fastfcgi_py.Parser`."""
+
+    def __dealloc__(self):
+        free(self.params_buf)
+
+    cdef int add_params(self, const unsigned char* data, Py_ssize_t n) except -1:
+        cdef Py_ssize_t cap
+        cdef unsigned char* buf
+        if self.params_len + n > self.params_cap:
+            cap = max(self.params_cap * 2, self.params_len + n)
+            buf = <unsigned char*>realloc(self.params_buf, cap)
+            if buf == NULL:
+                raise MemoryError()
+            self.params_buf = buf
+            self.params_cap = cap
+        memcpy(self.params_buf + self.params_len, data, n)
+        self.params_len += n
+        return 0
+
+
+@cython.auto_pickle(False)
+cdef class Parser:
+    """Parser(*, max_param_size=DEFAULT_MAX_PARAM_SIZE, max_params_size=DEFAULT_MAX_PARAMS_SIZE, max_body=None, max_conns=1, max_reqs=1, mpxs_conns=False)
+
+    Sans-IO FastCGI record parser for the application side. See `fastfcgi_py.Parser`."""
+
+    def __cinit__(self):
+        # __init__ sets the rest; this much keeps a Parser whose __init__
+        # was never run from touching NULL or None.
+        self._buf = <unsigned char*>malloc(BUF_INITIAL)
+        if self._buf == NULL:
+            raise MemoryError()
+        self._cap = BUF_INITIAL
+        self._requests = {}
+        self._out = []
+        self._c_max_param_size = self._c_max_params_size = 0
+        self._c_max_body = LLONG_MAX
+
+    def __dealloc__(self):
+        free(self._buf)
+
+    # Cython (3.0 to 3.3) would embed this signature in the class docstring
+    # with the "*" after the first argument; the docstring has it right.
+    @cython.embedsignature(False)
+    def __init__(self, *, max_param_size=DEFAULT_MAX_PARAM_SIZE,
+                 max_params_size=DEFAULT_MAX_PARAMS_SIZE, max_body=None,
+                 max_conns=1, max_reqs=1, mpxs_conns=False):
+        if max_param_size < 0 or max_params_size < 0:
+            raise ValueError("limits must not be negative")
+        if max_body is not None and max_body < 0:
+            raise ValueError("max_body must be None or >= 0")
+        self.max_param_size = max_param_size
+        self.max_params_size = max_params_size
+        self.max_body = max_body
+        self.max_conns = max_conns
+        self.max_reqs = max_reqs
+        self.mpxs_conns = bool(mpxs_conns)
+        self._start = self._end = 0
+        self._eof = False
+        self._error = 0
+        self._requests = {}
+        self._n_ignored = 0
+        self._out = []
+        self._closing = False
+        self.request_id = 0
+        self.role = 0
+        self.flags = 0
+        self.params = None
+
+    # -- limits: the attribute as given, its C copy for the checks --------
+
+    @property
+    def max_param_size(self):
+        """Longest param name or value. See `fastfcgi_py.Parser`."""
+        return self._max_param_size
+
+    @max_param_size.setter
+    def max_param_size(self, value):
+        self._c_max_param_size = _c_limit(value)
+        self._max_param_size = value
+
+    @property
+    def max_params_size(self):
+        """Most bytes of all params of a request. See `fastfcgi_py.Parser`."""
+        return self._max_params_size
+
+    @max_params_size.setter
+    def max_params_size(self, value):
+        self._c_max_params_size = _c_limit(value)
+        self._max_params_size = value
+
+    @property
+    def max_body(self):
+        """Most stdin bytes of a request, None for no limit. See `fastfcgi_py.Parser`."""
+        return self._max_body
+
+    @max_body.setter
+    def max_body(self, value):
+        self._c_max_body = _c_limit(value)
+        self._max_body = value
+
+    # -- feeding ------------------------------------------------------------
+
+    def feed(self, data):
+        """Append bytes received from the web server; b"" marks EOF. See `fastfcgi_py.Parser.feed`."""
+        cdef Py_buffer view
+        if self._receiving:
+            # Only the compiled core has this error: the pure one has no
+            # buffer that another thread could pull from under recv().
+            raise RuntimeError("Parser.feed() while read_event() is receiving")
+        if self._eof:
+            if data:
+                raise RuntimeError("Parser.feed() after EOF")
+            return
+        if not data:
+            self._eof = True
+            return
+        if not _try_buffer(data, &view):
+            # What ``bytearray += data`` says.
+            raise TypeError("can't concat %s to bytearray" % type(data).__name__)
+        try:
+            self._reserve(view.len)
+            memcpy(self._buf + self._end, view.buf, view.len)
+            self._end += view.len
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef int _reserve(self, Py_ssize_t n) except -1:
+        cdef Py_ssize_t used, cap
+        cdef unsigned char* buf
+        if self._cap - self._end >= n:
+            return 0
+        used = self._end - self._start
+        if self._start:
+            # Consumed bytes go only when their room is needed: the move
+            # is at most one partial record.
+            memmove(self._buf, self._buf + self._start, used)
+            self._start = 0
+            self._end = used
+            if self._cap - used >= n:
+                return 0
+        cap = max(self._cap * 2, used + n)
+        buf = <unsigned char*>realloc(self._buf, cap)
+        if buf == NULL:
+            raise MemoryError()
+        self._buf = buf
+        self._cap = cap
+        return 0
+
+    cdef void _compact(self) noexcept:
+        cdef unsigned char* buf
+        if self._start != self._end:
+            return
+        self._start = self._end = 0
+        if self._cap > BUF_SHRINK:
+            # A huge feed was consumed: memory stays bounded per connection.
+            buf = <unsigned char*>realloc(self._buf, BUF_INITIAL)
+            if buf != NULL:
+                self._buf = buf
+                self._cap = BUF_INITIAL
+
+    @property
+    def error(self):
+        """The sticky code, or 0. See `fastfcgi_py.Parser.error`."""
+        return self._error
+
+    @property
+    def buffered(self):
+        """How many received bytes are not consumed yet. See `fastfcgi_py.Parser.buffered`."""
+        return self._end - self._start
+
+    @property
+    def keep_conn(self):
+        """Whether the last request read asked to keep the connection. See `fastfcgi_py.Parser.keep_conn`."""
+        return bool(self.flags & FCGI_KEEP_CONN)
+
+    def data_to_send(self):
+        """Return (and forget) the queued replies to management records. See `fastfcgi_py.Parser.data_to_send`."""
+        if not self._out:
+            return b""
+        out = b"".join(self._out)
+        self._out = []
+        return out
+
+    def end_request(self, request_id):
+        """Mark request_id answered. See `fastfcgi_py.Parser.end_request`."""
+        state = self._requests.pop(request_id, None)
+        if state is not None:
+            self._ignore((<_RequestState>state).request_id)
+
+    # -- the ignored ids ---------------------------------------------------
+    #
+    # The pure core's set, as a small array: it never holds more than
+    # MAX_IGNORED ids, and is cleared, as there, when an id is added to a
+    # full one.
+
+    cdef void _ignore(self, int request_id) noexcept:
+        if self._n_ignored >= MAX_IGNORED:
+            self._n_ignored = 0
+        if not self._is_ignored(request_id):
+            self._ignored[self._n_ignored] = <unsigned short>request_id
+            self._n_ignored += 1
+
+    cdef void _unignore(self, int request_id) noexcept:
+        cdef int i
+        for i in range(self._n_ignored):
+            if self._ignored[i] == request_id:
+                self._n_ignored -= 1
+                self._ignored[i] = self._ignored[self._n_ignored]
+                return
+
+    cdef bint _is_ignored(self, int request_id) noexcept:
+        cdef int i
+        for i in range(self._n_ignored):
+            if self._ignored[i] == request_id:
+                return True
+        return False
+
+    # -- the state machine -------------------------------------------------
+
+    cdef int _fail(self, int code) noexcept:
+        self._error = code
+        return code
+
+    def next_event(self):
+        """Consume buffered records up to the next event. See `fastfcgi_py.Parser.next_event`."""
+        return self._next_event()
+
+    cdef object _next_event(self):
+        cdef const unsigned char* p
+        cdef Py_ssize_t avail, n, total
+        cdef int rtype, request_id
+        if self._error:
+            return self._error
+        while True:
+            if self._closing and not self._requests:
+                # We refused a request that did not ask to keep the
+                # connection: nothing more is read from it.
+                return self._fail(NOREQ)
+            avail = self._end - self._start
+            if avail < FCGI_HEADER_LEN:
+                if self._eof:
+                    if avail or self._requests:
+                        return self._fail(EOF)
+                    return self._fail(NOREQ)
+                self._compact()
+                return None
+            p = self._buf + self._start
+            # The version is checked as soon as the header is in, before
+            # waiting for the content: garbage fails fast.
+            if p[0] != FCGI_VERSION_1:
+                return self._fail(PROTO)
+            rtype = p[1]
+            request_id = (p[2] << 8) | p[3]
+            n = (p[4] << 8) | p[5]
+            total = FCGI_HEADER_LEN + n + p[6]
+            if avail < total:
+                if self._eof:
+                    return self._fail(EOF)
+                return None
+            # The record is consumed before its handler runs.  Its content
+            # stays valid meanwhile: handlers run none of the caller's code
+            # while they read it, so nothing feeds (moves) the buffer.
+            self._start += total
+            event = self._dispatch(rtype, request_id, p + FCGI_HEADER_LEN, n)
+            if event is not None:
+                return event
+
+    cdef object _dispatch(self, int rtype, int request_id,
+                          const unsigned char* content, Py_ssize_t n):
+        cdef PyObject* found
+        cdef _RequestState state
+        if request_id == 0:
+            # Management records (spec 4) carry id 0.
+            if rtype == FCGI_GET_VALUES:
+                return self._on_get_values(content, n)
+            if FCGI_BEGIN_REQUEST <= rtype <= FCGI_DATA:
+                return self._fail(PROTO)      # a request record with id 0
+            self._out.append(_unknown_type_record(rtype))
+            return None
+        if rtype == FCGI_BEGIN_REQUEST:
+            return self._on_begin_request(request_id, content, n)
+        elif (rtype == FCGI_ABORT_REQUEST or rtype == FCGI_PARAMS
+              or rtype == FCGI_STDIN or rtype == FCGI_DATA):
+            found = PyDict_GetItem(self._requests, request_id)
+            if found == NULL:
+                # Spec 3.3: records of an inactive id we have seen are
+                # ignored; of one never begun, the peer is confused.
+                if self._is_ignored(request_id):
+                    return None
+                return self._fail(PROTO)
+            state = <_RequestState>found
+            if state.aborted:
+                return None
+            if rtype == FCGI_ABORT_REQUEST:
+                state.aborted = True
+                return (FCGI_ABORT_REQUEST, request_id)
+            if rtype == FCGI_PARAMS:
+                return self._on_params(state, content, n)
+            if rtype == FCGI_STDIN:
+                return self._on_stdin(state, content, n)
+            return self._on_data(state, content, n)
+        elif (rtype == FCGI_END_REQUEST or rtype == FCGI_STDOUT
+              or rtype == FCGI_STDERR or rtype == FCGI_GET_VALUES
+              or rtype == FCGI_GET_VALUES_RESULT or rtype == FCGI_UNKNOWN_TYPE):
+            # A record only applications send, or a management record with
+            # a request id.
+            return self._fail(PROTO)
+        self._out.append(_unknown_type_record(rtype))
+        return None
+
+    cdef object _on_begin_request(self, int request_id,
+                                  const unsigned char* content, Py_ssize_t n):
+        cdef int role, flags, reply
+        cdef _RequestState state
+        if n != 8 or request_id in self._requests:
+            return self._fail(PROTO)
+        role = (content[0] << 8) | content[1]
+        flags = content[2]
+        self._unignore(request_id)
+        if role != FCGI_RESPONDER and role != FCGI_AUTHORIZER and role != FCGI_FILTER:
+            reply = FCGI_UNKNOWN_ROLE
+        elif self._requests and (not self.mpxs_conns
+                                 or len(self._requests) >= self.max_reqs):
+            reply = FCGI_CANT_MPX_CONN
+        else:
+            state = _RequestState.__new__(_RequestState)
+            state.request_id = request_id
+            state.role = role
+            state.flags = flags
+            state.content_length = -1
+            self._requests[request_id] = state
+            return None
+        self._out.append(_end_request_record(request_id, 0, reply))
+        self._ignore(request_id)
+        if not flags & FCGI_KEEP_CONN:
+            self._closing = True
+        return None
+
+    cdef object _on_params(self, _RequestState state,
+                           const unsigned char* content, Py_ssize_t n):
+        cdef long long length
+        cdef dict params
+        if state.params is not None:
+            return self._fail(PROTO)
+        if n:
+            if state.params_len + n > self._c_max_params_size:
+                self.request_id = state.request_id
+                return self._fail(PLEN)
+            state.add_params(content, n)
+            return None
+        # The empty record ends the stream (spec 3.3).
+        decoded = _decode_params(state.params_buf, state.params_len,
+                                 self._c_max_param_size)
+        free(state.params_buf)
+        state.params_buf = NULL
+        state.params_len = state.params_cap = 0
+        if type(decoded) is int:
+            self.request_id = state.request_id
+            return self._fail(decoded)
+        params = <dict>decoded
+        cl = params.get("CONTENT_LENGTH")
+        if cl:
+            length = _content_length(cl)
+            if length < 0 or length > self._c_max_body:
+                self.request_id = state.request_id
+                return self._fail(CLEN)
+            state.content_length = length
+        state.params = params
+        return (FCGI_PARAMS, state.request_id, state.role, state.flags, params)
+
+    cdef object _on_stdin(self, _RequestState state,
+                          const unsigned char* content, Py_ssize_t n):
+        if state.params is None or state.stdin_done:
+            return self._fail(PROTO)
+        if not n:
+            state.stdin_done = True
+            if 0 <= state.content_length and state.stdin_seen < state.content_length:
+                state.aborted = True
+                return (FCGI_ABORT_REQUEST, state.request_id)
+            return (FCGI_STDIN, state.request_id, b"")
+        state.stdin_seen += n
+        if 0 <= state.content_length < state.stdin_seen:
+            return self._fail(PROTO)
+        if state.stdin_seen > self._c_max_body:
+            self.request_id = state.request_id
+            return self._fail(CLEN)
+        return (FCGI_STDIN, state.request_id,
+                PyBytes_FromStringAndSize(<char*>content, n))
+
+    cdef object _on_data(self, _RequestState state,
+                         const unsigned char* content, Py_ssize_t n):
+        if state.params is None or state.data_done:
+            return self._fail(PROTO)
+        if not n:
+            state.data_done = True
+        return (FCGI_DATA, state.request_id,
+                PyBytes_FromStringAndSize(<char*>content, n))
+
+    cdef object _on_get_values(self, const unsigned char* content, Py_ssize_t n):
+        # Rare, so the answer is built with Python objects, as in the pure
+        # core (spec 4.1).  The names are limited to one record's worth.
+        asked = _decode_params(content, n, FCGI_MAX_CONTENT)
+        if type(asked) is int:
+            return self._fail(PROTO)
+        known = {"FCGI_MAX_CONNS": str(self.max_conns),
+                 "FCGI_MAX_REQS": str(self.max_reqs),
+                 "FCGI_MPXS_CONNS": "1" if self.mpxs_conns else "0"}
+        answer = [(name, known[name]) for name in asked if name in known]
+        self._out.append(_record(FCGI_GET_VALUES_RESULT, 0, encode_params(answer)))
+        return None
+
+    # -- blocking fast path ------------------------------------------------
+    #
+    # A plain socket.socket (recv and sendall not overridden, unlike an
+    # SSLSocket's) is read with recv(2) on its fd straight into _buf.  Any
+    # other object, a closed socket (fd -1), or a socket with a timeout (its
+    # fd is non-blocking: EAGAIN) goes through sock.recv and sock.sendall,
+    # exactly as the pure core does, so timeouts behave the same.
+
+    def read_event(self, sock):
+        """Block on the connected socket until the next event. See `fastfcgi_py.Parser.read_event`."""
+        return self._read_event(sock)
+
+    def read_request(self, sock):
+        """Block until a request's params are complete. See `fastfcgi_py.Parser.read_request`."""
+        while True:
+            event = self._read_event(sock)
+            if type(event) is int:
+                return event
+            kind = event[0]
+            if kind == FCGI_PARAMS:
+                self.request_id = event[1]
+                self.role = event[2]
+                self.flags = event[3]
+                self.params = event[4]
+                return OK
+            if kind == FCGI_ABORT_REQUEST:
+                self.request_id = event[1]
+                self.flags = (<_RequestState>self._requests[event[1]]).flags
+                return ABORT
+            # STDIN/DATA of a request the caller has not ended: the caller
+            # reads those with read_event; here they are a misuse.
+            raise RuntimeError("read_request() while request %d is being read"
+                               % event[1])
+
+    cdef object _read_event(self, object sock):
+        cdef int fd = -1
+        cls = type(sock)
+        if (getattr(cls, "recv", None) is _SOCKET_RECV
+                and getattr(cls, "sendall", None) is _SOCKET_SENDALL):
+            fd = sock.fileno()
+        while True:
+            event = self._next_event()
+            if self._out and self._send_out(sock, fd) != OK:
+                return self._fail(SEND)
+            if event is not None:
+                return event
+            if self._recv(sock, fd) != OK:
+                return self._fail(IO)
+
+    cdef int _send_out(self, object sock, int fd) except -128:
+        cdef bytes data = b"".join(self._out)
+        cdef const char* p = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t sent = 0, size = len(data)
+        cdef ssize_t r
+        cdef int err = 0
+        self._out = []
+        while fd >= 0 and sent < size:
+            with nogil:
+                r = send(fd, p + sent, <size_t>(size - sent), MSG_NOSIGNAL)
+                if r < 0:
+                    err = errno
+            if r >= 0:
+                sent += r
+            elif err == EINTR:
+                PyErr_CheckSignals()    # a handler's exception propagates
+            elif err == EAGAIN or err == EWOULDBLOCK:
+                break                   # timeout socket: sendall waits
+            else:
+                return SEND
+        if sent == size:
+            return OK
+        try:
+            sock.sendall(data[sent:] if sent else data)
+        except OSError:
+            return SEND
+        return OK
+
+    cdef int _recv(self, object sock, int fd) except -128:
+        cdef ssize_t r
+        cdef int err = 0
+        cdef unsigned char* where
+        if fd >= 0:
+            self._reserve(RECV_SIZE)
+            where = self._buf + self._end
+            # recv() fills _buf without the GIL: until it returns, another
+            # thread's feed() must not move or grow the buffer.
+            self._receiving = True
+            try:
+                while True:
+                    with nogil:
+                        r = recv(fd, where, RECV_SIZE, 0)
+                        if r < 0:
+                            err = errno
+                    if r > 0:
+                        self._end += r
+                        return OK
+                    if r == 0:
+                        self._eof = True
+                        return OK
+                    if err == EINTR:
+                        PyErr_CheckSignals()    # a handler's exception propagates
+                    elif err == EAGAIN or err == EWOULDBLOCK:
+                        break                   # timeout socket: sock.recv waits
+                    else:
+                        return IO
+            finally:
+                self._receiving = False
+        try:
+            data = sock.recv(RECV_SIZE)
+        except OSError:
+            return IO
+        self.feed(data)
+        return OK
+
+
+_SOCKET_RECV = _socket.socket.recv
+_SOCKET_SENDALL = _socket.socket.sendall
+
+
+# ############################################################################
+# Writer  #####################################################################
+# ############################################################################
+#
+# fastfcgi_py.Writer's records, each method building its whole output in
+# one bytes object.  Checks run in the pure core's order, so the first
+# error is the same one.
+
+cdef unsigned char _TCHAR[128]      # RFC 9110 5.6.2 token characters
+
+
+cdef void _init_tchar() noexcept:
+    cdef const char* c = (b"!#$%&'*+-.^_`|~0123456789"
+                          b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+    while c[0]:
+        _TCHAR[<unsigned char>c[0]] = 1
+        c += 1
+
+
+_init_tchar()
+
+
+cdef int _check_value(object text, str what) except -1:
+    # RFC 9110 5.5: visible characters, SP, HTAB and obs-text (latin-1);
+    # CR and LF above all would let an application split the response.
+    cdef Py_UCS4 c
+    if type(text) is not str:
+        raise TypeError("%s must be str, not %s" % (what, type(text).__name__))
+    for c in <str>text:
+        if (c < 32 and c != 9) or c == 127 or c > 255:
+            raise ValueError("invalid character %r in %s %r"
+                             % (PyUnicode_FromOrdinal(c), what, text))
+    return 0
+
+
+cdef bint _is_token(str name) noexcept:
+    cdef Py_UCS4 c
+    if not name:
+        return False
+    for c in name:
+        if c >= 128 or not _TCHAR[c]:
+            return False
+    return True
+
+
+cdef list _head_items(object status, object headers, Py_ssize_t* size):
+    # Check a head as fastfcgi_py.Writer.head does; return its str in
+    # writing order (status, name, value, name, value, ...) and set *size to
+    # the length of the head in bytes.
+    cdef Py_ssize_t n
+    cdef str text
+    if type(status) is not str:
+        raise TypeError("status must be str, not %s" % type(status).__name__)
+    text = status
+    n = len(text)
+    if not (n >= 3 and u'0' <= text[0] <= u'9' and u'0' <= text[1] <= u'9'
+            and u'0' <= text[2] <= u'9' and (n == 3 or text[3] == u' ')):
+        raise ValueError("invalid status %r" % (status,))
+    _check_value(status, "status")
+    items = [status]
+    n += 12                     # "Status: ", CRLF, and the blank line's CRLF
+    for name, value in headers:
+        if type(name) is not str:
+            raise TypeError("header name must be str, not %s" % type(name).__name__)
+        if not _is_token(name):
+            raise ValueError("invalid header name %r" % (name,))
+        _check_value(value, "header value")
+        items.append(name)
+        items.append(value)
+        n += len(<str>name) + len(<str>value) + 4
+    size[0] = n
+    return items
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _framer_put_head(Framer* f, list items) noexcept:
+    # The CGI response head: "Status: ...", "Name: value" lines, a blank
+    # line; each line ends in CRLF.
+    cdef Py_ssize_t i
+    _framer_put(f, b"Status: ", 8)
+    _framer_put_str(f, <str>items[0])
+    _framer_put(f, b"\r\n", 2)
+    for i in range(1, len(items), 2):
+        _framer_put_str(f, <str>items[i])
+        _framer_put(f, b": ", 2)
+        _framer_put_str(f, <str>items[i + 1])
+        _framer_put(f, b"\r\n", 2)
+    _framer_put(f, b"\r\n", 2)
+
+
+cdef bytes _stream(int rtype, object request_id, object data):
+    # Writer.stdout and Writer.stderr.
+    cdef Py_buffer view
+    cdef long rid = _check_range(request_id, 0xFFFF, "request id")
+    cdef Framer f
+    _get_data(data, &view)
+    try:
+        if not view.len:
+            return b""
+        rid = _packed(request_id, rid, _H)
+        out = PyBytes_FromStringAndSize(NULL, _framed_size(view.len))
+        _framer_init(&f, <unsigned char*>PyBytes_AS_STRING(out), rtype,
+                     <unsigned int>rid, view.len)
+        _framer_put(&f, <const char*>view.buf, view.len)
+        return out
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef bytes _stream_end(int rtype, object request_id):
+    cdef long rid = _check_range(request_id, 0xFFFF, "request id")
+    rid = _packed(request_id, rid, _H)
+    out = PyBytes_FromStringAndSize(NULL, FCGI_HEADER_LEN)
+    _put_header(<unsigned char*>PyBytes_AS_STRING(out), rtype,
+                <unsigned int>rid, 0, 0)
+    return out
+
+
+cdef bytes _finish(unsigned int request_id, list head, Py_ssize_t head_len,
+                   const char* body, Py_ssize_t body_len, object app_status):
+    # STDOUT records of head and body, the STDOUT terminator and
+    # END_REQUEST(app_status, REQUEST_COMPLETE), in one allocation.
+    cdef unsigned long long status = _app_status32(app_status)
+    cdef Py_ssize_t n = head_len + body_len
+    cdef Framer f
+    out = PyBytes_FromStringAndSize(NULL, _framed_size(n) + 3 * FCGI_HEADER_LEN)
+    _framer_init(&f, <unsigned char*>PyBytes_AS_STRING(out), FCGI_STDOUT,
+                 request_id, n)
+    if head is not None:
+        _framer_put_head(&f, head)
+    _framer_put(&f, body, body_len)
+    _put_end_body(
+        _put_header(_put_header(f.p, FCGI_STDOUT, request_id, 0, 0),
+                    FCGI_END_REQUEST, request_id, 8, 0),
+        status, FCGI_REQUEST_COMPLETE)
+    return out
+
+
+cdef class Writer:
+    """Builds the records an application sends. See `fastfcgi_py.Writer`."""
+
+    def stdout(self, request_id, data):
+        """STDOUT records carrying data. See `fastfcgi_py.Writer.stdout`."""
+        return _stream(FCGI_STDOUT, request_id, data)
+
+    def stderr(self, request_id, data):
+        """STDERR records carrying data. See `fastfcgi_py.Writer.stderr`."""
+        return _stream(FCGI_STDERR, request_id, data)
+
+    def end_stdout(self, request_id):
+        """The empty STDOUT record. See `fastfcgi_py.Writer.end_stdout`."""
+        return _stream_end(FCGI_STDOUT, request_id)
+
+    def end_stderr(self, request_id):
+        """The empty STDERR record. See `fastfcgi_py.Writer.end_stderr`."""
+        return _stream_end(FCGI_STDERR, request_id)
+
+    def end_request(self, request_id, app_status=0,
+                    protocol_status=FCGI_REQUEST_COMPLETE):
+        """END_REQUEST. See `fastfcgi_py.Writer.end_request`."""
+        cdef long rid = _check_range(request_id, 0xFFFF, "request id")
+        cdef long ps = _check_range(protocol_status, 255, "protocol status")
+        rid = _packed(request_id, rid, _H)
+        cdef unsigned long long status = _app_status32(app_status)
+        ps = _packed(protocol_status, ps, _B)
+        return _end_request_record(<unsigned int>rid, status, <int>ps)
+
+    def finish(self, request_id, data=b"", *, app_status=0):
+        """STDOUT records of data, the terminator and END_REQUEST. See `fastfcgi_py.Writer.finish`."""
+        cdef Py_buffer view
+        cdef long rid = _check_range(request_id, 0xFFFF, "request id")
+        _get_data(data, &view)
+        try:
+            rid = _packed(request_id, rid, _H)
+            return _finish(<unsigned int>rid, None, 0, <const char*>view.buf,
+                           view.len, app_status)
+        finally:
+            PyBuffer_Release(&view)
+
+    def head(self, status, headers):
+        """The CGI response head as latin-1 bytes. See `fastfcgi_py.Writer.head`."""
+        cdef Py_ssize_t size
+        cdef Framer f
+        items = _head_items(status, headers, &size)
+        out = PyBytes_FromStringAndSize(NULL, size)
+        _framer_init_raw(&f, <unsigned char*>PyBytes_AS_STRING(out))
+        _framer_put_head(&f, items)
+        return out
+
+    def response(self, request_id, status, headers, body=b"", *, app_status=0):
+        """A whole response in one buffer. See `fastfcgi_py.Writer.response`."""
+        cdef Py_buffer view
+        cdef Py_ssize_t head_len
+        cdef long rid
+        if type(self) is not Writer:
+            # A subclass may override head or finish: use them, as the
+            # pure core does.
+            return self.finish(request_id, self.head(status, headers) + _as_bytes(body),
+                               app_status=app_status)
+        items = _head_items(status, headers, &head_len)
+        _get_data(body, &view)
+        try:
+            rid = _check_range(request_id, 0xFFFF, "request id")
+            rid = _packed(request_id, rid, _H)
+            return _finish(<unsigned int>rid, items, head_len,
+                           <const char*>view.buf, view.len, app_status)
+        finally:
+            PyBuffer_Release(&view)
+
+    def get_values_result(self, pairs):
+        """GET_VALUES_RESULT carrying pairs. See `fastfcgi_py.Writer.get_values_result`."""
+        content = encode_params(pairs)
+        if len(content) > FCGI_MAX_CONTENT:
+            raise ValueError("GET_VALUES_RESULT content over 65535 bytes")
+        return _record(FCGI_GET_VALUES_RESULT, 0, content)
+
+    def unknown_type(self, record_type):
+        """UNKNOWN_TYPE naming record_type. See `fastfcgi_py.Writer.unknown_type`."""
+        cdef long rtype = _check_range(record_type, 255, "record type")
+        if rtype < 0:
+            rtype = bytes((record_type,))[0]    # the pure core's conversion
+        return _unknown_type_record(<int>rtype)
+
+
+# ############################################################################
+# Servers on the compiled core  ###############################################
+# ############################################################################
+#
+# fastfcgi_py's servers, subclassed here with ``parser_class = Parser`` and
+# ``writer_class = Writer`` so that fastfcgi's servers run on this core.
+
+
+class Server(_py.Server):
+    """fastfcgi_py.Server on the compiled Parser and Writer. See `fastfcgi_py.Server`."""
+
+    parser_class = Parser
+    writer_class = Writer

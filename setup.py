@@ -1,0 +1,150 @@
+"""Build and install fastfcgi.
+
+``pip install .`` installs the pure module ``fastfcgi_py`` and, when Cython
+(3.0 or later) and a C compiler are there, the compiled module ``fastfcgi``.
+Without them, with ``FASTFCGI_NO_EXT=1``, on PyPy, or when the extension does
+not compile, the install still succeeds with the pure module alone, and one
+banner line says so (``pip install -v`` shows it).
+
+``python setup.py build_ext --inplace`` builds the extension next to the
+sources; the test suite imports it from there.
+"""
+
+import os
+import platform
+import re
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# language_level and embedsignature are also in the .pyx header, so a bare
+# ``cython fastfcgi.pyx`` compiles the same module.
+CYTHON_DIRECTIVES = {"language_level": 3, "embedsignature": True}
+
+
+def read_version():
+    # By regex: importing fastfcgi_py here could pick up an installed copy.
+    with open(os.path.join(HERE, "fastfcgi_py.py"), encoding="utf-8") as f:
+        match = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M)
+    if match is None:
+        raise RuntimeError("no __version__ in fastfcgi_py.py")
+    return match.group(1)
+
+
+def read_readme():
+    path = os.path.join(HERE, "README.md")
+    if not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def pure_reason():
+    """Why the extension is not even tried, or None."""
+    if os.environ.get("FASTFCGI_NO_EXT", "") not in ("", "0"):
+        return "FASTFCGI_NO_EXT is set"
+    implementation = platform.python_implementation()
+    if implementation != "CPython":
+        return "%s runs the pure module" % implementation
+    try:
+        import Cython
+    except ImportError:
+        return "Cython is not installed"
+    major = Cython.__version__.split(".")[0]
+    if not major.isdigit() or int(major) < 3:
+        return "Cython %s is too old, 3.0 or later is needed" % Cython.__version__
+    return None
+
+
+PURE_REASON = pure_reason()
+_announced = []
+
+
+def announce_pure(reason):
+    """The one banner line of a pure build, once per setup.py run."""
+    if not _announced:
+        _announced.append(reason)
+        sys.stderr.write("*** fastfcgi: pure build (%s) ***\n" % reason)
+        sys.stderr.flush()
+
+
+class BuildPy(build_py):
+    # The step every install runs: the place to tell about a pure build
+    # decided up front (build_ext does not run without extensions).
+
+    def run(self):
+        build_py.run(self)
+        if PURE_REASON is not None:
+            announce_pure(PURE_REASON)
+
+
+class BuildExt(build_ext):
+    # Cythonizes, then compiles with warnings as errors; any failure turns
+    # the build into a pure one instead of a failed install.
+
+    def run(self):
+        reason = PURE_REASON
+        if reason is None:
+            try:
+                from Cython.Build import cythonize
+                cythonized = cythonize(
+                    self.extensions, compiler_directives=CYTHON_DIRECTIVES,
+                    quiet=True)
+                # Keep setuptools' Extension objects; take the C sources.
+                for ext, done in zip(self.extensions, cythonized):
+                    ext.sources = done.sources
+                build_ext.run(self)
+                return
+            except Exception as exc:
+                detail = (str(exc).strip().splitlines() or [""])[0]
+                if len(detail) > 60:
+                    detail = detail[:57] + "..."
+                reason = "the extension did not build: %s%s" % (
+                    type(exc).__name__, ": " + detail if detail else "")
+                self.remove_stale_outputs()
+        announce_pure(reason)
+
+    def build_extension(self, ext):
+        if self.compiler.compiler_type == "msvc":
+            ext.extra_compile_args = list(ext.extra_compile_args) + ["/WX"]
+        else:
+            ext.extra_compile_args = list(ext.extra_compile_args) + ["-Werror"]
+        build_ext.build_extension(self, ext)
+
+    def remove_stale_outputs(self):
+        # An extension left by an earlier build (in place, or in build/lib,
+        # which pip reuses for an in-tree build) no longer matches the
+        # sources: it must not be imported or end up in the wheel.
+        for ext in self.extensions:
+            path = self.get_ext_fullpath(ext.name)
+            if os.path.exists(path):
+                os.remove(path)
+
+
+setup(
+    name="fastfcgi",
+    version=read_version(),
+    description="A FastCGI application server for Python, with a Cython core "
+                "and a pure-Python twin",
+    long_description=read_readme(),
+    long_description_content_type="text/markdown",
+    py_modules=["fastfcgi_py"],
+    ext_modules=([Extension("fastfcgi", ["fastfcgi.pyx"])]
+                 if PURE_REASON is None else []),
+    entry_points={"console_scripts": ["fastfcgi = fastfcgi_py:main",
+                                      "fastfcgi-client = fastfcgi_py:client_main"]},
+    cmdclass={"build_py": BuildPy, "build_ext": BuildExt},
+    python_requires=">=3.6",
+    zip_safe=False,
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: Implementation :: CPython",
+        "Programming Language :: Python :: Implementation :: PyPy",
+        "Programming Language :: Cython",
+        "Topic :: Internet :: WWW/HTTP :: WSGI :: Server",
+    ],
+)
