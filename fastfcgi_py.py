@@ -40,8 +40,9 @@ __all__ = [
     "Parser", "Writer", "encode_params", "send_file",
     # request, gateways, servers, client, CLI
     "Request", "RequestError", "Connection", "WSGIGateway", "RawGateway", "FileWrapper",
-    "Server", "Supervisor", "WORKER_BOOT_ERROR", "parse_address", "bind_listener",
-    "Client", "ClientResponse", "main", "select_core", "load_app", "authorizer",
+    "Server", "HTTPServer", "Supervisor", "WORKER_BOOT_ERROR", "parse_address", "bind_listener",
+    "Client", "ClientResponse", "main", "client_main", "select_core", "load_app",
+    "authorizer",
 ]
 
 
@@ -846,13 +847,14 @@ class Connection(object):
     """A web server's connection as requests see it: the socket and the
     core objects that read and write it."""
 
-    __slots__ = ("sock", "parser", "writer", "peer")
+    __slots__ = ("sock", "parser", "writer", "peer", "send_file")
 
-    def __init__(self, sock, parser, writer, peer=""):
+    def __init__(self, sock, parser, writer, peer="", send_file=None):
         self.sock = sock
         self.parser = parser
         self.writer = writer
         self.peer = peer
+        self.send_file = send_file      # None: FastCGI records (module send_file)
 
 
 class _Stream(object):
@@ -1200,7 +1202,8 @@ class Request(object):
         if self._aborted:
             return 0
         self._stdout_used = True
-        sent = send_file(self.connection.sock, self.request_id, fd, offset, count)
+        sender = self.connection.send_file or send_file
+        sent = sender(self.connection.sock, self.request_id, fd, offset, count)
         if sent < 0:
             self._aborted = True
             return 0
@@ -1248,7 +1251,7 @@ class Request(object):
                 peek = b""
             if peek == b"":
                 self._aborted = True
-            elif peek:
+            elif peek and not getattr(self.connection.parser, "peek_only", False):
                 # Records wait: maybe FCGI_ABORT_REQUEST.  Read what is there.
                 try:
                     data = sock.recv(65536, socket.MSG_DONTWAIT)
@@ -1922,15 +1925,19 @@ class Server(object):
         sock.setblocking(True)
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        parser = self.parser_class(max_param_size=self.max_param_size,
-                                   max_params_size=self.max_params_size,
-                                   max_body=self.max_body, max_conns=self.max_conns)
-        peer_text = "%s:%s" % peer[:2] if isinstance(peer, tuple) else "unix"
-        conn = Connection(sock, parser, self.writer, peer_text)
+        conn = self.new_connection(sock, peer)
         if self.serve_connection(conn):
             self._keep(selector, conn)
         else:
             self._close(None, conn)
+
+    def new_connection(self, sock, peer):
+        """The Connection for an accepted socket, with a fresh parser."""
+        parser = self.parser_class(max_param_size=self.max_param_size,
+                                   max_params_size=self.max_params_size,
+                                   max_body=self.max_body, max_conns=self.max_conns)
+        peer_text = "%s:%s" % peer[:2] if isinstance(peer, tuple) else "unix"
+        return Connection(sock, parser, self.writer, peer_text)
 
     def _keep(self, selector, conn):
         import selectors
@@ -2049,6 +2056,332 @@ class Server(object):
 
 
 # ############################################################################
+# Development HTTP server  ####################################################
+# ############################################################################
+#
+# ``--http ADDR`` serves the application over plain HTTP/1.1 for local
+# development, through the same Request and gateway as FastCGI: the HTTP
+# request becomes the params nginx would send with the README's config
+# (SCRIPT_NAME "", PATH_INFO the decoded path, every header as HTTP_*), the
+# body becomes the STDIN stream, and the CGI response the gateway writes is
+# turned into an HTTP response (chunked when it has no Content-Length).  Not
+# for production: no timeouts on slow clients, no TLS.
+
+_HTTP_MAX_LINE = 65536
+_HTTP_MAX_HEADERS = 100
+_HTTP_REASONS = {400: "Bad Request", 413: "Content Too Large", 431: "Request Header Fields Too Large",
+                 501: "Not Implemented", 505: "HTTP Version Not Supported"}
+
+
+class _SocketReader(object):
+    """Buffered reads from a socket, with the buffered count visible (the
+    selector must know whether a pipelined request is already here)."""
+
+    __slots__ = ("sock", "buf")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = bytearray()
+
+    def _more(self):
+        data = self.sock.recv(65536)
+        if data:
+            self.buf += data
+        return bool(data)
+
+    def readline(self, limit):
+        """A line with its b"\n"; b"" at EOF; ValueError past ``limit``."""
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                line = bytes(self.buf[:i + 1])
+                del self.buf[:i + 1]
+                return line
+            if len(self.buf) > limit:
+                raise ValueError("line too long")
+            if not self._more():
+                line = bytes(self.buf)
+                del self.buf[:]
+                return line
+
+    def read(self, n):
+        """Up to ``n`` bytes (fewer only at EOF)."""
+        while len(self.buf) < n and self._more():
+            pass
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+
+class _HTTPBody(object):
+    """Stands in for the Parser on an HTTP connection: hands the request
+    body to the Request as STDIN events (Content-Length or chunked)."""
+
+    peek_only = True        # Request.is_aborted must not eat pipelined bytes
+    buffered = 0
+
+    def __init__(self, reader, length, chunked, max_body):
+        self.reader = reader
+        self.left = length          # None: chunked
+        self.chunked = chunked
+        self.max_body = max_body
+        self.seen = 0
+        self.done = not chunked and not length
+
+    def read_event(self, sock):
+        if self.done:
+            return (FCGI_STDIN, 1, b"")
+        try:
+            if self.chunked:
+                line = self.reader.readline(_HTTP_MAX_LINE)
+                size_text = line.split(b";")[0].strip()
+                if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+                    return EOF if not line else PROTO
+                size = int(size_text, 16)
+                if size == 0:
+                    while self.reader.readline(_HTTP_MAX_LINE).strip():
+                        pass                # trailers are dropped
+                    self.done = True
+                    return (FCGI_STDIN, 1, b"")
+                data = self.reader.read(size)
+                self.reader.read(2)         # CRLF after the chunk
+            else:
+                data = self.reader.read(min(self.left, 65536))
+                self.left -= len(data)
+                if not self.left:
+                    self.done = True
+        except (OSError, ValueError):
+            return IO
+        if not data:
+            return EOF
+        self.seen += len(data)
+        if self.max_body is not None and self.seen > self.max_body:
+            return CLEN
+        return (FCGI_STDIN, 1, data)
+
+    def end_request(self, request_id):
+        pass
+
+
+class _HTTPResponse(object):
+    """Stands in for the Writer: turns the CGI response the gateway writes
+    (a "Status:" head, then the body) into HTTP/1.1 bytes."""
+
+    def __init__(self, version, keep_alive, head_only):
+        self.version = version
+        self.keep_alive = keep_alive
+        self.head_only = head_only
+        self.head_buf = b""
+        self.head_done = False
+        self.chunked = False
+        self.status = 0
+        self._cgi = Writer()
+
+    def head(self, status, headers):
+        return self._cgi.head(status, headers)     # the same validation
+
+    def _http_head(self, cgi_head):
+        status, reason, headers, _ = _parse_cgi_response(cgi_head + b"\r\n\r\n")
+        self.status = status
+        names = {name.lower() for name, _ in headers}
+        if "content-length" not in names and not self.head_only and status not in (204, 304):
+            if self.version == "HTTP/1.1":
+                self.chunked = True
+                headers.append(("Transfer-Encoding", "chunked"))
+            else:
+                self.keep_alive = False
+        headers.append(("Connection", "keep-alive" if self.keep_alive else "close"))
+        lines = ["HTTP/1.1 %d %s\r\n" % (status, reason)]
+        lines += ["%s: %s\r\n" % pair for pair in headers]
+        return ("".join(lines) + "\r\n").encode("latin-1")
+
+    def _body(self, data):
+        if self.head_only or not data:
+            return b""
+        if self.chunked:
+            return b"%x\r\n%s\r\n" % (len(data), data)
+        return data
+
+    def stdout(self, request_id, data):
+        data = _as_bytes(data)
+        if self.head_done:
+            return self._body(data)
+        self.head_buf += data
+        end = self.head_buf.find(b"\r\n\r\n")
+        if end < 0:
+            return b""
+        head, rest = self.head_buf[:end], self.head_buf[end + 4:]
+        self.head_buf = b""
+        self.head_done = True
+        return self._http_head(head) + self._body(rest)
+
+    def stderr(self, request_id, data):
+        log.warning("application stderr: %s",
+                    _as_bytes(data).decode("utf-8", "replace").rstrip())
+        return b""
+
+    def end_stderr(self, request_id):
+        return b""
+
+    def end_request(self, request_id, app_status=0, protocol_status=FCGI_REQUEST_COMPLETE):
+        return b""
+
+    def finish(self, request_id, data=b"", *, app_status=0):
+        out = self.stdout(request_id, data)
+        if not self.head_done:      # the application never ended its head
+            self.keep_alive = False
+            out += self._http_head(b"Status: 502 Bad Gateway")
+            self.head_done = True
+        if self.chunked:
+            out += b"0\r\n\r\n"
+        return out
+
+    def response(self, request_id, status, headers, body=b"", *, app_status=0):
+        return self.finish(request_id, self.head(status, headers) + _as_bytes(body),
+                           app_status=app_status)
+
+    def send_file(self, sock, request_id, fd, offset=0, count=None):
+        """The body from a file descriptor, by sendfile(2)."""
+        if count is None:
+            count = max(os.fstat(fd).st_size - offset, 0)
+        if self.head_only or not count:
+            return 0
+        try:
+            if self.chunked:
+                sock.sendall(b"%x\r\n" % count)
+            sent = 0
+            while sent < count:
+                n = os.sendfile(sock.fileno(), fd, offset + sent, count - sent)
+                if n == 0:
+                    break
+                sent += n
+            if sent < count:                # the file was shorter: keep framing
+                sock.sendall(b"\0" * (count - sent))
+            if self.chunked:
+                sock.sendall(b"\r\n")
+            return sent
+        except OSError:
+            return SEND
+
+
+def _uri_path(raw):
+    """The decoded, normalised path of a request target, as nginx's $uri:
+    %XX decoded (as latin-1 text), // merged, . and .. resolved."""
+    from urllib.parse import unquote_to_bytes
+    path = unquote_to_bytes(raw).decode("latin-1")
+    parts = []
+    for part in path.split("/"):
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part and part != ".":
+            parts.append(part)
+    trailing = path.endswith("/") or path.endswith("/.") or path.endswith("/..")
+    return "/" + "/".join(parts) + ("/" if trailing and parts else "")
+
+
+class HTTPServer(Server):
+    """``--http``: serves the gateway over HTTP/1.1 (development only)."""
+
+    def new_connection(self, sock, peer):
+        conn = Connection(sock, None, None, "%s:%s" % peer[:2] if isinstance(peer, tuple) else "unix")
+        conn.parser = _SocketReader(sock)      # replaced per request, see serve_connection
+        return conn
+
+    def serve_connection(self, conn):
+        reader = conn.parser if isinstance(conn.parser, _SocketReader) else conn.parser.reader
+        while True:
+            try:
+                keep, request = self._read_request(conn, reader)
+            except (OSError, ValueError) as exc:
+                return self._http_error(conn, 400, str(exc))
+            if request is None:
+                return keep
+            self.handle(request)
+            if not (request.keep_conn and conn.writer.keep_alive) or request._aborted or not self.alive:
+                return False
+            conn.parser = reader
+            if not reader.buf:
+                return True
+
+    def _http_error(self, conn, status, why):
+        log.warning("http %s: %d %s", conn.peer, status, why)
+        body = ("%d %s\n" % (status, _HTTP_REASONS.get(status, ""))).encode()
+        try:
+            conn.sock.sendall(b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d"
+                              b"\r\nConnection: close\r\n\r\n%s"
+                              % (status, _HTTP_REASONS.get(status, "").encode(), len(body), body))
+        except OSError:
+            pass
+        return False
+
+    def _read_request(self, conn, reader):
+        """Read one request head; returns (keep, Request or None)."""
+        line = reader.readline(_HTTP_MAX_LINE)
+        while line in (b"\r\n", b"\n"):        # RFC 9112 2.2: ignore leading empty lines
+            line = reader.readline(_HTTP_MAX_LINE)
+        if not line:
+            return False, None
+        parts = line.decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            return self._http_error(conn, 400, "bad request line %r" % line[:100]), None
+        method, target, version = parts
+        params = {}
+        headers = {}
+        size = 0
+        while True:
+            line = reader.readline(_HTTP_MAX_LINE)
+            size += len(line)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, sep, value = line.decode("latin-1").partition(":")
+            if not sep or not name or not _TCHAR.issuperset(name):
+                return self._http_error(conn, 400, "bad header line"), None
+            if len(headers) >= _HTTP_MAX_HEADERS or size > self.max_params_size:
+                return self._http_error(conn, 431, "too many header bytes"), None
+            key = name.lower()
+            value = value.strip()
+            headers[key] = headers[key] + ", " + value if key in headers else value
+            env_name = "HTTP_" + name.upper().replace("-", "_")
+            params[env_name] = params[env_name] + ", " + value if env_name in params else value
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        length = headers.get("content-length", "")
+        if length and (chunked or length.strip("0123456789")):
+            return self._http_error(conn, 400, "bad Content-Length"), None
+        if self.max_body is not None and length and int(length) > self.max_body:
+            return self._http_error(conn, 413, "body over --max-body"), None
+        connection = headers.get("connection", "").lower()
+        keep = (version == "HTTP/1.1" and "close" not in connection) or \
+            (version == "HTTP/1.0" and "keep-alive" in connection)
+        if headers.get("expect", "").lower() == "100-continue":
+            conn.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        path, _, query = target.partition("?")
+        sock = conn.sock
+        server_addr = sock.getsockname()
+        peer_addr = sock.getpeername() if sock.family != socket.AF_UNIX else ("", 0)
+        host = headers.get("host", "")
+        params.update({
+            "QUERY_STRING": query, "REQUEST_METHOD": method,
+            "CONTENT_TYPE": headers.get("content-type", ""), "CONTENT_LENGTH": length,
+            "SCRIPT_NAME": "", "PATH_INFO": _uri_path(path), "REQUEST_URI": target,
+            "DOCUMENT_URI": _uri_path(path), "DOCUMENT_ROOT": os.getcwd(),
+            "SERVER_PROTOCOL": version, "REQUEST_SCHEME": "http",
+            "GATEWAY_INTERFACE": "CGI/1.1",
+            "SERVER_SOFTWARE": "fastfcgi/%s (development)" % __version__,
+            "REMOTE_ADDR": str(peer_addr[0]), "REMOTE_PORT": str(peer_addr[1]),
+            "REMOTE_USER": "",
+            "SERVER_ADDR": str(server_addr[0]) if isinstance(server_addr, tuple) else "",
+            "SERVER_PORT": str(server_addr[1]) if isinstance(server_addr, tuple) else "",
+            "SERVER_NAME": host.rsplit(":", 1)[0].strip("[]") if host else "localhost",
+            "REDIRECT_STATUS": "200",
+        })
+        conn.parser = _HTTPBody(reader, int(length) if length else 0, chunked, self.max_body)
+        conn.writer = _HTTPResponse(version, keep, method == "HEAD")
+        conn.send_file = conn.writer.send_file
+        return keep, Request(conn, 1, FCGI_RESPONDER, FCGI_KEEP_CONN if keep else 0, params)
+
+
+# ############################################################################
 # Supervisor  #################################################################
 # ############################################################################
 #
@@ -2074,6 +2407,66 @@ _KILL_GRACE = 3.0             # seconds between SIGABRT and SIGKILL for --timeou
 _BOOTING = -1.0
 
 
+class SourceWatcher(object):
+    """``--reload``: notices changed source files of the application.
+
+    It finds the application's files without importing them (an import in
+    the supervisor would be inherited by every worker it forks, old code
+    and all): the top-level package directory of MODULE, or the directory
+    of a plain module, plus the ``--reload-path`` files and directories.
+    """
+
+    def __init__(self, app_spec, extra_paths=()):
+        self.roots = list(extra_paths)
+        top = app_spec.partition(":")[0].split(".")[0]
+        for entry in [os.getcwd()] + sys.path:
+            base = os.path.join(entry or os.getcwd(), top)
+            if os.path.isdir(base):
+                self.roots.append(base)
+                break
+            if os.path.isfile(base + ".py"):
+                self.roots.append(os.path.dirname(os.path.abspath(base + ".py")))
+                break
+        self.snapshot = self.scan()
+
+    def scan(self):
+        mtimes = {}
+        for root in self.roots:
+            if os.path.isfile(root):
+                paths = [root]
+            else:
+                paths = []
+                for folder, dirs, files in os.walk(root):
+                    dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"
+                               and not d.startswith("venv")]
+                    paths.extend(os.path.join(folder, f) for f in files if f.endswith(".py"))
+                    if len(paths) > 20000:
+                        break
+            for path in paths:
+                try:
+                    mtimes[path] = os.stat(path).st_mtime_ns
+                except OSError:
+                    pass
+        return mtimes
+
+    def changes(self):
+        """The files changed since the last call: (changed paths, syntax
+        errors as text, or "")."""
+        now = self.scan()
+        changed = sorted(path for path in set(now) | set(self.snapshot)
+                         if now.get(path) != self.snapshot.get(path))
+        self.snapshot = now
+        errors = []
+        for path in changed:
+            if path.endswith(".py") and path in now:
+                try:
+                    with open(path, "rb") as f:
+                        compile(f.read(), path, "exec")
+                except (SyntaxError, ValueError) as exc:
+                    errors.append("%s: %s" % (path, exc))
+        return changed, "; ".join(errors)
+
+
 class Worker(object):
     """The supervisor's record of one worker process."""
 
@@ -2096,8 +2489,10 @@ class Supervisor(object):
     SIGNALS = ("TERM", "INT", "HUP", "CHLD", "TTIN", "TTOU")
 
     def __init__(self, listener, make_server, *, workers=1, max_requests=(0, 0),
-                 timeout=0, graceful_timeout=30.0):
+                 timeout=0, graceful_timeout=30.0, watcher=None):
         import mmap
+        self.watcher = watcher
+        self.next_watch = 0.0
         self.listener = listener
         self.make_server = make_server
         self.workers_wanted = workers
@@ -2291,6 +2686,21 @@ class Supervisor(object):
                     worker.aborted_at = now
                     self._kill(worker.pid, signal.SIGABRT)
 
+    def watch(self):
+        """--reload: a changed source file reloads the workers, unless it
+        does not compile: then the old workers serve on."""
+        if self.watcher is None or time.monotonic() < self.next_watch:
+            return
+        self.next_watch = time.monotonic() + 1.0
+        changed, errors = self.watcher.changes()
+        if not changed:
+            return
+        if errors:
+            log.error("not reloading, the old workers serve on: %s", errors)
+            return
+        log.info("reload: %s changed", ", ".join(os.path.basename(p) for p in changed[:5]))
+        self.handle_hup()
+
     def _kill(self, pid, sig):
         try:
             os.kill(pid, sig)
@@ -2313,6 +2723,7 @@ class Supervisor(object):
             os.set_blocking(fd, False)
         for name in self.SIGNALS:
             signal.signal(getattr(signal, "SIG" + name), self._on_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         try:
             while True:
                 while self.signal_queue:
@@ -2329,6 +2740,7 @@ class Supervisor(object):
                         self.stop_deadline = float("inf")
                 else:
                     self.manage()
+                    self.watch()
                 try:
                     select.select([self.pipe[0]], [], [], 0.5)
                     os.read(self.pipe[0], 512)
@@ -2417,6 +2829,8 @@ class Client(object):
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(addr)
+        if family != socket.AF_UNIX:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buffer = b""
 
     def close(self):
@@ -2472,14 +2886,15 @@ class Client(object):
         for i in range(0, len(encoded), 65528):
             out.append(_record(FCGI_PARAMS, request_id, encoded[i:i + 65528]))
         out.append(_record(FCGI_PARAMS, request_id, b""))
+        streams = [(FCGI_STDIN, body)] + ([(FCGI_DATA, data)] if data is not None else [])
+        for rtype, content in streams:
+            for i in range(0, len(content), stdin_chunk):
+                out.append(_record(rtype, request_id, content[i:i + stdin_chunk]))
+                if len(out) > 64:           # a large body goes out as it is framed
+                    self.sock.sendall(b"".join(out))
+                    out = []
+            out.append(_record(rtype, request_id, b""))
         self.sock.sendall(b"".join(out))
-        for i in range(0, len(body), stdin_chunk):
-            self.sock.sendall(_record(FCGI_STDIN, request_id, body[i:i + stdin_chunk]))
-        self.sock.sendall(_record(FCGI_STDIN, request_id, b""))
-        if data is not None:
-            for i in range(0, len(data), 65528):
-                self.sock.sendall(_record(FCGI_DATA, request_id, data[i:i + 65528]))
-            self.sock.sendall(_record(FCGI_DATA, request_id, b""))
         return self.read_response(request_id)
 
     def read_response(self, request_id=1):
@@ -2530,7 +2945,8 @@ def select_core():
 
 
 def core_name(core):
-    return "compiled" if core.Parser.__module__ == "fastfcgi" else "pure"
+    """ "compiled" when ``core``'s servers really run the compiled parser."""
+    return "compiled" if core.Server.parser_class.__module__ == "fastfcgi" else "pure"
 
 
 def load_app(spec):
@@ -2619,12 +3035,19 @@ def build_arg_parser():
                    choices=["debug", "info", "warning", "error"])
     p.add_argument("--reload", action="store_true",
                    help="restart workers when the application's source changes (development)")
+    p.add_argument("--reload-path", action="append", default=[], metavar="PATH",
+                   help="with --reload, also watch this file or directory (repeatable)")
     p.add_argument("--version", action="store_true", help="print version and core, then exit")
     return p
 
 
 def main(argv=None, core=None):
-    """The ``fastfcgi`` command.  Returns the exit code."""
+    """The ``fastfcgi`` command.  Returns the exit code.
+
+    ``fastfcgi client ...`` is the FastCGI client (see client_main)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["client"]:
+        return client_main(argv[1:])
     args = build_arg_parser().parse_args(argv)
     core = core or select_core()
     if args.version:
@@ -2637,10 +3060,13 @@ def main(argv=None, core=None):
         build_arg_parser().print_usage(sys.stderr)
         log.error("no application given (MODULE:CALLABLE)")
         return 2
-    if args.asgi or args.http or args.reload:
-        log.error("%s is not available in this version",
-                  "--asgi" if args.asgi else "--http" if args.http else "--reload")
+    if args.asgi:
+        log.error("--asgi is not available in this version")
         return 2
+    # TERM, INT, HUP wait until their handlers are installed (see
+    # _serve_single and Supervisor.run): a stop that comes during start-up
+    # is then graceful too.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     if args.workers < 1:
         log.error("--workers must be at least 1")
         return 2
@@ -2654,19 +3080,20 @@ def main(argv=None, core=None):
     reexecuted = "FASTFCGI_LISTEN_FD" in os.environ
     listener = inherited_listener()
     unix_path = None
-    if args.fcgi and reexecuted:
+    address_text = args.fcgi or args.http
+    if address_text and reexecuted:
         # Our own reload: keep the socket, and the connections queued on it.
-        family, address = parse_address(args.fcgi)
+        family, address = parse_address(address_text)
         unix_path = address if family == socket.AF_UNIX else None
-    elif args.fcgi:
+    elif address_text:
         if listener is not None:
             listener.close()
         try:
-            listener = bind_listener(args.fcgi, args.backlog, args.socket_mode)
+            listener = bind_listener(address_text, args.backlog, args.socket_mode)
         except (OSError, ValueError) as exc:
-            log.error("cannot listen on %s: %s", args.fcgi, exc)
+            log.error("cannot listen on %s: %s", address_text, exc)
             return 1
-        family, address = parse_address(args.fcgi)
+        family, address = parse_address(address_text)
         if family == socket.AF_UNIX:
             unix_path = address
     elif listener is None:
@@ -2674,26 +3101,31 @@ def main(argv=None, core=None):
         return 2
     where = format_address(listener.family, listener.getsockname())
     gateway_class = RawGateway if args.raw else WSGIGateway
-    single = args.workers == 1 and not args.timeout and not args.max_requests[0]
+    single = (args.workers == 1 and not args.timeout and not args.max_requests[0]
+              and not args.reload)
+
+    server_class = HTTPServer if args.http else core.Server
 
     def make_server(listener, busy_slot=None, max_requests=0):
         app = load_app(args.app)
-        return core.Server(gateway_class(app, access_log=args.access_log), listener,
+        return server_class(gateway_class(app, access_log=args.access_log), listener,
                            max_body=args.max_body, max_param_size=args.max_param_size,
                            max_params_size=args.max_params_size, allow=allow,
                            max_requests=max_requests,
                            max_conns=MAX_KEPT_CONNECTIONS * args.workers,
                            busy_slot=busy_slot)
 
-    log.info("fastfcgi %s serving %s on %s: %d worker(s), %s core, Python %s",
-             __version__, args.app, where, args.workers, core_name(core),
-             sys.version.split()[0])
+    log.info("fastfcgi %s serving %s on %s%s: %d worker(s), %s core, Python %s",
+             __version__, args.app, where,
+             " over plain HTTP, FOR DEVELOPMENT ONLY" if args.http else "",
+             args.workers, core_name(core), sys.version.split()[0])
     try:
         if single:
             return _serve_single(make_server, listener)
+        watcher = SourceWatcher(args.app, args.reload_path) if args.reload else None
         return Supervisor(listener, make_server, workers=args.workers,
                           max_requests=args.max_requests, timeout=args.timeout,
-                          graceful_timeout=args.graceful_timeout).run()
+                          graceful_timeout=args.graceful_timeout, watcher=watcher).run()
     finally:
         if unix_path:
             try:
@@ -2701,6 +3133,107 @@ def main(argv=None, core=None):
             except OSError:
                 pass
         log.info("stopped")
+
+
+def client_main(argv=None):
+    """``fastfcgi client ADDR [PATH]``: send one request (or a few over one
+    connection) to any FastCGI server and print the response, like
+    ``cgi-fcgi`` with method, headers, body and a timing line.  Returns the
+    exit code: 0 for a complete response, 1 otherwise."""
+    import argparse
+    p = argparse.ArgumentParser(
+        prog="fastfcgi client",
+        description="Send a request to a FastCGI server and print its response.")
+    p.add_argument("address", metavar="ADDR", help="HOST:PORT, [V6]:PORT or unix:/PATH")
+    p.add_argument("path", nargs="?", default="/", help="path and query (default /)")
+    p.add_argument("-X", "--method", default=None, help="request method (default GET, POST with -d)")
+    p.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                   help="a request header (becomes HTTP_NAME)")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a param as is (overrides the defaults)")
+    p.add_argument("-d", "--data", default=None, help="request body (@FILE reads a file)")
+    p.add_argument("--role", default="responder",
+                   help="responder, authorizer, filter, or a number (probe unknown roles)")
+    p.add_argument("--filter-data", default=None, metavar="@FILE",
+                   help="FCGI_DATA for the filter role")
+    p.add_argument("-n", "--requests", type=int, default=1, metavar="N",
+                   help="send N requests over one kept connection")
+    p.add_argument("-i", "--include", action="store_true", help="print the response head")
+    p.add_argument("--get-values", action="store_true",
+                   help="ask FCGI_GET_VALUES (FCGI_MAX_CONNS, FCGI_MAX_REQS, FCGI_MPXS_CONNS)")
+    p.add_argument("--timeout", type=float, default=30.0)
+    args = p.parse_args(argv)
+
+    def load(text):
+        if text is None:
+            return None
+        if text.startswith("@"):
+            with open(text[1:], "rb") as f:
+                return f.read()
+        return text.encode("utf-8")
+
+    body = load(args.data) or b""
+    filter_data = load(args.filter_data)
+    roles = {"responder": FCGI_RESPONDER, "authorizer": FCGI_AUTHORIZER, "filter": FCGI_FILTER}
+    role = roles.get(args.role.lower()) or int(args.role)
+    method = args.method or ("POST" if args.data is not None else "GET")
+    path, _, query = args.path.partition("?")
+    params = {"REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": path,
+              "SCRIPT_FILENAME": path, "REQUEST_URI": args.path, "QUERY_STRING": query,
+              "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "localhost", "SERVER_PORT": "80",
+              "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "0", "GATEWAY_INTERFACE": "CGI/1.1",
+              "REQUEST_SCHEME": "http", "SERVER_SOFTWARE": "fastfcgi-client/" + __version__,
+              "CONTENT_TYPE": "", "CONTENT_LENGTH": str(len(body)) if body else ""}
+    for header in args.header:
+        name, _, value = header.partition(":")
+        key = "HTTP_" + name.strip().upper().replace("-", "_")
+        if key in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+            key = key[5:]
+        params[key] = value.strip()
+    for item in args.param:
+        name, _, value = item.partition("=")
+        params[name] = value
+    code = 0
+    try:
+        started = time.monotonic()
+        with Client(args.address, timeout=args.timeout) as client:
+            connected = time.monotonic()
+            if args.get_values:
+                for name, value in client.get_values().items():
+                    print("%s=%s" % (name, value))
+                return 0
+            for i in range(args.requests):
+                keep = i < args.requests - 1
+                t0 = time.monotonic()
+                response = client.request(params, body, role=role, keep_conn=keep,
+                                          data=filter_data)
+                elapsed = (time.monotonic() - t0) * 1000
+                out = sys.stdout.buffer
+                if args.include:
+                    out.write(b"Status: %d %s\n" % (response.status, response.reason.encode()))
+                    for name, value in response.headers:
+                        out.write(("%s: %s\n" % (name, value)).encode("latin-1"))
+                    out.write(b"\n")
+                out.write(response.body)
+                out.flush()
+                if response.stderr:
+                    sys.stderr.write("stderr: %s\n" % response.stderr.decode("utf-8", "replace"))
+                status_name = {FCGI_REQUEST_COMPLETE: "REQUEST_COMPLETE",
+                               FCGI_CANT_MPX_CONN: "CANT_MPX_CONN",
+                               FCGI_OVERLOADED: "OVERLOADED",
+                               FCGI_UNKNOWN_ROLE: "UNKNOWN_ROLE"}.get(response.protocol_status, "?")
+                sys.stderr.write("%s: %d %s, %d body bytes, app status %d, protocol status %s, "
+                                 "%.2f ms (connect %.2f ms)%s\n" % (
+                                     args.address, response.status, response.reason,
+                                     len(response.body), response.app_status, status_name,
+                                     elapsed, (connected - started) * 1000,
+                                     ", connection kept" if keep else ""))
+                if response.protocol_status != FCGI_REQUEST_COMPLETE:
+                    code = 1
+    except (OSError, ValueError) as exc:
+        sys.stderr.write("%s: %s\n" % (args.address, exc))
+        return 1
+    return code
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
