@@ -13,7 +13,9 @@ PYTHON=${PYTHON:-python3}
 
 # -- Debian packages: the real web servers the tests put in front of us --------
 need=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+have nginx || need+=(nginx-light)
+have uwsgi && [ -e /usr/lib/uwsgi/plugins/python3_plugin.so ] || need+=(uwsgi uwsgi-plugin-python3)
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
     echo "tests/run.sh: installing ${need[*]}"
