@@ -857,21 +857,8 @@ class Connection(object):
         self.send_file = send_file      # None: FastCGI records (module send_file)
 
 
-class _Stream(object):
-    """File-like view of one of a request's streams (stdin, stdout, stderr)."""
-
-    def __init__(self, request, which, close_finishes=False):
-        self._request = request
-        self._which = which
-        self._close_finishes = close_finishes
-        self.closed = False
-
-    # reading (stdin)
-    def read(self, size=-1):
-        return self._request.read_stdin(None if size is None or size < 0 else size)
-
-    def readline(self, size=-1):
-        return self._request.read_stdin_line(None if size is None or size < 0 else size)
+class _LineReader(object):
+    """readlines() and line iteration on top of a readline()."""
 
     def readlines(self, hint=-1):
         lines = []
@@ -893,6 +880,24 @@ class _Stream(object):
         if not line:
             raise StopIteration
         return line
+
+
+class _Stream(_LineReader):
+    """File-like view of one of a request's streams (stdin, stdout, stderr)."""
+
+    def __init__(self, request, which, close_finishes=False):
+        self._request = request
+        self._which = which
+        self._close_finishes = close_finishes
+        self.closed = False
+
+    # reading (stdin)
+    def read(self, size=-1):
+        return self._request.read_stdin(None if size is None or size < 0 else size)
+
+    def readline(self, size=-1):
+        return self._request.read_stdin_line(None if size is None or size < 0 else size)
+
 
     # writing (stdout, stderr)
     def write(self, data):
@@ -1348,7 +1353,7 @@ class ErrorStream(object):
         pass
 
 
-class InputStream(object):
+class InputStream(_LineReader):
     """wsgi.input: the request's stdin, streamed (bytes)."""
 
     def __init__(self, request):
@@ -1360,26 +1365,6 @@ class InputStream(object):
     def readline(self, size=-1):
         return self._request.read_stdin_line_bytes(None if size is None or size < 0 else size)
 
-    def readlines(self, hint=-1):
-        lines = []
-        total = 0
-        while True:
-            line = self.readline()
-            if not line:
-                return lines
-            lines.append(line)
-            total += len(line)
-            if 0 < hint <= total:
-                return lines
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        line = self.readline()
-        if not line:
-            raise StopIteration
-        return line
 
 
 class _Response(object):
