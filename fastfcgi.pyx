@@ -801,7 +801,7 @@ cdef class Parser:
             return self._fail(decoded)
         params = <dict>decoded
         cl = params.get("CONTENT_LENGTH")
-        if cl:
+        if cl and cl != "-1":   # Caddy 2.6 sends -1 for a body of unknown length
             length = _content_length(cl)
             if length < 0 or length > self._c_max_body:
                 self.request_id = state.request_id

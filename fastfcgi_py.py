@@ -497,7 +497,7 @@ class Parser(object):
             self.request_id = request_id
             return self._fail(params)
         cl = params.get("CONTENT_LENGTH")
-        if cl:
+        if cl and cl != "-1":   # Caddy 2.6 sends -1 for a body of unknown length
             if len(cl) > _MAX_CL_DIGITS or cl.strip("0123456789"):
                 self.request_id = request_id
                 return self._fail(CLEN)
@@ -962,7 +962,9 @@ class Request(object):
         self.params = params
         self.encoding = "utf-8"
         self._buffer = b""          # stdin received but not yet read
-        self._stdin_done = False
+        # Spec 6.3: an authorizer gets no stdin (lighttpd sends none, or an
+        # empty one the parser skips once the request ends).
+        self._stdin_done = role == FCGI_AUTHORIZER
         self._aborted = False
         self._finished = False
         self._stderr_used = False
@@ -1434,7 +1436,10 @@ class WSGIGateway(object):
             env.setdefault("CONTENT_TYPE", value)
         if "HTTP_CONTENT_LENGTH" in env:
             value = env.pop("HTTP_CONTENT_LENGTH")
-            env.setdefault("CONTENT_LENGTH", value)
+            if request.role != FCGI_AUTHORIZER:     # an authorizer gets no body
+                env.setdefault("CONTENT_LENGTH", value)
+        if env.get("CONTENT_LENGTH") == "-1":
+            env["CONTENT_LENGTH"] = ""      # Caddy's "unknown": the stream has the end
         https = env.get("HTTPS", "").lower()
         scheme = env.get("REQUEST_SCHEME", "").lower()
         env["wsgi.url_scheme"] = "https" if https in ("on", "1") or scheme == "https" else "http"

@@ -42,6 +42,15 @@ def environ_dump(environ, start_response):
 
 
 @validator
+def params_dump(environ, start_response):
+    """The params exactly as the web server sent them, before the gateway
+    filled in or moved any (see WSGIGateway.environ), as JSON."""
+    params = environ["fastcgi.request"].params
+    return _respond(start_response, json.dumps(params, sort_keys=True).encode(),
+                    ctype="application/json")
+
+
+@validator
 def upload(environ, start_response):
     """Reads the body in pieces, lines and all; answers its sha256 and size."""
     stream = environ["wsgi.input"]
@@ -181,11 +190,22 @@ def _check_token(environ):
     return False
 
 
+def _check_token_and_report(environ):
+    """_check_token; a grant also passes on what the authorizer itself was
+    sent (its role and params, as JSON) in the variable AUTHORIZER_SENT."""
+    result = _check_token(environ)
+    if isinstance(result, dict):
+        sent = {"role": environ["fastcgi.role"], "params": environ["fastcgi.request"].params}
+        result = dict(result, AUTHORIZER_SENT=json.dumps(sent, sort_keys=True))
+    return result
+
+
 try:
     import fastfcgi_py as _ffpy
     token_authorizer = validator(_ffpy.authorizer(_check_token))
+    reporting_authorizer = validator(_ffpy.authorizer(_check_token_and_report))
 except ImportError:     # pragma: no cover
-    token_authorizer = None
+    token_authorizer = reporting_authorizer = None
 
 
 @validator
@@ -195,3 +215,11 @@ def filter_upper(environ, start_response):
     data = environ["fastcgi.data"].read()
     body = b"stdin=%d role=%s\n" % (len(stdin), environ["fastcgi.role"].encode()) + data.upper()
     return _respond(start_response, body)
+
+
+def _read_then_grant(environ):
+    assert environ["wsgi.input"].read(100) == b""     # an authorizer gets no body
+    return {"READ": "yes"}
+
+
+reading_authorizer = validator(_ffpy.authorizer(_read_then_grant))

@@ -154,10 +154,17 @@ def test_Parser_param_length_running_past_end_is_PROTO(core):
 
 # -- content length and body limits ------------------------------------------
 
-@pytest.mark.parametrize("cl", ["12a", "-1", " 5", "+5", "5 ", "\xb2", "0x5", "1" * 19])
+@pytest.mark.parametrize("cl", ["12a", "-2", "-", " 5", "+5", "5 ", "\xb2", "0x5", "1" * 19])
 def test_Parser_invalid_content_length_is_CLEN(core, cl):
     data = request(1, {"CONTENT_LENGTH": cl}, b"12345")
     check_three_ways(core, data, [core.CLEN])
+
+
+def test_Parser_content_length_minus_one_means_unknown(core):
+    # Caddy 2.6 relays chunked uploads with CONTENT_LENGTH -1.
+    env = {"CONTENT_LENGTH": "-1"}
+    check_three_ways(core, request(1, env, b"abc"),
+                     [params_event(env), (5, 1, b"abc"), (5, 1, b""), core.NOREQ])
 
 
 def test_Parser_empty_content_length_means_none(core):

@@ -356,3 +356,15 @@ def test_Server_authorizer_role_convention(start):
         expired = client.request(env("/token_authorizer", QUERY_STRING="token=expired"),
                                  role=fastfcgi_py.FCGI_AUTHORIZER)
         assert expired.status == 401 and expired.header("WWW-Authenticate") == 'Bearer realm="test"'
+
+
+def test_Server_authorizer_gets_no_stdin(start):
+    # lighttpd sends an authorizer no STDIN records when the request has a
+    # body, only HTTP_CONTENT_LENGTH: reading the input must not wait.
+    server = start()
+    data = begin(1, role=fastfcgi_py.FCGI_AUTHORIZER) + params_records(
+        1, env("/reading_authorizer", HTTP_CONTENT_LENGTH="10"))
+    with fastfcgi_py.Client(server.address, timeout=10) as client:
+        client.send_raw(data)
+        response = client.read_response(1)
+    assert response.status == 200 and ("Variable-READ", "yes") in response.headers
