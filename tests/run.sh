@@ -48,7 +48,14 @@ if [ ! -x "$VENV/bin/python" ]; then
     $PYTHON -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-"$PY" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+# The pip a venv starts with may predate Requires-Python handling (3.6 ships
+# pip 18): bring it to the newest one that runs on this interpreter.
+case $("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])') in
+    3.6) pip_spec="pip==21.3.1" ;;
+    3.7) pip_spec="pip<24" ;;
+    *) pip_spec="pip" ;;
+esac
+"$PY" -m pip install -q --disable-pip-version-check --upgrade "$pip_spec"
 "$PY" -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 
 # -- the compiled core, in place ----------------------------------------------------
