@@ -950,9 +950,9 @@ class Request(object):
     """
 
     __slots__ = ("params", "request_id", "role", "keep_conn", "connection",
-                 "stdin", "stdout", "stderr", "encoding", "_buffer", "_stdin_done",
+                 "encoding", "_buffer", "_stdin_done",
                  "_aborted", "_finished", "_stderr_used", "_stdout_used",
-                 "data", "_data_buffer", "_data_done", "stdout_bytes")
+                 "_data_buffer", "_data_done", "stdout_bytes", "_views")
 
     def __init__(self, connection, request_id, role, flags, params):
         self.connection = connection
@@ -974,10 +974,39 @@ class Request(object):
         # after stdin.  ``data`` is its file-like view.
         self._data_buffer = b""
         self._data_done = role != FCGI_FILTER
-        self.data = _DataStream(self)
-        self.stdin = _Stream(self, FCGI_STDIN)
-        self.stdout = _Stream(self, FCGI_STDOUT)
-        self.stderr = _Stream(self, FCGI_STDERR)
+        self._views = None
+
+    # The file-like views are made when first asked for: most requests never
+    # use them, and every request pays for what __init__ builds.
+
+    def _view(self, name, make):
+        views = self._views
+        if views is None:
+            views = self._views = {}
+        view = views.get(name)
+        if view is None:
+            view = views[name] = make()
+        return view
+
+    @property
+    def stdin(self):
+        """File-like stdin (decoded unless set_encoding(None))."""
+        return self._view("stdin", lambda: _Stream(self, FCGI_STDIN))
+
+    @property
+    def stdout(self):
+        """File-like stdout (print_stdout)."""
+        return self._view("stdout", lambda: _Stream(self, FCGI_STDOUT))
+
+    @property
+    def stderr(self):
+        """File-like stderr (print_stderr)."""
+        return self._view("stderr", lambda: _Stream(self, FCGI_STDERR))
+
+    @property
+    def data(self):
+        """FILTER role: the file-like FCGI_DATA stream (bytes)."""
+        return self._view("data", lambda: _DataStream(self))
 
     # -- params ----------------------------------------------------------------
 
@@ -1372,12 +1401,13 @@ class InputStream(_LineReader):
 class _Response(object):
     """The state start_response and write() share for one request."""
 
-    __slots__ = ("request", "status", "headers", "head_sent", "head_only")
+    __slots__ = ("request", "status", "headers", "head_bytes", "head_sent", "head_only")
 
     def __init__(self, request, head_only):
         self.request = request
         self.status = None
         self.headers = None
+        self.head_bytes = None
         self.head_sent = False
         self.head_only = head_only
 
@@ -1390,17 +1420,18 @@ class _Response(object):
                 exc_info = None     # no reference cycle through the frame
         elif self.status is not None:
             raise RuntimeError("start_response() called again without exc_info")
-        # Validate now, so a bad head fails inside the application's call.
-        self.request.connection.writer.head(status, headers)
+        # Built (and so validated) now, so a bad head fails inside the
+        # application's call.
+        self.head_bytes = self.request.connection.writer.head(status, headers)
         self.status = status
-        self.headers = list(headers)
+        self.headers = headers
         return self.write
 
     def head(self):
         if self.status is None:
             raise RuntimeError("the application sent a body before start_response()")
         self.head_sent = True
-        return self.request.connection.writer.head(self.status, self.headers)
+        return self.head_bytes
 
     def write(self, data):
         """PEP 3333's write() callable: sends at once."""

@@ -200,12 +200,18 @@ def _check_token_and_report(environ):
     return result
 
 
-try:
+def _read_then_grant(environ):
+    assert environ["wsgi.input"].read(100) == b""     # an authorizer gets no body
+    return {"READ": "yes"}
+
+
+try:        # fastfcgi_py is not importable where uWSGI serves this file
     import fastfcgi_py as _ffpy
     token_authorizer = validator(_ffpy.authorizer(_check_token))
     reporting_authorizer = validator(_ffpy.authorizer(_check_token_and_report))
+    reading_authorizer = validator(_ffpy.authorizer(_read_then_grant))
 except ImportError:     # pragma: no cover
-    token_authorizer = reporting_authorizer = None
+    token_authorizer = reporting_authorizer = reading_authorizer = None
 
 
 @validator
@@ -215,11 +221,3 @@ def filter_upper(environ, start_response):
     data = environ["fastcgi.data"].read()
     body = b"stdin=%d role=%s\n" % (len(stdin), environ["fastcgi.role"].encode()) + data.upper()
     return _respond(start_response, body)
-
-
-def _read_then_grant(environ):
-    assert environ["wsgi.input"].read(100) == b""     # an authorizer gets no body
-    return {"READ": "yes"}
-
-
-reading_authorizer = validator(_ffpy.authorizer(_read_then_grant))
