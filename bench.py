@@ -4,7 +4,8 @@
 Usage::
 
     python bench.py core [--repeat N] [--min-time SECONDS] [--json]
-    python bench.py e2e                                  (not written yet)
+    python bench.py e2e [--repeat N] [--duration SECONDS] [--conns 16,64]
+                        [--transports tcp,unix] [--backends LIST] [--json] ...
 
 ``core`` times the protocol core alone, on real nginx input from
 ``tests/corpus``, with every contender this interpreter has:
@@ -35,17 +36,63 @@ garbage collector is off during a sample).  Every repeat runs all samples,
 interleaved, so drift in machine speed hits all contenders alike; the
 table shows medians over the repeats, and ratios of those medians.
 
-Standard library only (plus what it measures), Python 3.6+.
+``e2e`` measures whole requests on loopback: wrk (``-t 2 --latency``, HTTP
+keep-alive) -> nginx (one process: ``master_process off``, ``access_log
+off``, a private config in a temp dir) -> a hello-world WSGI application
+(examples/hello.py's, 13-byte body) on one worker of each contender:
+
+* ``compiled``: ``fastfcgi_py.main()`` picking the compiled core,
+* ``pure``: the same with ``FASTFCGI_PURE=1`` (the start-up log line must
+  name the core asked for),
+* ``uwsgi``: ``uwsgi --plugin python3 --fastcgi-socket ADDR --master
+  --processes 1 --disable-logging`` (Debian's uwsgi-plugin-python3),
+* ``flup``: ``flup.server.fcgi_fork.WSGIServer(app, bindAddress=...,
+  minSpare=1, maxSpare=1, maxChildren=1)``,
+
+each over TCP and over a unix socket, at each ``--conns``; and the two
+fastfcgi cores again behind an upstream ``keepalive`` pool with
+``fastcgi_keep_conn on`` (uWSGI closes every FastCGI connection, so that
+row is set against uWSGI's best).  Every backend runs at once, each behind
+its own nginx server block; a repeat runs every backend once per scenario
+(transport, connections), in an order rotated by the repeat.  The table
+shows medians of req/s and of wrk's 99% latency, and the CPU time the
+backend's processes and nginx spent per request; then the targets as
+PASS/FAIL lines.  Exit status: 0 no target fails, 1 one fails (or a run
+had errors), 2 the benchmark could not run.  ``--profile DIR`` then samples
+each fastfcgi backend with py-spy under one more wrk run (wall clock, idle
+included, so time spent waiting shows) and prints its hottest functions.
+
+For a fair comparison every Python backend runs on Debian's
+/usr/bin/python3, the interpreter uWSGI's plugin embeds: ``e2e`` makes a
+venv from it in ``.venv-bench/`` (``--system-site-packages``; pip installs
+Cython and flup there), and builds the extension for it from a snapshot of
+fastfcgi.pyx, fastfcgi.pxd, fastfcgi_py.py and setup.py copied into
+``.venv-bench/fastfcgi-build/`` (rebuilt when they change), which is the
+fastfcgi backends' PYTHONPATH.  Missing Python headers or venv support are
+installed with apt-get (python3-dev, python3-venv); for nginx, wrk or uWSGI
+it names the Debian package to install.
+
+Standard library only (plus what it measures), Python 3.6+; ``e2e`` needs
+Linux (it reads /proc for the CPU times).
 """
 
 import argparse
 import functools
+import glob
+import hashlib
 import json
 import os
 import platform
+import re
+import shutil
+import signal
+import socket
 import statistics
 import struct
+import subprocess
 import sys
+import tempfile
+import time
 import timeit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -338,12 +385,6 @@ def run_core(args):
     return 1 if notes else 0
 
 
-def run_e2e(args):
-    """The ``e2e`` mode: through real nginx.  Not written yet."""
-    sys.stderr.write("bench.py e2e: not implemented yet\n")
-    return 2
-
-
 # ############################################################################
 # Output  ####################################################################
 # ############################################################################
@@ -412,6 +453,1102 @@ def json_report(found, args, cases, ratios, notes):
     }
 
 
+# ############################################################################
+# e2e: setup  ################################################################
+# ############################################################################
+#
+# wrk -> nginx -> backend, all on loopback.  Every Python backend runs on
+# Debian's /usr/bin/python3, the interpreter uWSGI's python3 plugin embeds:
+# a venv made from it (--system-site-packages) holds Cython and flup, and
+# the fastfcgi extension is built for it from a snapshot of the sources, so
+# that both fastfcgi cores come from the same files.
+
+DEBIAN_PYTHON = "/usr/bin/python3"
+# ".venv*/" in .gitignore covers it.
+BENCH_VENV = os.path.join(HERE, ".venv-bench")
+BUILD_SOURCES = ("fastfcgi.pyx", "fastfcgi.pxd", "fastfcgi_py.py", "setup.py")
+E2E_BACKENDS = ("compiled", "pure", "uwsgi", "flup")
+KEEPALIVE_BACKENDS = ("compiled", "pure")      # uWSGI closes every FastCGI connection
+TRANSPORTS = ("tcp", "unix")
+
+# The application every backend serves: examples/hello.py's, 13-byte body.
+HELLO_APP = '''\
+def app(environ, start_response):
+    body = b"Hello, world!"
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+FASTFCGI_RUNNER = "import sys, fastfcgi_py; sys.exit(fastfcgi_py.main())"
+
+FLUP_RUNNER = '''\
+import sys
+from flup.server.fcgi_fork import WSGIServer
+from bench_hello import app
+
+address = sys.argv[1]
+if address.startswith("unix:"):
+    bind = address[5:]
+else:
+    host, _, port = address.rpartition(":")
+    bind = (host, int(port))
+WSGIServer(app, bindAddress=bind, minSpare=1, maxSpare=1, maxChildren=1).run()
+'''
+
+# Where each missing tool comes from.
+DEBIAN_PACKAGES = {
+    "nginx": "nginx-light (or nginx)",
+    "wrk": "wrk",
+    "uwsgi": "uwsgi-core",
+    "uwsgi python3 plugin": "uwsgi-plugin-python3",
+    DEBIAN_PYTHON: "python3",
+}
+
+
+class BenchError(Exception):
+    """Something the e2e benchmark needs is missing or broke."""
+
+
+def _run(cmd, say, what, cwd=None, env=None, log_path=None):
+    """Run ``cmd`` to completion; BenchError with its output's tail if it
+    fails."""
+    say("  $ %s\n" % " ".join(cmd))
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout.decode("utf-8", "replace")
+    if log_path:
+        with open(log_path, "w") as f:
+            f.write(out)
+    if proc.returncode != 0:
+        tail = "\n".join(out.rstrip().splitlines()[-20:])
+        raise BenchError("%s failed (exit %d):\n%s" % (what, proc.returncode, tail))
+    return out
+
+
+def _output(cmd, env=None, cwd=None):
+    """stdout+stderr of a short command, or None if it cannot run."""
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, env=env, cwd=cwd, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.decode("utf-8", "replace").strip()
+
+
+def _apt_install(packages, say, why):
+    """Install Debian packages (root only); BenchError saying what to
+    install otherwise."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise BenchError("%s: install the Debian package(s) %s" % (why, " ".join(packages)))
+    say("%s: installing %s with apt-get\n" % (why, " ".join(packages)))
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        _run(["apt-get", "install", "-y", "-q"] + list(packages), say, "apt-get install",
+             env=env)
+    except BenchError:
+        _run(["apt-get", "update", "-q"], say, "apt-get update", env=env)
+        _run(["apt-get", "install", "-y", "-q"] + list(packages), say, "apt-get install",
+             env=env)
+
+
+def check_tools(backends):
+    """{tool: path}; BenchError naming the Debian packages of missing ones."""
+    found = {}
+    missing = []
+    for tool in ("nginx", "wrk"):
+        found[tool] = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+        if not found[tool]:
+            missing.append(tool)
+    if "uwsgi" in backends:
+        found["uwsgi"] = shutil.which("uwsgi")
+        if not found["uwsgi"]:
+            missing.append("uwsgi")
+        plugins = glob.glob("/usr/lib/uwsgi/plugins/python3*_plugin.so")
+        if not plugins:
+            missing.append("uwsgi python3 plugin")
+    if not os.path.exists(DEBIAN_PYTHON):
+        missing.append(DEBIAN_PYTHON)
+    if missing:
+        raise BenchError("missing: %s.  Install the Debian packages: apt-get install %s" % (
+            ", ".join(missing), " ".join(DEBIAN_PACKAGES[m].split()[0] for m in missing)))
+    return found
+
+
+def _clean_env(**extra):
+    """The environment for a backend: ours without Python's path settings."""
+    env = dict(os.environ)
+    for name in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONOPTIMIZE",
+                 "PYTHONDEVMODE", "PYTHONTRACEMALLOC", "PYTHONMALLOC", "VIRTUAL_ENV",
+                 "FASTFCGI_PURE", "FCGI_WEB_SERVER_ADDRS", "PYTHONDONTWRITEBYTECODE"):
+        env.pop(name, None)
+    env.update(extra)
+    return env
+
+
+def prepare_python(args, say):
+    """Make (or reuse) the venv on Debian's python3 with Cython and flup,
+    and build the fastfcgi extension for it from a snapshot of the sources.
+
+    Returns a dict: python (the venv's interpreter), build_dir (PYTHONPATH
+    for the fastfcgi backends), and what was found about them.
+    """
+    venv = os.path.abspath(args.venv)
+    info = {"venv": venv}
+    include = _output([DEBIAN_PYTHON, "-c",
+                       "import sysconfig; print(sysconfig.get_paths()['include'])"])
+    if not include or not os.path.exists(os.path.join(include.splitlines()[-1], "Python.h")):
+        _apt_install(["python3-dev"], say, "Python.h of %s is missing" % DEBIAN_PYTHON)
+    python = os.path.join(venv, "bin", "python")
+    if not os.path.exists(python):
+        say("making the venv %s from %s\n" % (venv, DEBIAN_PYTHON))
+        cmd = [DEBIAN_PYTHON, "-m", "venv", "--system-site-packages", venv]
+        try:
+            _run(cmd, say, "venv")
+        except BenchError:
+            shutil.rmtree(venv, ignore_errors=True)
+            _apt_install(["python3-venv"], say, "%s -m venv failed" % DEBIAN_PYTHON)
+            _run(cmd, say, "venv")
+    env = _clean_env()
+    wanted = []
+    for package, module in (("Cython>=3.0", "Cython"), ("flup", "flup.server.fcgi_fork")):
+        if _output([python, "-c", "import %s" % module], env=env) != "":
+            wanted.append(package)
+    if args.profile and not os.path.exists(os.path.join(venv, "bin", "py-spy")):
+        wanted.append("py-spy")
+    if wanted:
+        say("installing %s into %s\n" % (", ".join(wanted), venv))
+        _run([python, "-m", "pip", "install", "-q"] + wanted, say, "pip install", env=env)
+    info["python"] = python
+    info["python_version"] = _output(
+        [python, "-c", "import sys; print(sys.version.split()[0])"], env=env)
+    info["cython"] = _output([python, "-c", "import Cython; print(Cython.__version__)"],
+                             env=env)
+    info["flup"] = _output([python, "-c", "from importlib.metadata import version; "
+                            "print(version('flup'))"], env=env)
+
+    # The snapshot: sources copied once, so concurrent edits cannot make
+    # the two cores differ; rebuilt only when they changed.
+    digest = hashlib.sha256(info["python_version"].encode())
+    contents = {}
+    for name in BUILD_SOURCES:
+        with open(os.path.join(HERE, name), "rb") as f:
+            contents[name] = f.read()
+        digest.update(name.encode() + b"\0" + contents[name])
+    digest = digest.hexdigest()[:16]
+    build_dir = os.path.join(venv, "fastfcgi-build")
+    stamp = os.path.join(build_dir, "sources.sha256")
+    built = glob.glob(os.path.join(build_dir, "fastfcgi.*.so"))
+    try:
+        with open(stamp) as f:
+            fresh = f.read().strip() == digest and built and not args.rebuild
+    except OSError:
+        fresh = False
+    if not fresh:
+        say("building the fastfcgi extension for %s in %s\n" % (python, build_dir))
+        shutil.rmtree(build_dir, ignore_errors=True)
+        os.makedirs(build_dir)
+        for name, data in contents.items():
+            with open(os.path.join(build_dir, name), "wb") as f:
+                f.write(data)
+        log_path = os.path.join(build_dir, "build.log")
+        _run([python, "setup.py", "build_ext", "--inplace"], say, "build_ext",
+             cwd=build_dir, env=env, log_path=log_path)
+        if not glob.glob(os.path.join(build_dir, "fastfcgi.*.so")):
+            with open(log_path) as f:
+                tail = "".join(f.readlines()[-15:])
+            raise BenchError("build_ext made no extension (a pure build?):\n" + tail)
+        with open(stamp, "w") as f:
+            f.write(digest + "\n")
+    info["build_dir"] = build_dir
+    info["sources_sha256"] = digest
+    # What "compiled" really runs: the Server the CLI picks for the
+    # compiled core, and the Parser and Writer it plugs in.  (Run in the
+    # build dir: "-c" puts the current directory first on sys.path.)
+    probe = _output([python, "-c",
+                     "import os, fastfcgi, fastfcgi_py\n"
+                     "core = fastfcgi_py.select_core()\n"
+                     "S = core.Server\n"
+                     "print(core.__name__, S.__module__ + '.' + S.__name__,"
+                     " S.parser_class.__module__ + '.' + S.parser_class.__name__,"
+                     " S.writer_class.__module__ + '.' + S.writer_class.__name__,"
+                     " os.path.dirname(fastfcgi.__file__) == os.path.dirname("
+                     "fastfcgi_py.__file__) == os.getcwd())"],
+                    env=_clean_env(PYTHONPATH=build_dir), cwd=build_dir)
+    fields = (probe or "").split()
+    if len(fields) != 5 or fields[0] != "fastfcgi" or fields[4] != "True":
+        raise BenchError("the built extension does not import from %s as the compiled "
+                         "core:\n%s" % (build_dir, probe))
+    info["compiled_server"], info["compiled_parser"], info["compiled_writer"] = fields[1:4]
+    return info
+
+
+def _git_revision():
+    rev = _output(["git", "-C", HERE, "rev-parse", "--short", "HEAD"])
+    if not rev or " " in rev:
+        return "?"
+    dirty = _output(["git", "-C", HERE, "status", "--porcelain", "--untracked-files=no"])
+    return rev + ("+dirty" if dirty else "")
+
+
+# ############################################################################
+# e2e: processes  ############################################################
+# ############################################################################
+
+
+def _free_port(taken):
+    while True:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        finally:
+            s.close()
+        if port not in taken:
+            taken.add(port)
+            return port
+
+
+def _proc_stat(pid):
+    """(start time, utime, stime), in ticks, of ``pid``, or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    # After the command: state is field 3 of stat(5); utime 14, stime 15,
+    # starttime 22.
+    return int(fields[19]), int(fields[11]), int(fields[12])
+
+
+def _children(pid):
+    kids = []
+    for path in glob.glob("/proc/%d/task/*/children" % pid):
+        try:
+            with open(path) as f:
+                kids.extend(int(k) for k in f.read().split())
+        except OSError:
+            pass
+    return kids
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class Proc(object):
+    """A process we start, its log, and its descendants (remembered with
+    their start times, so a recycled PID is never signalled)."""
+
+    def __init__(self, name, cmd, env, cwd, log_path):
+        self.name = name
+        self.cmd = cmd
+        self.env = env
+        self.cwd = cwd
+        self.log_path = log_path
+        self.popen = None
+        self.known = {}       # pid -> start time
+
+    def start(self):
+        with open(self.log_path, "wb") as log_file:
+            # A session of its own: a Ctrl-C on our terminal reaches us
+            # only, and we stop it by its PID.
+            self.popen = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env,
+                                          stdin=subprocess.DEVNULL, stdout=log_file,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+        stat = _proc_stat(self.popen.pid)
+        if stat:
+            self.known[self.popen.pid] = stat[0]
+        return self
+
+    @property
+    def pid(self):
+        return self.popen.pid if self.popen else None
+
+    def alive(self):
+        return self.popen is not None and self.popen.poll() is None
+
+    def tree(self):
+        """The live PIDs of the process and its descendants."""
+        if not self.alive():
+            return []
+        pids = [self.popen.pid]
+        i = 0
+        while i < len(pids):
+            pids.extend(_children(pids[i]))
+            i += 1
+        for pid in pids:
+            stat = _proc_stat(pid)
+            if stat and pid not in self.known:
+                self.known[pid] = stat[0]
+        return pids
+
+    def cpu_times(self):
+        """(user, system) CPU seconds used so far by the live process tree."""
+        user = system = 0
+        for pid in self.tree():
+            stat = _proc_stat(pid)
+            if stat:
+                user += stat[1]
+                system += stat[2]
+        return user / float(_TICKS), system / float(_TICKS)
+
+    def log_text(self, tail=None):
+        try:
+            with open(self.log_path, "r", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            return ""
+        if tail:
+            return "\n".join(text.rstrip().splitlines()[-tail:])
+        return text
+
+    def stop(self, sig=signal.SIGTERM, timeout=15.0):
+        """Signal the process, wait for it, then SIGKILL it and any
+        descendant we saw that is still there."""
+        if self.popen is None:
+            return
+        self.tree()
+        if self.popen.poll() is None:
+            try:
+                os.kill(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.kill(self.popen.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.popen.wait()
+        deadline = time.monotonic() + 3.0
+        for pid, started in self.known.items():
+            if pid == self.popen.pid:
+                continue
+            while time.monotonic() < deadline:
+                stat = _proc_stat(pid)
+                if not stat or stat[0] != started:
+                    break
+                time.sleep(0.05)
+            stat = _proc_stat(pid)
+            if stat and stat[0] == started:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _connectable(address):
+    """Does ``address`` (HOST:PORT or unix:/PATH) accept a connection?"""
+    if address.startswith("unix:"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target = address[5:]
+    else:
+        host, _, port = address.rpartition(":")
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        target = (host, int(port))
+    s.settimeout(1.0)
+    try:
+        s.connect(target)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _wait_ready(proc, address, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise BenchError("%s exited (%s) before accepting connections:\n%s"
+                             % (proc.name, proc.popen.returncode, proc.log_text(20)))
+        if _connectable(address):
+            return
+        time.sleep(0.05)
+    raise BenchError("%s does not accept connections on %s after %gs:\n%s"
+                     % (proc.name, address, timeout, proc.log_text(20)))
+
+
+class Target(object):
+    """One thing wrk hits: a backend on a transport, behind its own nginx
+    server block (with or without a keepalive upstream pool)."""
+
+    def __init__(self, backend, transport, keepalive):
+        self.backend = backend
+        self.transport = transport
+        self.keepalive = keepalive
+        self.key = "%s-%s%s" % (backend, transport, "-keepalive" if keepalive else "")
+        self.address = None    # the backend's, as fastfcgi spells it
+        self.port = None       # nginx's
+        self.proc = None
+        self.core_line = None  # fastfcgi's start-up log line
+
+    @property
+    def label(self):
+        return self.backend + ("+keepalive" if self.keepalive else "")
+
+
+def backend_command(target, python, tmp):
+    """(argv, extra environment) starting ``target``'s backend."""
+    address = target.address
+    if target.backend in ("compiled", "pure"):
+        extra = {"FASTFCGI_PURE": "1"} if target.backend == "pure" else {}
+        return [python, "-c", FASTFCGI_RUNNER, "--fcgi", address, "bench_hello:app"], extra
+    if target.backend == "uwsgi":
+        socket_arg = address[5:] if address.startswith("unix:") else address
+        return ["uwsgi", "--plugin", "python3", "--fastcgi-socket", socket_arg,
+                "--wsgi-file", os.path.join(tmp, "bench_hello.py"), "--callable", "app",
+                "--master", "--processes", "1", "--disable-logging", "--need-app",
+                "--listen", "1024"], {}
+    if target.backend == "flup":
+        return [python, os.path.join(tmp, "bench_flup.py"), address], {}
+    raise ValueError(target.backend)
+
+
+def start_backend(target, python, build_dir, tmp, say):
+    cmd, extra = backend_command(target, python, tmp)
+    pythonpath = tmp
+    if target.backend in ("compiled", "pure"):
+        pythonpath = build_dir + os.pathsep + tmp
+    env = _clean_env(PYTHONPATH=pythonpath, **extra)
+    target.proc = Proc(target.key, cmd, env, tmp, os.path.join(tmp, target.key + ".log"))
+    target.proc.start()
+    _wait_ready(target.proc, target.address)
+    say("  %-26s pid %-7d %s\n" % (target.key, target.proc.pid, target.address))
+    if target.backend in ("compiled", "pure"):
+        # The start-up line names the core; it must be the one we asked for.
+        deadline = time.monotonic() + 5.0
+        while True:
+            lines = [line for line in target.proc.log_text().splitlines()
+                     if " core, Python " in line]
+            if lines or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if not lines:
+            raise BenchError("%s: no start-up line naming the core:\n%s"
+                             % (target.key, target.proc.log_text(20)))
+        target.core_line = lines[0].strip()
+        if "%s core" % target.backend not in target.core_line:
+            raise BenchError("%s: the start-up line names another core: %s"
+                             % (target.key, target.core_line))
+
+
+FASTCGI_PARAMS = """\
+        fastcgi_param QUERY_STRING $query_string;
+        fastcgi_param REQUEST_METHOD $request_method;
+        fastcgi_param CONTENT_TYPE $content_type;
+        fastcgi_param CONTENT_LENGTH $content_length;
+        fastcgi_param REQUEST_URI $request_uri;
+        fastcgi_param DOCUMENT_URI $document_uri;
+        fastcgi_param DOCUMENT_ROOT $document_root;
+        fastcgi_param SERVER_PROTOCOL $server_protocol;
+        fastcgi_param REQUEST_SCHEME $scheme;
+        fastcgi_param HTTPS $https if_not_empty;
+        fastcgi_param GATEWAY_INTERFACE CGI/1.1;
+        fastcgi_param SERVER_SOFTWARE nginx/$nginx_version;
+        fastcgi_param REMOTE_ADDR $remote_addr;
+        fastcgi_param REMOTE_PORT $remote_port;
+        fastcgi_param SERVER_ADDR $server_addr;
+        fastcgi_param SERVER_PORT $server_port;
+        fastcgi_param SERVER_NAME $server_name;
+        fastcgi_param SCRIPT_NAME "";
+        fastcgi_param PATH_INFO $uri;
+"""
+
+
+def nginx_config(targets, tmp, pool):
+    """One nginx process (no master, one worker's work), one server block
+    per target."""
+    out = ["daemon off;", "master_process off;", "worker_processes 1;",
+           "pid %s/nginx.pid;" % tmp, "error_log %s/nginx-error.log warn;" % tmp,
+           "worker_rlimit_nofile 8192;",
+           "events { worker_connections 4096; }", "http {", "    access_log off;",
+           "    keepalive_requests 1000000;"]
+    for kind in ("client_body", "fastcgi", "proxy", "scgi", "uwsgi"):
+        out.append("    %s_temp_path %s/nginx-%s;" % (kind, tmp, kind))
+    for t in targets:
+        name = t.key.replace("-", "_")
+        out.append("    upstream %s {" % name)
+        out.append("        server %s;" % t.address)
+        if t.keepalive:
+            out.append("        keepalive %d;" % pool)
+            out.append("        keepalive_requests 1000000;")
+        out.append("    }")
+        out.append("    server {")
+        out.append("        listen 127.0.0.1:%d;" % t.port)
+        out.append("        location / {")
+        out.append(FASTCGI_PARAMS.rstrip("\n").replace("        ", "            "))
+        if t.keepalive:
+            out.append("            fastcgi_keep_conn on;")
+        out.append("            fastcgi_pass %s;" % name)
+        out.append("        }")
+        out.append("    }")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def check_response(port, timeout=10.0):
+    """GET / through nginx until it answers; the answer must be the app's."""
+    import http.client
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status == 200 and body == HELLO:
+                return
+            last = "%d %r" % (resp.status, body[:80])
+        except (OSError, http.client.HTTPException) as exc:
+            last = repr(exc)
+        finally:
+            conn.close()
+        time.sleep(0.1)
+    raise BenchError("GET / on nginx port %d: want 200 %r, got %s" % (port, HELLO, last))
+
+
+# ############################################################################
+# e2e: wrk  ##################################################################
+# ############################################################################
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def _ms(text):
+    match = re.match(r"^([\d.]+)(us|ms|s|m|h)$", text.strip())
+    if not match:
+        raise ValueError("bad wrk time %r" % text)
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_wrk(text):
+    """Requests/sec, latency percentiles (ms), requests, errors from wrk's
+    output (with --latency)."""
+    result = {"percentiles_ms": {}, "socket_errors": 0, "non_2xx": 0}
+    match = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+    if not match:
+        raise ValueError("no Requests/sec in wrk's output:\n" + text)
+    result["rps"] = float(match.group(1))
+    for pct, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", text, re.M):
+        result["percentiles_ms"][pct] = _ms(value)
+    if "99" not in result["percentiles_ms"]:
+        raise ValueError("no 99% latency in wrk's output:\n" + text)
+    result["p99_ms"] = result["percentiles_ms"]["99"]
+    match = re.search(r"^\s+(\d+) requests in ([\d.]+\w+)", text, re.M)
+    result["requests"] = int(match.group(1)) if match else 0
+    match = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                      text)
+    if match:
+        result["socket_errors"] = sum(int(g) for g in match.groups())
+    match = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if match:
+        result["non_2xx"] = int(match.group(1))
+    return result
+
+
+def wrk_command(args, port, conns, duration):
+    return ["wrk", "-t", str(min(args.threads, conns)), "-c", str(conns),
+            "-d", "%ds" % duration, "--latency", "--timeout", "10s",
+            "http://127.0.0.1:%d/" % port]
+
+
+def run_wrk(args, target, nginx, conns, duration):
+    """One wrk run against ``target``: its numbers, and the CPU the backend
+    and nginx used meanwhile."""
+    cmd = wrk_command(args, target.port, conns, duration)
+    backend_cpu = target.proc.cpu_times()
+    nginx_cpu = nginx.cpu_times()
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=duration + 60)
+    backend_cpu = [after - before for after, before in zip(target.proc.cpu_times(),
+                                                          backend_cpu)]
+    nginx_cpu = [after - before for after, before in zip(nginx.cpu_times(), nginx_cpu)]
+    text = proc.stdout.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise BenchError("wrk failed (exit %d): %s\n%s" % (proc.returncode, " ".join(cmd), text))
+    if not target.proc.alive():
+        raise BenchError("%s died during the run:\n%s" % (target.key, target.proc.log_text(20)))
+    result = parse_wrk(text)
+    result["backend_user_s"], result["backend_sys_s"] = backend_cpu
+    result["backend_cpu_s"] = sum(backend_cpu)
+    result["nginx_cpu_s"] = sum(nginx_cpu)
+    return result
+
+
+# ############################################################################
+# e2e: the run  ##############################################################
+# ############################################################################
+
+
+def _csv(text, allowed, what):
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    for item in items:
+        if allowed is not None and item not in allowed:
+            raise argparse.ArgumentTypeError("%s: %r is not one of %s"
+                                             % (what, item, ", ".join(allowed)))
+    if not items:
+        raise argparse.ArgumentTypeError("%s: empty list" % what)
+    return items
+
+
+def _conns_list(text):
+    try:
+        values = [int(x) for x in _csv(text, None, "--conns")]
+    except ValueError:
+        raise argparse.ArgumentTypeError("--conns: want numbers, e.g. 16,64")
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError("--conns: at least 1")
+    return values
+
+
+def make_targets(args):
+    targets = []
+    for transport in args.transports:
+        for backend in args.backends:
+            targets.append(Target(backend, transport, False))
+        if args.keepalive:
+            for backend in args.backends:
+                if backend in KEEPALIVE_BACKENDS:
+                    targets.append(Target(backend, transport, True))
+    return targets
+
+
+def schedule(args, targets):
+    """The runs of every repeat: per (transport, conns) scenario, each
+    target of that transport once, in an order rotated by the repeat."""
+    scenarios = [(transport, conns) for transport in args.transports for conns in args.conns]
+    plan = []
+    for r in range(args.repeat):
+        runs = []
+        for transport, conns in scenarios:
+            group = [t for t in targets if t.transport == transport]
+            shift = r % len(group)
+            for t in group[shift:] + group[:shift]:
+                runs.append((t, conns))
+        plan.append(runs)
+    return plan
+
+
+def _median(values):
+    return statistics.median(values) if values else None
+
+
+def summarize(args, targets, samples):
+    """Rows of medians per (target, conns)."""
+    rows = []
+    for t in targets:
+        for conns in args.conns:
+            runs = samples.get((t.key, conns), [])
+            if not runs:
+                continue
+            requests = sum(r["requests"] for r in runs)
+            rows.append({
+                "backend": t.backend, "transport": t.transport, "conns": conns,
+                "keepalive": t.keepalive, "key": t.key, "runs": len(runs),
+                "rps": _median([r["rps"] for r in runs]),
+                "p99_ms": _median([r["p99_ms"] for r in runs]),
+                "p50_ms": _median([r["percentiles_ms"].get("50") for r in runs
+                                   if "50" in r["percentiles_ms"]]),
+                "rps_min": min(r["rps"] for r in runs),
+                "rps_max": max(r["rps"] for r in runs),
+                "backend_cpu_us_per_req": (sum(r["backend_cpu_s"] for r in runs) * 1e6
+                                           / requests if requests else None),
+                "backend_sys_share": (sum(r["backend_sys_s"] for r in runs)
+                                      / sum(r["backend_cpu_s"] for r in runs)
+                                      if sum(r["backend_cpu_s"] for r in runs) else None),
+                "nginx_cpu_us_per_req": (sum(r["nginx_cpu_s"] for r in runs) * 1e6
+                                         / requests if requests else None),
+                "errors": sum(r["socket_errors"] + r["non_2xx"] for r in runs),
+            })
+    return rows
+
+
+def _cell(rows, backend, transport, conns, keepalive=False):
+    for row in rows:
+        if (row["backend"], row["transport"], row["conns"], row["keepalive"]) == (
+                backend, transport, conns, keepalive):
+            return row
+    return None
+
+
+def evaluate_targets(args, rows):
+    """The PASS/FAIL lines: (title, ratio or None, wanted, status)."""
+    checks = []
+
+    def check(title, fast, slow, wanted):
+        if fast is None or slow is None or not slow:
+            checks.append((title, None, wanted, "N/A"))
+            return
+        ratio = fast / slow
+        checks.append((title, ratio, wanted, "PASS" if ratio >= wanted else "FAIL"))
+
+    def rps(backend, transport, conns, keepalive=False):
+        row = _cell(rows, backend, transport, conns, keepalive)
+        return row["rps"] if row else None
+
+    for transport in args.transports:
+        for conns in args.conns:
+            check("compiled >= 1.10x uWSGI, %s, %d conns" % (transport, conns),
+                  rps("compiled", transport, conns), rps("uwsgi", transport, conns), 1.10)
+    for transport in args.transports:
+        for conns in args.conns:
+            check("pure >= 1.5x flup, %s, %d conns" % (transport, conns),
+                  rps("pure", transport, conns), rps("flup", transport, conns), 1.5)
+    if args.keepalive:
+        for transport in args.transports:
+            for conns in args.conns:
+                best = [v for v in (rps("uwsgi", tr, conns) for tr in args.transports)
+                        if v is not None]
+                check("compiled+keepalive >= 1.5x uWSGI's best, %s, %d conns"
+                      % (transport, conns), rps("compiled", transport, conns, True),
+                      max(best) if best else None, 1.5)
+    return checks
+
+
+def other_ratios(args, rows):
+    """Informative ratios of median req/s (not targets)."""
+    out = []
+
+    def rps(backend, transport, conns, keepalive=False):
+        row = _cell(rows, backend, transport, conns, keepalive)
+        return row["rps"] if row else None
+
+    for transport in args.transports:
+        for conns in args.conns:
+            for fast, slow, keepalive in (("compiled", "pure", False),
+                                          ("pure", "uwsgi", False),
+                                          ("compiled", "flup", False),
+                                          ("compiled", "compiled", "fast")):
+                if keepalive == "fast":
+                    a = rps("compiled", transport, conns, True)
+                    b = rps("compiled", transport, conns)
+                    title = "compiled+keepalive vs compiled, %s, %d conns" % (transport, conns)
+                else:
+                    a = rps(fast, transport, conns)
+                    b = rps(slow, transport, conns)
+                    title = "%s vs %s, %s, %d conns" % (fast, slow, transport, conns)
+                if a and b:
+                    out.append((title, a / b))
+    return out
+
+
+def run_e2e(args):
+    """The ``e2e`` mode: wrk -> nginx -> backend; returns the exit code
+    (0: no target fails, 1: one fails or a run had errors, 2: could not
+    run)."""
+    say = (lambda text: (sys.stderr.write(text), sys.stderr.flush())) if args.json else \
+          (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    command = " ".join([os.path.basename(sys.executable), "bench.py"] + sys.argv[1:])
+    started_at = time.time()
+    load_before = os.getloadavg()
+    tmp = None
+    nginx = None
+    targets = []
+    # TERM and INT unwind, so the finally below stops everything (INT
+    # even where it came in ignored, as in a shell's background job).
+    old_handlers = dict((sig, signal.signal(sig, _raise_interrupt))
+                        for sig in (signal.SIGTERM, signal.SIGINT))
+    try:
+        tools = check_tools(args.backends)
+        py = prepare_python(args, say)
+        tmp = tempfile.mkdtemp(prefix="fastfcgi-bench-")
+        with open(os.path.join(tmp, "bench_hello.py"), "w") as f:
+            f.write(HELLO_APP)
+        with open(os.path.join(tmp, "bench_flup.py"), "w") as f:
+            f.write(FLUP_RUNNER)
+
+        targets = make_targets(args)
+        ports = set()
+        for t in targets:
+            if t.transport == "tcp":
+                t.address = "127.0.0.1:%d" % _free_port(ports)
+            else:
+                t.address = "unix:%s/%s.sock" % (tmp, t.key)
+            t.port = _free_port(ports)
+        say("starting %d backends (%s)\n" % (len(targets), py["python"]))
+        for t in targets:
+            start_backend(t, py["python"], py["build_dir"], tmp, say)
+
+        conf = os.path.join(tmp, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(nginx_config(targets, tmp, args.keepalive_pool))
+        nginx = Proc("nginx", [tools["nginx"], "-p", tmp, "-c", conf,
+                               "-e", os.path.join(tmp, "nginx-error.log")],
+                     _clean_env(), tmp, os.path.join(tmp, "nginx.log"))
+        nginx.start()
+        for t in targets:
+            _wait_ready(nginx, "127.0.0.1:%d" % t.port)
+        say("  %-26s pid %-7d %s\n" % ("nginx", nginx.pid, conf))
+        for t in targets:
+            check_response(t.port)
+
+        env_info = describe_e2e(args, tools, py, targets, command)
+        say(e2e_header_text(env_info))
+        if args.warmup > 0:
+            say("warm-up: %ds per target\n" % args.warmup)
+            for t in targets:
+                run_wrk(args, t, nginx, max(args.conns), args.warmup)
+
+        plan = schedule(args, targets)
+        per_run = args.duration + 0.3
+        say("%d repeats x %d runs of %ds: about %.0f s\n" % (
+            args.repeat, len(plan[0]), args.duration, args.repeat * len(plan[0]) * per_run))
+        samples = {}
+        for r, runs in enumerate(plan):
+            for t, conns in runs:
+                result = run_wrk(args, t, nginx, conns, args.duration)
+                samples.setdefault((t.key, conns), []).append(result)
+                say("repeat %d/%d  %-26s c=%-3d %9.0f req/s  p99 %7.2f ms%s\n" % (
+                    r + 1, args.repeat, t.key, conns, result["rps"], result["p99_ms"],
+                    "  ERRORS %d" % (result["socket_errors"] + result["non_2xx"])
+                    if result["socket_errors"] or result["non_2xx"] else ""))
+        load_after = os.getloadavg()
+        profiles = {}
+        if args.profile:
+            profiles = run_profiles(args, targets, nginx, say)
+    except BenchError as exc:
+        sys.stderr.write("bench.py e2e: %s\n" % exc)
+        return 2
+    except KeyboardInterrupt as exc:
+        sys.stderr.write("bench.py e2e: interrupted (%s); stopping what it started\n"
+                         % (exc or "Ctrl-C"))
+        return 130
+    finally:
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+        if nginx is not None:
+            nginx.stop(signal.SIGTERM)
+        for t in targets:
+            if t.proc is not None:
+                # uWSGI takes SIGTERM as "reload"; INT stops it.
+                t.proc.stop(signal.SIGINT if t.backend == "uwsgi" else signal.SIGTERM)
+        if tmp is not None:
+            if args.keep_tmp:
+                sys.stderr.write("kept %s\n" % tmp)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    rows = summarize(args, targets, samples)
+    checks = evaluate_targets(args, rows)
+    ratios = other_ratios(args, rows)
+    notes = e2e_notes(py, rows)
+    env_info["load_average"] = {"before": load_before, "after": load_after}
+    env_info["elapsed_s"] = time.time() - started_at
+    env_info["profiles"] = dict((key, {"file": path, "summary": text})
+                                for key, (path, text) in profiles.items())
+    if args.json:
+        json.dump({"mode": "e2e", "environment": env_info, "results": rows,
+                   "samples": dict(("%s c=%d" % key, runs) for key, runs in samples.items()),
+                   "targets": [{"title": title, "ratio": ratio, "wanted": wanted,
+                                "status": status} for title, ratio, wanted, status in checks],
+                   "ratios": dict(ratios), "notes": notes}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(e2e_table_text(env_info, rows, checks, ratios, notes))
+        for key, (path, text) in profiles.items():
+            sys.stdout.write("\nprofile of %s (py-spy, wall clock, %s):\n%s" % (key, path, text))
+    failed = any(status == "FAIL" for _, _, _, status in checks)
+    errors = any(row["errors"] for row in rows)
+    return 1 if failed or errors else 0
+
+
+# ############################################################################
+# e2e: profiles  #############################################################
+# ############################################################################
+
+
+def run_profiles(args, targets, nginx, say):
+    """--profile: one more wrk run per fastfcgi target (first --conns value)
+    with py-spy sampling the backend, idle time included (so waiting shows).
+    Returns {key: (raw stacks file, summary text)}."""
+    spy = os.path.join(os.path.abspath(args.venv), "bin", "py-spy")
+    outdir = os.path.abspath(args.profile)
+    if not os.path.isdir(outdir):
+        os.makedirs(outdir)
+    conns = args.conns[0]
+    found = {}
+    for t in targets:
+        if t.backend not in ("compiled", "pure"):
+            continue
+        key = "%s-c%d" % (t.key, conns)
+        path = os.path.join(outdir, key + ".txt")
+        # Blocking sampling (py-spy pauses the process for each sample):
+        # --nonblocking gives torn stacks at these request rates.
+        cmd = [spy, "record", "--pid", str(t.proc.pid), "--idle", "--rate", "250",
+               "--format", "raw", "--duration", str(args.duration), "--output", path]
+        say("profile %s: %s\n" % (key, " ".join(cmd)))
+        sampler = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)     # py-spy attaches
+            result = run_wrk(args, t, nginx, conns, args.duration)
+            sampler.wait(args.duration + 30)
+        finally:
+            if sampler.poll() is None:
+                sampler.kill()
+                sampler.wait()
+        if not os.path.exists(path):
+            raise BenchError("py-spy wrote no %s (exit %s)" % (path, sampler.returncode))
+        found[key] = (path, "%.0f req/s while sampled\n%s" % (
+            result["rps"], summarize_stacks(path)))
+    return found
+
+
+def summarize_stacks(path, top=22):
+    """The functions with the largest inclusive share of py-spy's raw
+    (collapsed) samples, with their self share."""
+    inclusive = {}
+    own = {}
+    total = 0
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            count = int(count)
+            total += count
+            names = []
+            for frame in stack.split(";"):
+                match = re.match(r"^(.*?) \(([^():]*)(?::\d+)?\)$", frame)
+                names.append("%s (%s)" % (match.group(1), os.path.basename(match.group(2)))
+                             if match else frame)
+            for name in set(names):
+                inclusive[name] = inclusive.get(name, 0) + count
+            own[names[-1]] = own.get(names[-1], 0) + count
+    if not total:
+        return "  no samples\n"
+    out = ["  %-58s %7s %7s" % ("function (%d samples)" % total, "incl", "self")]
+    for name, count in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        out.append("  %-58s %6.1f%% %6.1f%%" % (name[:58], 100.0 * count / total,
+                                                 100.0 * own.get(name, 0) / total))
+    return "\n".join(out) + "\n"
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
+def e2e_notes(py, rows):
+    notes = []
+    if not py["compiled_parser"].startswith("fastfcgi."):
+        notes.append("the compiled core's %s runs %s and %s: fastfcgi.pyx does not plug its "
+                     "Parser and Writer into the servers, so 'compiled' measures the pure "
+                     "core's code" % (py["compiled_server"], py["compiled_parser"],
+                                      py["compiled_writer"]))
+    for row in rows:
+        if row["errors"]:
+            notes.append("%s c=%d: %d socket errors or non-2xx responses"
+                         % (row["key"], row["conns"], row["errors"]))
+    return notes
+
+
+def _first_line(text):
+    return (text or "?").strip().splitlines()[0] if text and text.strip() else "?"
+
+
+def describe_e2e(args, tools, py, targets, command):
+    info = {
+        "command": command,
+        "git": _git_revision(),
+        "sources_sha256": py["sources_sha256"],
+        "machine": "%s, %d CPUs" % (platform.platform(), os.cpu_count() or 0),
+        "python": "%s (%s, venv of %s with --system-site-packages)" % (
+            py["python_version"], py["python"], DEBIAN_PYTHON),
+        "cython": py["cython"],
+        "flup": py["flup"],
+        "nginx": _first_line(_output([tools["nginx"], "-v"])),
+        "wrk": _first_line(_output(["wrk", "--version"])).split(" Copyright")[0],
+        "compiled_server": "%s with %s, %s" % (py["compiled_server"], py["compiled_parser"],
+                                               py["compiled_writer"]),
+        "settings": {"repeat": args.repeat, "duration_s": args.duration,
+                     "warmup_s": args.warmup, "conns": args.conns, "threads": args.threads,
+                     "transports": args.transports, "backends": args.backends,
+                     "keepalive": args.keepalive, "keepalive_pool": args.keepalive_pool},
+        "wrk_command": " ".join(wrk_command(args, 0, max(args.conns), args.duration)
+                                ).replace(":0/", ":PORT/"),
+        "backends": {},
+    }
+    if "uwsgi" in tools:
+        info["uwsgi"] = "uWSGI " + _first_line(_output([tools["uwsgi"], "--version"]))
+    for t in targets:
+        entry = {"pid": t.proc.pid, "command": " ".join(t.proc.cmd),
+                 "address": t.address, "nginx_port": t.port}
+        if t.core_line:
+            entry["startup"] = t.core_line.split(" INFO ", 1)[-1]
+        if t.backend == "uwsgi":
+            match = re.search(r"^Python version: (\S+)", t.proc.log_text(), re.M)
+            entry["python"] = match.group(1) if match else "?"
+        info["backends"][t.key] = entry
+    return info
+
+
+def e2e_header_text(info):
+    lines = ["command:     %s" % info["command"],
+             "source:      git %s, snapshot %s" % (info["git"], info["sources_sha256"]),
+             "machine:     %s" % info["machine"],
+             "python:      %s" % info["python"],
+             "compiled:    %s" % info["compiled_server"],
+             "cython %s, flup %s, %s, %s%s" % (
+                 info["cython"], info["flup"], info["nginx"], info["wrk"],
+                 ", " + info["uwsgi"] if "uwsgi" in info else ""),
+             "wrk:         %s" % info["wrk_command"]]
+    for key, entry in info["backends"].items():
+        extra = entry.get("startup") or (
+            "embedded Python %s" % entry["python"] if "python" in entry else "")
+        lines.append("  %-26s %s" % (key, entry["command"]))
+        if extra:
+            lines.append("  %-26s   -> %s" % ("", extra))
+    return "\n".join(lines) + "\n"
+
+
+def e2e_table_text(info, rows, checks, ratios, notes):
+    out = ["", "end to end: wrk -> nginx (1 worker) -> backend (1 worker), hello world "
+           "(13 B), medians of %d runs of %ds" % (info["settings"]["repeat"],
+                                                  info["settings"]["duration_s"])]
+    row = "%-10s %-9s %5s %-9s %9s %7s %8s %8s %14s %5s %12s %6s"
+    out.append(row % ("backend", "transport", "conns", "keepalive", "req/s", "spread",
+                      "p99 ms", "p50 ms", "backend us/req", "sys%", "nginx us/req",
+                      "errors"))
+    for r in sorted(rows, key=lambda r: (r["transport"], r["conns"], r["keepalive"],
+                                         E2E_BACKENDS.index(r["backend"]))):
+        out.append(row % (r["backend"], r["transport"], r["conns"],
+                          "yes" if r["keepalive"] else "no", "%.0f" % r["rps"],
+                          "%.0f%%" % (100.0 * (r["rps_max"] - r["rps_min"]) / r["rps"]),
+                          "%.2f" % r["p99_ms"],
+                          "%.2f" % r["p50_ms"] if r["p50_ms"] is not None else "-",
+                          "%.1f" % r["backend_cpu_us_per_req"]
+                          if r["backend_cpu_us_per_req"] else "-",
+                          "%.0f" % (100 * r["backend_sys_share"])
+                          if r["backend_sys_share"] is not None else "-",
+                          "%.1f" % r["nginx_cpu_us_per_req"]
+                          if r["nginx_cpu_us_per_req"] else "-", r["errors"]))
+    out.append("(spread: (max - min) / median of the runs' req/s; us/req: CPU time of the "
+               "backend's processes, and of nginx, per request; sys%: the backend's share "
+               "in the kernel)")
+    out.append("")
+    out.append("targets (ratios of median req/s):")
+    for title, ratio, wanted, status in checks:
+        out.append("  %-4s %-56s %s" % (status, title,
+                                        "%.2fx (want >= %.2fx)" % (ratio, wanted)
+                                        if ratio is not None else "n/a"))
+    if ratios:
+        out.append("")
+        out.append("other ratios of median req/s:")
+        for title, value in ratios:
+            out.append("  %-61s %.2fx" % (title, value))
+    load = info.get("load_average")
+    if load:
+        out.append("")
+        out.append("load average before %.2f %.2f %.2f, after %.2f %.2f %.2f; %.0f s"
+                   % (tuple(load["before"]) + tuple(load["after"]) + (info["elapsed_s"],)))
+    for note in notes:
+        out.append("NOTE: " + note)
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="fastfcgi benchmarks")
     modes = parser.add_subparsers(dest="mode", metavar="MODE")
@@ -424,11 +1561,50 @@ def main(argv=None):
     core.add_argument("--json", action="store_true",
                       help="print the results as JSON (progress goes to stderr)")
     core.set_defaults(func=run_core)
-    e2e = modes.add_parser("e2e", help="end to end through nginx (not written yet)")
+    e2e = modes.add_parser(
+        "e2e", help="wrk -> nginx -> backend, vs uWSGI and flup",
+        description="End to end on loopback: wrk -> nginx -> a hello-world WSGI app on "
+                    "fastfcgi (compiled and pure core), uWSGI's FastCGI mode and flup, "
+                    "1 worker each, on Debian's python3 (a venv in --venv).")
+    e2e.add_argument("--repeat", type=int, default=5, metavar="N",
+                     help="runs per backend and scenario, interleaved (default 5)")
+    e2e.add_argument("--duration", type=int, default=5, metavar="SECONDS",
+                     help="length of one wrk run, whole seconds (default 5)")
+    e2e.add_argument("--warmup", type=int, default=1, metavar="SECONDS",
+                     help="one unmeasured wrk run per backend first (default 1; 0: none)")
+    e2e.add_argument("--conns", type=_conns_list, default=[16, 64], metavar="N,...",
+                     help="wrk connections, one scenario each (default 16,64)")
+    e2e.add_argument("--threads", type=int, default=2, metavar="N",
+                     help="wrk threads (default 2)")
+    e2e.add_argument("--transports", type=lambda s: _csv(s, TRANSPORTS, "--transports"),
+                     default=list(TRANSPORTS), metavar="LIST",
+                     help="tcp, unix or both (default tcp,unix)")
+    e2e.add_argument("--backends", type=lambda s: _csv(s, E2E_BACKENDS, "--backends"),
+                     default=list(E2E_BACKENDS), metavar="LIST",
+                     help="some of %s (default all)" % ",".join(E2E_BACKENDS))
+    e2e.add_argument("--no-keepalive", dest="keepalive", action="store_false",
+                     help="skip the fastcgi_keep_conn runs of the fastfcgi backends")
+    e2e.add_argument("--keepalive-pool", type=int, default=64, metavar="N",
+                     help="nginx upstream keepalive connections (default 64)")
+    e2e.add_argument("--venv", default=BENCH_VENV, metavar="DIR",
+                     help="the venv on %s (made when missing; default %s)"
+                          % (DEBIAN_PYTHON, os.path.relpath(BENCH_VENV, HERE)))
+    e2e.add_argument("--rebuild", action="store_true",
+                     help="rebuild the extension even if the sources did not change")
+    e2e.add_argument("--keep-tmp", action="store_true",
+                     help="keep the temp dir (configs, backend and nginx logs)")
+    e2e.add_argument("--profile", metavar="DIR",
+                     help="then sample each fastfcgi backend with py-spy (installed into "
+                          "the venv) under one more wrk run; raw stacks go to DIR")
+    e2e.add_argument("--json", action="store_true",
+                     help="print the results as JSON (progress goes to stderr)")
     e2e.set_defaults(func=run_e2e)
     args = parser.parse_args(argv)
     if getattr(args, "repeat", 1) < 1:
         parser.error("--repeat must be at least 1")
+    if args.mode == "e2e" and (args.duration <= 0 or args.threads < 1
+                               or args.keepalive_pool < 1):
+        parser.error("--duration, --threads and --keepalive-pool must be positive")
     return args.func(args)
 
 
