@@ -847,14 +847,20 @@ class Connection(object):
     """A web server's connection as requests see it: the socket and the
     core objects that read and write it."""
 
-    __slots__ = ("sock", "parser", "writer", "peer", "send_file")
+    __slots__ = ("sock", "parser", "writer", "peer", "send_file", "drain")
 
     def __init__(self, sock, parser, writer, peer="", send_file=None):
         self.sock = sock
         self.parser = parser
         self.writer = writer
-        self.peer = peer
+        self.peer = peer                # the accept() address
         self.send_file = send_file      # None: FastCGI records (module send_file)
+        self.drain = False              # unread input: half-close and drain it
+
+    @property
+    def peer_text(self):
+        peer = self.peer
+        return "%s:%s" % peer[:2] if isinstance(peer, tuple) else (peer or "unix")
 
 
 class _LineReader(object):
@@ -952,7 +958,8 @@ class Request(object):
     __slots__ = ("params", "request_id", "role", "keep_conn", "connection",
                  "encoding", "_buffer", "_stdin_done",
                  "_aborted", "_finished", "_stderr_used", "_stdout_used",
-                 "_data_buffer", "_data_done", "stdout_bytes", "_views")
+                 "_data_buffer", "_data_done", "stdout_bytes", "_views",
+                 "_abort_pending")
 
     def __init__(self, connection, request_id, role, flags, params):
         self.connection = connection
@@ -975,6 +982,33 @@ class Request(object):
         self._data_buffer = b""
         self._data_done = role != FCGI_FILTER
         self._views = None
+        self._abort_pending = False
+        if not self._stdin_done and connection.parser.buffered >= 8:
+            self._take_buffered_stdin()
+
+    def _take_buffered_stdin(self):
+        """Take the stdin records that came with the params, without
+        blocking: nginx sends a GET's empty STDIN record in the same packet,
+        and a request known to have no more stdin needs no reading (or
+        draining) after its answer."""
+        parser = self.connection.parser
+        while not self._stdin_done and parser.buffered >= 8:
+            event = parser.next_event()
+            if event is None or type(event) is int:
+                break                   # a code stays in the parser: reads raise it
+            if event[1] != self.request_id:
+                continue
+            if event[0] == FCGI_STDIN:
+                if event[2]:
+                    self._buffer += event[2]
+                else:
+                    self._stdin_done = True
+            elif event[0] == FCGI_ABORT_REQUEST:
+                self._stdin_done = self._data_done = True
+                self._abort_pending = True      # raised by the first read
+        replies = parser.data_to_send()
+        if replies:
+            self.send(replies)
 
     # The file-like views are made when first asked for: most requests never
     # use them, and every request pays for what __init__ builds.
@@ -1048,6 +1082,9 @@ class Request(object):
 
     def _fill(self):
         """Pull the next stdin chunk into the buffer; False at the end."""
+        if self._abort_pending:
+            self._abort_pending = False
+            raise RequestError(ABORT)
         if self._stdin_done:
             return False
         while True:
@@ -1699,6 +1736,18 @@ KEPT_LINGER = 1.0
 # the web server still sends (so it never sees a reset before our reply), up
 # to this long.
 _DRAIN_SECONDS = 2.0
+# Connections accepted in a row before the worker looks at its others.
+ACCEPT_BATCH = 16
+
+
+class _Draining(object):
+    """A half-closed connection whose unread input is being dropped."""
+
+    __slots__ = ("sock", "deadline")
+
+    def __init__(self, sock, deadline):
+        self.sock = sock
+        self.deadline = deadline
 
 
 def parse_address(text):
@@ -1864,6 +1913,7 @@ class Server(object):
         self.served = 0
         self._wake_r = self._wake_w = None
         self._kept = {}                 # fd -> Connection, kept for the next request
+        self._draining = {}             # fd -> _Draining, half-closed
 
     def stop(self):
         """Stop after the request in flight (signal-safe: sets a flag)."""
@@ -1897,13 +1947,19 @@ class Server(object):
                             os.read(self._wake_r, 512)
                         except OSError:
                             pass
+                    elif isinstance(key.data, _Draining):
+                        self._drain_some(selector, key.data)
                     else:
                         self._serve_kept(selector, key.data)
+                if self._draining:
+                    self._expire_drains(selector)
             selector.unregister(self.listener)
             self._linger(selector)
         finally:
             for conn in list(self._kept.values()):
                 self._close(selector, conn)
+            for draining in list(self._draining.values()):
+                self._end_drain(selector, draining)
             selector.close()
             signal.set_wakeup_fd(old_wakeup)
             os.close(self._wake_r)
@@ -1924,6 +1980,8 @@ class Server(object):
             for key, _ in selector.select(left):
                 if isinstance(key.data, Connection):
                     self._serve_kept(selector, key.data)
+                elif isinstance(key.data, _Draining):
+                    self._drain_some(selector, key.data)
                 elif key.fileobj == self._wake_r:
                     try:
                         os.read(self._wake_r, 512)
@@ -1931,34 +1989,39 @@ class Server(object):
                         pass
 
     def _accept(self, selector):
-        try:
-            sock, peer = self.listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return              # another worker took it
-        except OSError as exc:
-            log.error("accept failed: %s", exc)
-            time.sleep(0.1)     # e.g. EMFILE: do not spin
-            return
-        if not peer_allowed(self.allow, peer):
-            log.warning("connection from %s refused: not in --allow", peer[0])
-            sock.close()
-            return
-        sock.setblocking(True)
-        if sock.family != socket.AF_UNIX:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = self.new_connection(sock, peer)
-        if self.serve_connection(conn):
-            self._keep(selector, conn)
-        else:
-            self._close(None, conn)
+        """Accept and serve the connections waiting (a few at most, so kept
+        connections get their turn), saving a selector round per request."""
+        tcp = self.listener.family != socket.AF_UNIX
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, peer = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return              # none left, or another worker took it
+            except OSError as exc:
+                log.error("accept failed: %s", exc)
+                time.sleep(0.1)     # e.g. EMFILE: do not spin
+                return
+            # accept4() gives a blocking socket: no setblocking() needed.
+            if self.allow is not None and not peer_allowed(self.allow, peer):
+                log.warning("connection from %s refused: not in --allow", peer[0])
+                sock.close()
+                continue
+            if tcp:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = self.new_connection(sock, peer)
+            if self.serve_connection(conn):
+                self._keep(selector, conn)
+            else:
+                self._close(selector, conn)
+            if not self.alive:
+                return
 
     def new_connection(self, sock, peer):
         """The Connection for an accepted socket, with a fresh parser."""
         parser = self.parser_class(max_param_size=self.max_param_size,
                                    max_params_size=self.max_params_size,
                                    max_body=self.max_body, max_conns=self.max_conns)
-        peer_text = "%s:%s" % peer[:2] if isinstance(peer, tuple) else "unix"
-        return Connection(sock, parser, self.writer, peer_text)
+        return Connection(sock, parser, self.writer, peer)
 
     def _keep(self, selector, conn):
         import selectors
@@ -1979,16 +2042,55 @@ class Server(object):
             self._close(selector, conn)
 
     def _close(self, selector, conn):
-        if selector is not None:
-            try:
-                selector.unregister(conn.sock)
-            except (KeyError, ValueError):
-                pass
-            self._kept.pop(conn.sock.fileno(), None)
+        """Close ``conn``; one whose input was left unread is half-closed and
+        drained first (in the selector, so the worker serves on), because
+        closing with unread data makes a reset that can reach the web server
+        before our answer."""
+        sock = conn.sock
+        self._kept.pop(sock.fileno(), None)
         try:
-            conn.sock.close()
+            selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        if conn.drain:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+                sock.setblocking(False)
+                draining = _Draining(sock, time.monotonic() + _DRAIN_SECONDS)
+                selector.register(sock, 1, draining)   # 1: selectors.EVENT_READ
+                self._draining[sock.fileno()] = draining
+                return
+            except (OSError, ValueError, KeyError):
+                pass
+        try:
+            sock.close()
         except OSError:
             pass
+
+    def _drain_some(self, selector, draining):
+        try:
+            while True:
+                if not draining.sock.recv(262144):
+                    break               # the web server closed: done
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._end_drain(selector, draining)
+
+    def _expire_drains(self, selector):
+        now = time.monotonic()
+        for draining in list(self._draining.values()):
+            if now > draining.deadline:
+                self._end_drain(selector, draining)
+
+    def _end_drain(self, selector, draining):
+        self._draining.pop(draining.sock.fileno(), None)
+        try:
+            selector.unregister(draining.sock)
+        except (KeyError, ValueError):
+            pass
+        draining.sock.close()
 
     # -- one connection -----------------------------------------------------
 
@@ -2035,7 +2137,7 @@ class Server(object):
                 request.finish(0)
             keep = request.keep_conn and not request._aborted and self.alive
             if not keep and not request._stdin_done and not request._aborted:
-                self._drain(request.connection)
+                request.connection.drain = True
         finally:
             if self.busy_slot is not None:
                 self.busy_slot(0.0)
@@ -2055,25 +2157,10 @@ class Server(object):
                 answered = "; answered %s" % status[:3]
             except OSError:
                 pass
-            self._drain(conn)
-        log.warning("connection from %s: %s (%d): %s%s", conn.peer, CODE_NAMES[code], code,
+            conn.drain = True
+        log.warning("connection from %s: %s (%d): %s%s", conn.peer_text, CODE_NAMES[code], code,
                     _CODE_REASONS.get(code, ""), answered)
 
-    def _drain(self, conn):
-        """Half-close, then read and drop what the web server still sends,
-        so it reads our answer instead of a connection reset."""
-        sock = conn.sock
-        try:
-            sock.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + _DRAIN_SECONDS
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([sock], [], [], left)[0]:
-                    break
-                if not sock.recv(262144):
-                    break
-        except OSError:
-            pass
 
 
 ##############################################################################
@@ -2305,7 +2392,7 @@ class HTTPServer(Server):
     """``--http``: serves the gateway over HTTP/1.1 (development only)."""
 
     def new_connection(self, sock, peer):
-        conn = Connection(sock, None, None, "%s:%s" % peer[:2] if isinstance(peer, tuple) else "unix")
+        conn = Connection(sock, None, None, peer)
         conn.parser = _SocketReader(sock)      # replaced per request, see serve_connection
         return conn
 
@@ -2326,7 +2413,7 @@ class HTTPServer(Server):
                 return True
 
     def _http_error(self, conn, status, why):
-        log.warning("http %s: %d %s", conn.peer, status, why)
+        log.warning("http %s: %d %s", conn.peer_text, status, why)
         body = ("%d %s\n" % (status, _HTTP_REASONS.get(status, ""))).encode()
         try:
             conn.sock.sendall(b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d"
