@@ -847,7 +847,7 @@ class Connection(object):
     """A web server's connection as requests see it: the socket and the
     core objects that read and write it."""
 
-    __slots__ = ("sock", "parser", "writer", "peer", "send_file", "drain")
+    __slots__ = ("sock", "parser", "writer", "peer", "send_file", "drain", "registered")
 
     def __init__(self, sock, parser, writer, peer="", send_file=None):
         self.sock = sock
@@ -856,6 +856,7 @@ class Connection(object):
         self.peer = peer                # the accept() address
         self.send_file = send_file      # None: FastCGI records (module send_file)
         self.drain = False              # unread input: half-close and drain it
+        self.registered = False         # in the Server's selector
 
     @property
     def peer_text(self):
@@ -1490,6 +1491,11 @@ class WSGIGateway(object):
     def __init__(self, app, access_log=False):
         self.app = app
         self.access_log = access_log
+        # The keys that are the same for every request, added in one update.
+        self._constant_keys = {
+            "wsgi.version": (1, 0), "wsgi.input_terminated": True,
+            "wsgi.multithread": self.multithread, "wsgi.multiprocess": self.multiprocess,
+            "wsgi.run_once": False, "wsgi.file_wrapper": FileWrapper}
 
     def environ(self, request):
         """The PEP 3333 environ: the params as sent, plus the wsgi.* keys.
@@ -1510,15 +1516,10 @@ class WSGIGateway(object):
             env["CONTENT_LENGTH"] = ""      # Caddy's "unknown": the stream has the end
         https = env.get("HTTPS", "").lower()
         scheme = env.get("REQUEST_SCHEME", "").lower()
+        env.update(self._constant_keys)
         env["wsgi.url_scheme"] = "https" if https in ("on", "1") or scheme == "https" else "http"
-        env["wsgi.version"] = (1, 0)
         env["wsgi.input"] = InputStream(request)
-        env["wsgi.input_terminated"] = True
         env["wsgi.errors"] = ErrorStream(request)
-        env["wsgi.multithread"] = self.multithread
-        env["wsgi.multiprocess"] = self.multiprocess
-        env["wsgi.run_once"] = False
-        env["wsgi.file_wrapper"] = FileWrapper
         env["fastcgi.request"] = request
         env["fastcgi.role"] = ROLE_NAMES.get(request.role, str(request.role))
         if request.role == FCGI_FILTER:
@@ -1991,10 +1992,14 @@ class Server(object):
     def _accept(self, selector):
         """Accept and serve the connections waiting (a few at most, so kept
         connections get their turn), saving a selector round per request."""
-        tcp = self.listener.family != socket.AF_UNIX
+        listener = self.listener
+        family, kind = int(listener.family), int(listener.type)
+        tcp = family != socket.AF_UNIX
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, peer = self.listener.accept()
+                # socket.accept() without its enum conversions per call.
+                fd, peer = listener._accept()
+                sock = socket.socket(family, kind, 0, fd)
             except (BlockingIOError, InterruptedError):
                 return              # none left, or another worker took it
             except OSError as exc:
@@ -2031,6 +2036,7 @@ class Server(object):
         fd = conn.sock.fileno()
         self._kept[fd] = conn
         selector.register(conn.sock, selectors.EVENT_READ, conn)
+        conn.registered = True
 
     def _serve_kept(self, selector, conn):
         # Move it to the end: the dict's order is least recently used first.
@@ -2047,11 +2053,13 @@ class Server(object):
         closing with unread data makes a reset that can reach the web server
         before our answer."""
         sock = conn.sock
-        self._kept.pop(sock.fileno(), None)
-        try:
-            selector.unregister(sock)
-        except (KeyError, ValueError):
-            pass
+        # Kept connections are registered; a failed unregister costs more
+        # than a request's parsing, so only they are.
+        if self._kept.pop(sock.fileno(), None) is not None or conn.registered:
+            try:
+                selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass
         if conn.drain:
             try:
                 sock.shutdown(socket.SHUT_WR)
