@@ -221,3 +221,33 @@ def filter_upper(environ, start_response):
     data = environ["fastcgi.data"].read()
     body = b"stdin=%d role=%s\n" % (len(stdin), environ["fastcgi.role"].encode()) + data.upper()
     return _respond(start_response, body)
+
+
+def raw_tour(request):
+    """--raw: the rest of the Request API (lines, bytes mode, file-like
+    stdout that finishes on close, streaming with an exit code)."""
+    first = request.read_stdin_line()           # str, UTF-8 by default
+    request.set_encoding(None)
+    rest = request.stdin.read()                 # bytes now
+    out = request.stdout_with_close()
+    out.write(b"Status: 201 Created\r\nContent-Type: text/plain\r\n\r\n")
+    out.write(("first=%r rest=%r aborted=%s role=%d keep=%s\n"
+               % (first, rest, request.is_aborted, request.role, request.keep_conn)).encode())
+    if request.query_string == "stream":
+        chunks = [b"a", b"b", b""]
+        request.stream_stdout_then_finish(lambda: chunks.pop(0), 3)
+    else:
+        out.close()                             # finishes the request
+
+
+@validator
+def exc_info_app(environ, start_response):
+    """start_response again with exc_info before the head went out: the
+    second status wins (PEP 3333)."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    try:
+        raise ValueError("changed my mind")
+    except ValueError:
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain")],
+                       sys.exc_info())
+    return [b"unavailable"]

@@ -368,3 +368,61 @@ def test_Server_authorizer_gets_no_stdin(start):
         client.send_raw(data)
         response = client.read_response(1)
     assert response.status == 200 and ("Variable-READ", "yes") in response.headers
+
+
+def test_Server_raw_request_api_tour(start):
+    server = start("--raw", app="apps:raw_tour")
+    with fastfcgi_py.Client(server.address) as client:
+        response = client.request(env("/t", REQUEST_METHOD="POST"), "line one\nrest\xe9".encode(),
+                                  keep_conn=True)
+        assert response.status == 201
+        assert response.body == b"first='line one\\n' rest=b'rest\\xc3\\xa9' aborted=False role=1 keep=True\n"
+        assert response.app_status == 0
+        response = client.request(env("/t", QUERY_STRING="stream"), b"x\n")
+        assert response.body.endswith(b"ab") and response.app_status == 3
+
+
+def test_Server_start_response_with_exc_info_replaces_the_head(start):
+    server = start()
+    response = get(server, "/exc_info_app")
+    assert (response.status, response.body) == (503, b"unavailable")
+
+
+def test_Server_systemd_socket_activation(core_id, tmp_path):
+    """LISTEN_FDS/LISTEN_PID: the socket comes as fd 3 from the service manager."""
+    import subprocess
+    import sys
+    from servers import ROOT, TESTS, free_port
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    address = "127.0.0.1:%d" % listener.getsockname()[1]
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]), LISTEN_FDS="1")
+    if core_id == "py":
+        environment["FASTFCGI_PURE"] = "1"
+    fd = listener.fileno()
+    log_path = str(tmp_path / "systemd.log")
+    with open(log_path, "w") as log:
+        # sh sets LISTEN_PID to its own pid, which exec hands to Python.
+        proc = subprocess.Popen(
+            ["sh", "-c", 'LISTEN_PID=$$ exec "$0" -c "import sys, fastfcgi_py; '
+             'sys.exit(fastfcgi_py.main())" dispatch:app', sys.executable],
+            env=environment, cwd=TESTS, stdout=log, stderr=subprocess.STDOUT,
+            pass_fds=(fd, 3), preexec_fn=lambda: os.dup2(fd, 3))
+    listener.close()
+    try:
+        class Where(object):
+            pass
+        where = Where()
+        where.address = address
+        assert wait_until(lambda: "serving" in open(log_path).read(), 15), open(log_path).read()
+        assert_serving(where)
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+
+
+def test_Server_allow_from_FCGI_WEB_SERVER_ADDRS(start):
+    server = start(env={"FCGI_WEB_SERVER_ADDRS": "10.9.9.9"})
+    assert raw_exchange(server, begin(1) + params_records(1, env("/hello"))) == b""
+    assert wait_until(lambda: "not in --allow" in server.log(), 5)
