@@ -43,7 +43,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # -- a private virtualenv with the Python packages -------------------------------
-VENV=${VENV:-.venv-test-$($PYTHON -c 'import sys; print("%d.%d" % sys.version_info[:2])')}
+# Named by implementation too: PyPy 3.9 must not reuse CPython 3.9's venv.
+VENV=${VENV:-.venv-test-$($PYTHON -c 'import sys; print("%s-%d.%d" % ((sys.implementation.name,) + tuple(sys.version_info[:2])))')}
 if [ ! -x "$VENV/bin/python" ]; then
     $PYTHON -m venv "$VENV"
 fi
