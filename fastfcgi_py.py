@@ -865,6 +865,19 @@ class Connection(object):
         return "%s:%s" % peer[:2] if isinstance(peer, tuple) else (peer or "unix")
 
 
+class _LineWriter(object):
+    """writelines() and a no-op flush() on top of a write()."""
+
+    __slots__ = ()
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        pass
+
+
 class _LineReader(object):
     """readlines() and line iteration on top of a readline()."""
 
@@ -892,7 +905,7 @@ class _LineReader(object):
         return line
 
 
-class _Stream(_LineReader):
+class _Stream(_LineReader, _LineWriter):
     """File-like view of one of a request's streams (stdin, stdout, stderr)."""
 
     def __init__(self, request, which, close_finishes=False):
@@ -917,12 +930,6 @@ class _Stream(_LineReader):
             self._request.print_stderr(data)
         return len(data)
 
-    def writelines(self, lines):
-        for line in lines:
-            self.write(line)
-
-    def flush(self):
-        pass
 
     def close(self):
         if not self.closed:
@@ -1407,7 +1414,7 @@ class FileWrapper(object):
 _ENVIRON_REQUIRED = ("SCRIPT_NAME", "PATH_INFO", "QUERY_STRING")
 
 
-class ErrorStream(object):
+class ErrorStream(_LineWriter):
     """wsgi.errors: text written here goes out as FCGI_STDERR, so it lands in
     the web server's error log next to the request."""
 
@@ -1422,12 +1429,6 @@ class ErrorStream(object):
             self._request.print_stderr(data)
         return len(text)
 
-    def writelines(self, lines):
-        for line in lines:
-            self.write(line)
-
-    def flush(self):
-        pass
 
 
 class InputStream(_LineReader):

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 
-from servers import ROOT, TESTS, Nginx, accepts, free_port, wait_until
+from servers import ROOT, TESTS, Nginx, accepts, exchange, free_port, wait_until
 
 APACHE_MODULES = "/usr/lib/apache2/modules"
 
@@ -134,14 +134,9 @@ class WebServer(object):
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        conn = http.client.HTTPSConnection("127.0.0.1", self.tls_port, timeout=timeout,
-                                           context=context)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, dict(resp.getheaders()), resp.read()
-        finally:
-            conn.close()
+        return exchange(http.client.HTTPSConnection("127.0.0.1", self.tls_port,
+                                                    timeout=timeout, context=context),
+                        method, path, body, headers)
 
     @contextlib.contextmanager
     def stream(self, path, timeout=10):

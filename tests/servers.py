@@ -103,6 +103,17 @@ class FastCGIProcess(object):
         return self.proc.returncode
 
 
+def exchange(conn, method, path, body=None, headers=None):
+    """One request on the http.client connection ``conn``, which is closed
+    after; returns (status, headers dict, body bytes)."""
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 NGINX_CONF = """
@@ -185,13 +196,8 @@ class Nginx(object):
 
     def request(self, method, path, body=None, headers=None, timeout=60):
         """One HTTP request; returns (status, headers dict, body bytes)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, dict(resp.getheaders()), resp.read()
-        finally:
-            conn.close()
+        return exchange(http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout),
+                        method, path, body, headers)
 
     def stop(self):
         if self.proc.poll() is None:
