@@ -426,3 +426,46 @@ def test_Server_allow_from_FCGI_WEB_SERVER_ADDRS(start):
     server = start(env={"FCGI_WEB_SERVER_ADDRS": "10.9.9.9"})
     assert raw_exchange(server, begin(1) + params_records(1, env("/hello"))) == b""
     assert wait_until(lambda: "not in --allow" in server.log(), 5)
+
+
+def test_Server_repeated_crashes_back_off(start):
+    server = start("--workers", "2")
+    for _ in range(5):
+        with pytest.raises(ConnectionError):
+            get(server, "/crash")
+        wait_until(lambda: _worker_count(server) >= 1, 5)
+    assert wait_until(lambda: "workers keep dying" in server.log(), 10), server.log()
+    assert wait_until(lambda: _serves(server), 20), server.log()
+
+
+def _worker_count(server):
+    import subprocess
+    out = subprocess.run(["pgrep", "-P", str(server.proc.pid)], stdout=subprocess.PIPE)
+    return len(out.stdout.split())
+
+
+def _serves(server):
+    try:
+        return get(server, "/hello").body == b"Hello, world!"
+    except OSError:
+        return False
+
+
+def test_Server_graceful_timeout_bounds_the_stop(start):
+    server = start("--workers", "2", "--graceful-timeout", "1")
+    results = []
+
+    def slow():
+        try:
+            results.append(get(server, "/slow", QUERY_STRING="30").body)
+        except OSError as exc:
+            results.append(exc)
+    thread = threading.Thread(target=slow)
+    thread.start()
+    assert wait_until(lambda: "slow: started" in server.log(), 10)
+    server.signal(signal.SIGTERM)
+    assert server.proc.wait(60) == 0
+    thread.join(60)
+    # The request wanted 30 s; the stop did not wait for it.
+    assert results and isinstance(results[0], OSError), results
+    assert "graceful timeout" in server.log()
