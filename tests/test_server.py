@@ -462,3 +462,17 @@ def test_Server_graceful_timeout_bounds_the_stop(start):
     # The request wanted 30 s; the stop did not wait for it.
     assert results and isinstance(results[0], OSError), results
     assert "graceful timeout" in server.log()
+
+
+def test_Server_ipv6_address_and_allow(start):
+    probe = socket.socket(socket.AF_INET6)
+    try:
+        probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip("no IPv6 loopback here: %s" % exc)
+    finally:
+        probe.close()
+    from servers import free_port
+    server = start("--allow", "::1,127.0.0.1", address="[::1]:%d" % free_port())
+    assert_serving(server)
+    assert "serving dispatch:app on [::1]:" in server.log()
