@@ -15,6 +15,57 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t recv(int fd, void* buf, size_t n, int flags)
     ssize_t send(int fd, const void* buf, size_t n, int flags)
 
+cdef extern from *:
+    """
+    #include <sys/socket.h>
+    #include <sys/un.h>
+    #include <netinet/in.h>
+    #include <netinet/tcp.h>
+    #include <arpa/inet.h>
+    #include <fcntl.h>
+    #include <unistd.h>
+
+    /* accept() for Connection.accept: close-on-exec as Python's own. */
+    static int fastfcgi_accept(int fd, struct sockaddr_storage* addr, socklen_t* len) {
+    #if defined(__linux__) && defined(SOCK_CLOEXEC)
+        return accept4(fd, (struct sockaddr*)addr, len, SOCK_CLOEXEC);
+    #else
+        int r = accept(fd, (struct sockaddr*)addr, len);
+        if (r >= 0)
+            fcntl(r, F_SETFD, FD_CLOEXEC);
+        return r;
+    #endif
+    }
+    """
+    # Connection.accept and the fd it then works on.
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+    struct sockaddr_storage:
+        sa_family_t ss_family
+    struct sockaddr_un:
+        sa_family_t sun_family
+        char sun_path[108]
+    struct in_addr:
+        pass
+    struct in6_addr:
+        pass
+    struct sockaddr_in:
+        unsigned short sin_port
+        in_addr sin_addr
+    struct sockaddr_in6:
+        unsigned short sin6_port
+        unsigned int sin6_flowinfo
+        in6_addr sin6_addr
+        unsigned int sin6_scope_id
+    const int AF_UNIX, AF_INET, AF_INET6, SOCK_STREAM
+    const int IPPROTO_TCP, TCP_NODELAY, INET6_ADDRSTRLEN
+    int fastfcgi_accept(int fd, sockaddr_storage* addr, socklen_t* len) nogil
+    int setsockopt(int fd, int level, int name, const void* value, socklen_t n) nogil
+    const char* inet_ntop(int af, const void* src, char* dst, socklen_t n) nogil
+    unsigned short ntohs(unsigned short) nogil
+    unsigned int ntohl(unsigned int) nogil
+    int close(int fd) nogil
+
 cdef extern from "Python.h":
     const Py_ssize_t PY_SSIZE_T_MAX
 
@@ -96,8 +147,11 @@ cdef enum:
     # buffer is given back.
     BUF_INITIAL = 16384
     BUF_SHRINK = 1048576
-    # What read_event asks of one recv, as fastfcgi_py._RECV_SIZE: the same
-    # reads leave the same bytes unread when a connection fails.
+    # What read_event asks of one recv, as fastfcgi_py._RECV_FIRST and
+    # _RECV_SIZE (the same reads leave the same bytes unread when a
+    # connection fails): the first size, doubled after each read that
+    # fills it, up to the last.  The first fits the first buffer.
+    RECV_FIRST = 16384
     RECV_SIZE = 262144
 
 
@@ -148,6 +202,7 @@ cdef class Parser:
         Py_ssize_t _end
         bint _eof
         bint _receiving              # read_event is in recv() into _buf
+        Py_ssize_t _recv_size        # what the next recv asks for
         int _error                   # sticky code, 0 while healthy
         bint _closing                # rejected a request without KEEP_CONN
         dict _requests               # active request id -> _RequestState
@@ -199,8 +254,11 @@ cdef class Parser:
     cdef object _on_data(self, _RequestState state,
                          const unsigned char* content, Py_ssize_t n)
     cdef object _on_get_values(self, const unsigned char* content, Py_ssize_t n)
-    # read_event: the blocking loop over _next_event, _send_out and _recv.
-    cdef object _read_event(self, object sock)
+    # read_event and read_request on ``sock`` or, when ``fd`` >= 0, on
+    # that file descriptor (``sock`` may then be None): the blocking loop
+    # over _next_event, _send_out and _recv.
+    cdef object _read_event(self, object sock, int fd)
+    cdef object _read_request(self, object sock, int fd)
     # Send the queued replies; OK or SEND.
     cdef int _send_out(self, object sock, int fd) except -128
     # Receive once into _buf (or feed what sock.recv gave); OK or IO.
@@ -209,3 +267,18 @@ cdef class Parser:
 
 cdef class Writer:
     pass
+
+
+cdef class Connection:
+    cdef:
+        # Accepted here: the fd, and the socket object once asked for.
+        # Made from a socket (Connection(sock, ...)): that socket, fd -1.
+        int _fd
+        int _family
+        object _sock
+        public object parser
+        public object writer
+        public object peer
+        public object send_file
+        public bint drain
+        public bint registered

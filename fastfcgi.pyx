@@ -25,13 +25,14 @@ from cpython.unicode cimport (PyUnicode_1BYTE_KIND, PyUnicode_DATA,
                               PyUnicode_DecodeLatin1, PyUnicode_FromOrdinal,
                               PyUnicode_GET_LENGTH, PyUnicode_KIND,
                               PyUnicode_READ)
-from libc.errno cimport EAGAIN, EINTR, errno
+from libc.errno cimport EAGAIN, EBADF, EINTR, errno
 from libc.limits cimport LLONG_MAX, LLONG_MIN
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memmove, memset
 
 import math as _math
+import os as _os
 import socket as _socket
 import struct as _struct
 
@@ -472,6 +473,7 @@ cdef class Parser:
         if self._buf == NULL:
             raise MemoryError()
         self._cap = BUF_INITIAL
+        self._recv_size = RECV_FIRST
         self._requests = {}
         self._out = []
         self._c_max_param_size = self._c_max_params_size = 0
@@ -861,12 +863,15 @@ cdef class Parser:
 
     def read_event(self, sock):
         """Block on the connected socket until the next event. See `fastfcgi_py.Parser.read_event`."""
-        return self._read_event(sock)
+        return self._read_event(sock, _plain_fd(sock))
 
     def read_request(self, sock):
         """Block until a request's params are complete. See `fastfcgi_py.Parser.read_request`."""
+        return self._read_request(sock, _plain_fd(sock))
+
+    cdef object _read_request(self, object sock, int fd):
         while True:
-            event = self._read_event(sock)
+            event = self._read_event(sock, fd)
             if type(event) is int:
                 return event
             kind = event[0]
@@ -885,12 +890,7 @@ cdef class Parser:
             raise RuntimeError("read_request() while request %d is being read"
                                % event[1])
 
-    cdef object _read_event(self, object sock):
-        cdef int fd = -1
-        cls = type(sock)
-        if (getattr(cls, "recv", None) is _SOCKET_RECV
-                and getattr(cls, "sendall", None) is _SOCKET_SENDALL):
-            fd = sock.fileno()
+    cdef object _read_event(self, object sock, int fd):
         while True:
             event = self._next_event()
             if self._out and self._send_out(sock, fd) != OK:
@@ -922,6 +922,8 @@ cdef class Parser:
                 return SEND
         if sent == size:
             return OK
+        if sock is None:
+            return SEND         # a bare fd (Connection) is never non-blocking
         try:
             sock.sendall(data[sent:] if sent else data)
         except OSError:
@@ -932,8 +934,9 @@ cdef class Parser:
         cdef ssize_t r
         cdef int err = 0
         cdef unsigned char* where
+        cdef Py_ssize_t size = self._recv_size
         if fd >= 0:
-            self._reserve(RECV_SIZE)
+            self._reserve(size)
             where = self._buf + self._end
             # recv() fills _buf without the GIL: until it returns, another
             # thread's feed() must not move or grow the buffer.
@@ -941,11 +944,13 @@ cdef class Parser:
             try:
                 while True:
                     with nogil:
-                        r = recv(fd, where, RECV_SIZE, 0)
+                        r = recv(fd, where, <size_t>size, 0)
                         if r < 0:
                             err = errno
                     if r > 0:
                         self._end += r
+                        if r == size and size < RECV_SIZE:
+                            self._recv_size = size * 2  # a stream: read more at once
                         return OK
                     if r == 0:
                         self._eof = True
@@ -958,16 +963,31 @@ cdef class Parser:
                         return IO
             finally:
                 self._receiving = False
+            if sock is None:
+                return IO       # a bare fd (Connection) is never non-blocking
         try:
-            data = sock.recv(RECV_SIZE)
+            data = sock.recv(size)
         except OSError:
             return IO
+        if len(data) == size and size < RECV_SIZE:
+            self._recv_size = size * 2
         self.feed(data)
         return OK
 
 
+_os_strerror = _os.strerror
+_os_fsdecode = _os.fsdecode
 _SOCKET_RECV = _socket.socket.recv
 _SOCKET_SENDALL = _socket.socket.sendall
+
+
+cdef int _plain_fd(object sock) except -2:
+    """The fd of a plain socket.socket, else -1 (see the fast path above)."""
+    cls = type(sock)
+    if (getattr(cls, "recv", None) is _SOCKET_RECV
+            and getattr(cls, "sendall", None) is _SOCKET_SENDALL):
+        return sock.fileno()
+    return -1
 
 
 ##############################################################################
@@ -1196,6 +1216,165 @@ cdef class Writer:
 
 
 ##############################################################################
+# Connections  ################################################################
+##############################################################################
+#
+# A Connection accepted here is a file descriptor: read_request, read_event
+# and sendall call recv(2) and send(2) on it, and close() closes it.  The
+# socket object (and the getsockname(2) that making one costs) comes only
+# when something asks for ``sock``: a kept connection, a streamed response,
+# a drain.  Most connections carry one request and never need it.
+
+
+@cython.auto_pickle(False)
+cdef class Connection:
+    """Connection(sock, parser, writer, peer="", send_file=None)
+
+    A web server's connection: the socket and the core objects that read and write it. See `fastfcgi_py.Connection`."""
+
+    def __cinit__(self):
+        self._fd = -1
+
+    def __dealloc__(self):
+        if self._sock is None and self._fd >= 0:
+            close(self._fd)
+
+    @cython.embedsignature(False)
+    def __init__(self, sock, parser, writer, peer="", send_file=None):
+        self._sock = sock
+        self.parser = parser
+        self.writer = writer
+        self.peer = peer
+        self.send_file = send_file
+        self.drain = False
+        self.registered = False
+
+    @staticmethod
+    def accept(listener):
+        """Accept a connection from ``listener``. See `fastfcgi_py.Connection.accept`."""
+        cdef sockaddr_storage addr
+        cdef socklen_t addr_len = sizeof(addr)
+        cdef int lfd, fd, err = 0, one = 1
+        cdef Connection conn
+        if listener.gettimeout():
+            # Python's accept() waits out the timeout: let it.
+            conn = _py.Connection.accept.__func__(Connection, listener)
+            return conn
+        lfd = listener.fileno()
+        memset(&addr, 0, sizeof(addr))
+        while True:
+            with nogil:
+                fd = fastfcgi_accept(lfd, &addr, &addr_len)
+                if fd < 0:
+                    err = errno
+            if fd >= 0:
+                break
+            if err != EINTR:
+                raise OSError(err, _os_strerror(err))
+            PyErr_CheckSignals()
+        conn = Connection.__new__(Connection)
+        conn._fd = fd
+        conn._family = addr.ss_family
+        conn.peer = _peer_address(&addr, addr_len)
+        conn.send_file = None
+        if addr.ss_family != AF_UNIX:
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+        return conn
+
+    @property
+    def sock(self):
+        """The socket (made from the fd when first asked for)."""
+        if self._sock is None:
+            if self._fd < 0:
+                raise OSError(EBADF, "the connection is closed")
+            self._sock = _socket.socket(self._family, SOCK_STREAM, 0, self._fd)
+            self._fd = -1           # the socket owns it now
+        return self._sock
+
+    @sock.setter
+    def sock(self, value):
+        self._sock = value
+
+    def fileno(self):
+        return self._fd if self._sock is None else self._sock.fileno()
+
+    def read_request(self):
+        """``parser.read_request`` on this connection."""
+        if self._sock is None and type(self.parser) is Parser:
+            return (<Parser>self.parser)._read_request(None, self._fd)
+        return self.parser.read_request(self.sock)
+
+    def read_event(self):
+        """``parser.read_event`` on this connection."""
+        if self._sock is None and type(self.parser) is Parser:
+            return (<Parser>self.parser)._read_event(None, self._fd)
+        return self.parser.read_event(self.sock)
+
+    def sendall(self, data):
+        """Send all of ``data``; raises OSError as socket.sendall."""
+        cdef Py_buffer view
+        cdef Py_ssize_t sent = 0
+        cdef ssize_t r
+        cdef int err = 0
+        if self._sock is not None:
+            self._sock.sendall(data)
+            return
+        if self._fd < 0:
+            raise OSError(EBADF, "the connection is closed")
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            while sent < view.len:
+                with nogil:
+                    r = send(self._fd, <const char*>view.buf + sent,
+                             <size_t>(view.len - sent), MSG_NOSIGNAL)
+                    if r < 0:
+                        err = errno
+                if r >= 0:
+                    sent += r
+                elif err == EINTR:
+                    PyErr_CheckSignals()    # a handler's exception propagates
+                else:
+                    raise OSError(err, _os_strerror(err))
+        finally:
+            PyBuffer_Release(&view)
+
+    def close(self):
+        if self._sock is not None:
+            self._sock.close()
+        elif self._fd >= 0:
+            close(self._fd)
+            self._fd = -1
+
+    @property
+    def peer_text(self):
+        peer = self.peer
+        return "%s:%s" % peer[:2] if isinstance(peer, tuple) else (peer or "unix")
+
+
+cdef object _peer_address(sockaddr_storage* addr, socklen_t addr_len):
+    """What Python's accept() gives as the peer address (its makesockaddr)."""
+    cdef char text[INET6_ADDRSTRLEN + 1]
+    cdef sockaddr_in* v4
+    cdef sockaddr_in6* v6
+    cdef sockaddr_un* un
+    cdef Py_ssize_t path_len
+    if addr.ss_family == AF_INET:
+        v4 = <sockaddr_in*>addr
+        inet_ntop(AF_INET, &v4.sin_addr, text, sizeof(text))
+        return (text.decode("ascii"), ntohs(v4.sin_port))
+    if addr.ss_family == AF_INET6:
+        v6 = <sockaddr_in6*>addr
+        inet_ntop(AF_INET6, &v6.sin6_addr, text, sizeof(text))
+        return (text.decode("ascii"), ntohs(v6.sin6_port), ntohl(v6.sin6_flowinfo),
+                v6.sin6_scope_id)
+    un = <sockaddr_un*>addr
+    path_len = <Py_ssize_t>addr_len - <Py_ssize_t>(<char*>un.sun_path - <char*>un)
+    if path_len > 0 and un.sun_path[0] == 0:
+        return un.sun_path[:path_len]       # Linux's abstract namespace: bytes
+    return _os_fsdecode(<bytes>un.sun_path)
+
+
+##############################################################################
 # Servers on the compiled core  ###############################################
 ##############################################################################
 #
@@ -1208,3 +1387,4 @@ class Server(_py.Server):
 
     parser_class = Parser
     writer_class = Writer
+    connection_class = Connection

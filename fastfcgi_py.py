@@ -292,7 +292,7 @@ class Parser(object):
 
     __slots__ = ("max_param_size", "max_params_size", "max_body", "max_conns",
                  "max_reqs", "mpxs_conns", "_buf", "_pos", "_eof", "_error",
-                 "_requests", "_ignored", "_out", "_closing",
+                 "_requests", "_ignored", "_out", "_closing", "_recv_size",
                  "request_id", "role", "flags", "params")
 
     def __init__(self, *, max_param_size=DEFAULT_MAX_PARAM_SIZE,
@@ -316,6 +316,7 @@ class Parser(object):
         self._ignored = set()    # ended or rejected ids: skip their records
         self._out = []           # queued management replies
         self._closing = False    # rejected a request without KEEP_CONN
+        self._recv_size = _RECV_FIRST    # what read_event's next recv asks for
         # The head of the last request read_request returned OK for; on PLEN
         # and CLEN, request_id names the request that broke the limit.
         self.request_id = 0
@@ -566,10 +567,13 @@ class Parser(object):
                     return self._fail(SEND)
             if event is not None:
                 return event
+            size = self._recv_size
             try:
-                data = sock.recv(_RECV_SIZE)
+                data = sock.recv(size)
             except OSError:
                 return self._fail(IO)
+            if len(data) == size and size < _RECV_SIZE:
+                self._recv_size = size * 2      # a stream: read more at once
             self.feed(data)
 
     def read_request(self, sock):
@@ -603,6 +607,11 @@ class Parser(object):
                                % event[1])
 
 
+# What read_event's recv asks for: a request's first reads are small, so a
+# connection that brings one small request never needs a big buffer (the
+# compiled core's first allocation, not grown); each read that fills its
+# size doubles the next, up to _RECV_SIZE, for a body that streams in.
+_RECV_FIRST = 16384
 _RECV_SIZE = 262144
 
 _HANDLERS = {
@@ -846,7 +855,12 @@ class RequestError(IOError):
 
 class Connection(object):
     """A web server's connection as requests see it: the socket and the
-    core objects that read and write it."""
+    core objects that read and write it.
+
+    ``accept`` makes one from a listening socket.  The compiled core's twin
+    works on the file descriptor and makes ``sock`` only when asked for it:
+    most connections carry one request and never need the socket object.
+    """
 
     __slots__ = ("sock", "parser", "writer", "peer", "send_file", "drain", "registered")
 
@@ -858,6 +872,39 @@ class Connection(object):
         self.send_file = send_file      # None: FastCGI records (module send_file)
         self.drain = False              # unread input: half-close and drain it
         self.registered = False         # in the Server's selector
+
+    @classmethod
+    def accept(cls, listener):
+        """Accept a connection from ``listener`` (as its accept(): raises
+        BlockingIOError when none waits).  TCP connections get TCP_NODELAY;
+        ``parser`` and ``writer`` are None, for the caller to set."""
+        # socket.accept() without its Python-level wrapper: the _socket
+        # object has all a connection needs, and costs less to make.
+        # accept4() gives a blocking socket: no setblocking() needed.
+        fd, peer = listener._accept()
+        family = int(listener.family)
+        sock = _socket.socket(family, int(listener.type), 0, fd)
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(sock, None, None, peer)
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def read_request(self):
+        """``parser.read_request`` on this connection."""
+        return self.parser.read_request(self.sock)
+
+    def read_event(self):
+        """``parser.read_event`` on this connection."""
+        return self.parser.read_event(self.sock)
+
+    def sendall(self, data):
+        """Send all of ``data``; raises OSError as socket.sendall."""
+        self.sock.sendall(data)
+
+    def close(self):
+        self.sock.close()
 
     @property
     def peer_text(self):
@@ -1132,7 +1179,7 @@ class Request(object):
         """
         conn = self.connection
         while True:
-            event = conn.parser.read_event(conn.sock)
+            event = conn.read_event()
             if type(event) is int:
                 self._stdin_done = self._data_done = True
                 # EOF, IO: the web server is gone.  CLEN, PROTO: it is
@@ -1240,7 +1287,7 @@ class Request(object):
         if self._aborted:
             return False
         try:
-            self.connection.sock.sendall(data)
+            self.connection.sendall(data)
             return True
         except OSError:
             self._aborted = True
@@ -1902,12 +1949,14 @@ def peer_allowed(allow, peer):
 class Server(object):
     """Serves FastCGI requests from ``listener`` with ``gateway(request)``.
 
-    The core comes in as the class attributes ``parser_class`` and
-    ``writer_class``; the compiled module subclasses Server to plug its own.
+    The core comes in as the class attributes ``parser_class``,
+    ``writer_class`` and ``connection_class``; the compiled module
+    subclasses Server to plug its own.
     """
 
     parser_class = Parser
     writer_class = Writer
+    connection_class = Connection
 
     def __init__(self, gateway, listener, *, max_body=None,
                  max_param_size=DEFAULT_MAX_PARAM_SIZE,
@@ -1992,7 +2041,7 @@ class Server(object):
             if left <= 0:
                 break
             for key, _ in selector.select(left):
-                if isinstance(key.data, Connection):
+                if isinstance(key.data, self.connection_class):
                     self._serve_kept(selector, key.data)
                 elif isinstance(key.data, _Draining):
                     self._drain_some(selector, key.data)
@@ -2006,29 +2055,21 @@ class Server(object):
         """Accept and serve the connections waiting (a few at most, so kept
         connections get their turn), saving a selector round per request."""
         listener = self.listener
-        family, kind = int(listener.family), int(listener.type)
-        tcp = family != socket.AF_UNIX
+        accept = self.connection_class.accept
         for _ in range(ACCEPT_BATCH):
             try:
-                # socket.accept() without its Python-level wrapper: the
-                # _socket object has all a connection needs, and making and
-                # closing it costs a microsecond less per request.
-                fd, peer = listener._accept()
-                sock = _socket.socket(family, kind, 0, fd)
+                conn = accept(listener)
             except (BlockingIOError, InterruptedError):
                 return              # none left, or another worker took it
             except OSError as exc:
                 log.error("accept failed: %s", exc)
                 time.sleep(0.1)     # e.g. EMFILE: do not spin
                 return
-            # accept4() gives a blocking socket: no setblocking() needed.
-            if self.allow is not None and not peer_allowed(self.allow, peer):
-                log.warning("connection from %s refused: not in --allow", peer[0])
-                sock.close()
+            if self.allow is not None and not peer_allowed(self.allow, conn.peer):
+                log.warning("connection from %s refused: not in --allow", conn.peer[0])
+                conn.close()
                 continue
-            if tcp:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = self.new_connection(sock, peer)
+            self.new_connection(conn)
             if self.serve_connection(conn):
                 self._keep(selector, conn)
             else:
@@ -2036,26 +2077,26 @@ class Server(object):
             if not self.alive:
                 return
 
-    def new_connection(self, sock, peer):
-        """The Connection for an accepted socket, with a fresh parser."""
-        parser = self.parser_class(max_param_size=self.max_param_size,
-                                   max_params_size=self.max_params_size,
-                                   max_body=self.max_body, max_conns=self.max_conns)
-        return Connection(sock, parser, self.writer, peer)
+    def new_connection(self, conn):
+        """Give an accepted Connection its core: a fresh parser, the writer."""
+        conn.parser = self.parser_class(max_param_size=self.max_param_size,
+                                        max_params_size=self.max_params_size,
+                                        max_body=self.max_body, max_conns=self.max_conns)
+        conn.writer = self.writer
 
     def _keep(self, selector, conn):
         import selectors
         if len(self._kept) >= MAX_KEPT_CONNECTIONS:
             oldest = next(iter(self._kept.values()))
             self._close(selector, oldest)
-        fd = conn.sock.fileno()
+        fd = conn.fileno()
         self._kept[fd] = conn
-        selector.register(conn.sock, selectors.EVENT_READ, conn)
+        selector.register(fd, selectors.EVENT_READ, conn)
         conn.registered = True
 
     def _serve_kept(self, selector, conn):
         # Move it to the end: the dict's order is least recently used first.
-        fd = conn.sock.fileno()
+        fd = conn.fileno()
         del self._kept[fd]
         if self.serve_connection(conn):
             self._kept[fd] = conn
@@ -2067,16 +2108,18 @@ class Server(object):
         drained first (in the selector, so the worker serves on), because
         closing with unread data makes a reset that can reach the web server
         before our answer."""
-        sock = conn.sock
         # Kept connections are registered; a failed unregister costs more
         # than a request's parsing, so only they are.
-        if self._kept.pop(sock.fileno(), None) is not None or conn.registered:
+        if conn.registered:
+            fd = conn.fileno()
+            self._kept.pop(fd, None)
             try:
-                selector.unregister(sock)
+                selector.unregister(fd)
             except (KeyError, ValueError):
                 pass
         if conn.drain:
             try:
+                sock = conn.sock
                 sock.shutdown(socket.SHUT_WR)
                 sock.setblocking(False)
                 draining = _Draining(sock, time.monotonic() + _DRAIN_SECONDS)
@@ -2086,7 +2129,7 @@ class Server(object):
             except (OSError, ValueError, KeyError):
                 pass
         try:
-            sock.close()
+            conn.close()
         except OSError:
             pass
 
@@ -2125,7 +2168,7 @@ class Server(object):
         """
         parser = conn.parser
         while True:
-            code = parser.read_request(conn.sock)
+            code = conn.read_request()
             if code == OK:
                 request = Request(conn, parser.request_id, parser.role, parser.flags,
                                   parser.params)
@@ -2138,7 +2181,7 @@ class Server(object):
             if code == ABORT:
                 # Aborted before its params ended: answer and go on.
                 try:
-                    conn.sock.sendall(self.writer.end_request(parser.request_id, 1))
+                    conn.sendall(self.writer.end_request(parser.request_id, 1))
                 except OSError:
                     return False
                 parser.end_request(parser.request_id)
@@ -2176,7 +2219,7 @@ class Server(object):
         if code in LIMIT_RESPONSES and parser.request_id:
             status, headers, body = LIMIT_RESPONSES[code]
             try:
-                conn.sock.sendall(self.writer.response(parser.request_id, status, headers, body))
+                conn.sendall(self.writer.response(parser.request_id, status, headers, body))
                 answered = "; answered %s" % status[:3]
             except OSError:
                 pass
@@ -2414,10 +2457,8 @@ def _uri_path(raw):
 class HTTPServer(Server):
     """``--http``: serves the gateway over HTTP/1.1 (development only)."""
 
-    def new_connection(self, sock, peer):
-        conn = Connection(sock, None, None, peer)
-        conn.parser = _SocketReader(sock)      # replaced per request, see serve_connection
-        return conn
+    def new_connection(self, conn):
+        conn.parser = _SocketReader(conn.sock)  # replaced per request, see serve_connection
 
     def serve_connection(self, conn):
         reader = conn.parser if isinstance(conn.parser, _SocketReader) else conn.parser.reader
