@@ -914,6 +914,10 @@ cdef class Parser:
                     err = errno
             if r >= 0:
                 sent += r
+                if sent < size:
+                    # A signal cuts a blocking send short rather than fail
+                    # it with EINTR: its handler runs now, as in sendall.
+                    PyErr_CheckSignals()
             elif err == EINTR:
                 PyErr_CheckSignals()    # a handler's exception propagates
             elif err == EAGAIN or err == EWOULDBLOCK:
@@ -1331,6 +1335,8 @@ cdef class Connection:
                         err = errno
                 if r >= 0:
                     sent += r
+                    if sent < view.len:
+                        PyErr_CheckSignals()    # cut short by a signal: see _send_out
                 elif err == EINTR:
                     PyErr_CheckSignals()    # a handler's exception propagates
                 else:
@@ -1369,7 +1375,9 @@ cdef object _peer_address(sockaddr_storage* addr, socklen_t addr_len):
                 v6.sin6_scope_id)
     un = <sockaddr_un*>addr
     path_len = <Py_ssize_t>addr_len - <Py_ssize_t>(<char*>un.sun_path - <char*>un)
-    if path_len > 0 and un.sun_path[0] == 0:
+    if path_len <= 0:
+        return ""                           # unnamed, as the web server's are
+    if un.sun_path[0] == 0:
         return un.sun_path[:path_len]       # Linux's abstract namespace: bytes
     return _os_fsdecode(<bytes>un.sun_path)
 

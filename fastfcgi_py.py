@@ -883,7 +883,9 @@ class Connection(object):
         # accept4() gives a blocking socket: no setblocking() needed.
         fd, peer = listener._accept()
         family = int(listener.family)
-        sock = _socket.socket(family, int(listener.type), 0, fd)
+        # SOCK_STREAM, not listener.type: on 3.6 that carries SOCK_NONBLOCK
+        # from a non-blocking listener, which would make this socket one.
+        sock = _socket.socket(family, socket.SOCK_STREAM, 0, fd)
         if family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return cls(sock, None, None, peer)

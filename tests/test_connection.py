@@ -1,0 +1,261 @@
+"""Connection: accepting, reading, sending and closing, on both cores.
+
+The compiled Connection works on the accepted file descriptor and makes the
+socket object only when asked for it; these tests hold it to what the pure
+one (a socket object from the start) does, over real sockets.
+"""
+
+import errno
+import os
+import selectors
+import socket
+
+import pytest
+
+import fastfcgi_py
+from conftest import request as fcgi_request
+
+HELLO = b"Hello, world!"
+
+
+def hello_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(HELLO)))])
+    return [HELLO]
+
+
+def listener(family, tmp_path, timeout=0.0):
+    if family == socket.AF_UNIX:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(tmp_path / "l.sock"))
+    elif family == socket.AF_INET6:
+        sock = socket.socket(socket.AF_INET6)
+        sock.bind(("::1", 0))
+    else:
+        sock = socket.socket(socket.AF_INET)
+        sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.settimeout(timeout)
+    return sock
+
+
+def connect(lsock):
+    client = socket.socket(lsock.family)
+    client.settimeout(10)
+    client.connect(lsock.getsockname())
+    return client
+
+
+FAMILIES = [pytest.param(socket.AF_UNIX, id="unix"), pytest.param(socket.AF_INET, id="tcp"),
+            pytest.param(socket.AF_INET6, id="tcp6")]
+
+
+def skip_without_ipv6(family):
+    if family == socket.AF_INET6 and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_Connection_accept_gives_the_peer_as_socket_accept(core, family, tmp_path):
+    skip_without_ipv6(family)
+    with listener(family, tmp_path) as lsock:
+        first = connect(lsock)
+        second = connect(lsock)
+        conn = core.Connection.accept(lsock)
+        reference, reference_peer = lsock.accept()     # what socket.accept() says
+        try:
+            if family == socket.AF_UNIX:
+                assert conn.peer == reference_peer == ""
+            else:
+                assert reference_peer == second.getsockname()
+                assert conn.peer == first.getsockname()
+                assert len(conn.peer) == len(reference_peer)
+                assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            assert type(conn.peer) is type(reference_peer)
+            assert conn.parser is None and conn.writer is None
+            assert not conn.drain and not conn.registered and conn.send_file is None
+            assert conn.peer_text == ("unix" if family == socket.AF_UNIX
+                                      else "%s:%s" % first.getsockname()[:2])
+        finally:
+            conn.close()
+            reference.close()
+            first.close()
+            second.close()
+
+
+def test_Connection_accept_with_none_waiting_raises_BlockingIOError(core, tmp_path):
+    with listener(socket.AF_UNIX, tmp_path) as lsock:
+        with pytest.raises(BlockingIOError):
+            core.Connection.accept(lsock)
+
+
+def test_Connection_accept_on_a_listener_with_a_timeout_waits_it_out(core, tmp_path):
+    with listener(socket.AF_UNIX, tmp_path, timeout=0.05) as lsock:
+        with pytest.raises(socket.timeout):
+            core.Connection.accept(lsock)
+        client = connect(lsock)
+        conn = core.Connection.accept(lsock)
+        conn.sendall(b"ping")
+        assert client.recv(10) == b"ping"
+        conn.close()
+        client.close()
+
+
+def test_Connection_reads_a_request_and_sends_on_the_accepted_socket(core, tmp_path):
+    with listener(socket.AF_UNIX, tmp_path) as lsock:
+        client = connect(lsock)
+        client.sendall(fcgi_request(1, {"REQUEST_METHOD": "GET"}, body=b"abc"))
+        conn = core.Connection.accept(lsock)
+        conn.parser = core.Parser()
+        assert conn.read_request() == core.OK
+        assert conn.parser.params == {"REQUEST_METHOD": "GET"}
+        assert conn.read_event() == (core.FCGI_STDIN, 1, b"abc")
+        assert conn.read_event() == (core.FCGI_STDIN, 1, b"")
+        conn.sendall(bytearray(b"x" * 3000))        # any buffer
+        assert client.recv(65536) == b"x" * 3000
+        client.close()
+        conn.parser.end_request(1)
+        assert conn.read_request() == core.NOREQ
+        conn.close()
+
+
+def test_Connection_sendall_lets_a_signal_handler_raise(core, tmp_path):
+    """A signal that cuts a blocked sendall short runs its handler, whose
+    exception propagates (as socket.sendall's does), even when the send
+    it interrupted had sent some bytes."""
+    import signal
+
+    class Alarm(Exception):
+        pass
+
+    def on_alarm(signum, frame):
+        raise Alarm()
+
+    with listener(socket.AF_UNIX, tmp_path) as lsock:
+        client = connect(lsock)
+        conn = core.Connection.accept(lsock)
+        old = signal.signal(signal.SIGALRM, on_alarm)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(Alarm):
+                conn.sendall(b"x" * 50000000)   # never read: blocks
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+            conn.close()
+            client.close()
+
+
+def test_Connection_sock_is_the_accepted_socket_whenever_asked(core, tmp_path):
+    with listener(socket.AF_UNIX, tmp_path) as lsock:
+        client = connect(lsock)
+        conn = core.Connection.accept(lsock)
+        fd = conn.fileno()
+        sock = conn.sock
+        assert sock.fileno() == fd and conn.sock is sock and conn.fileno() == fd
+        assert sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM
+        assert sock.gettimeout() is None        # blocking, as accept4() gives it
+        conn.sendall(b"via the socket")
+        assert client.recv(100) == b"via the socket"
+        conn.close()
+        assert sock.fileno() == -1
+        assert client.recv(100) == b""
+        client.close()
+
+
+def test_Connection_sendall_to_a_peer_that_went_away_raises_OSError(core, tmp_path):
+    with listener(socket.AF_UNIX, tmp_path) as lsock:
+        client = connect(lsock)
+        conn = core.Connection.accept(lsock)
+        client.close()
+        with pytest.raises(OSError) as info:
+            for _ in range(10):
+                conn.sendall(b"x" * 100000)
+        assert info.value.errno in (errno.EPIPE, errno.ECONNRESET)
+        conn.close()
+        conn.close()                            # idempotent
+        with pytest.raises(OSError):
+            conn.sendall(b"closed")
+
+
+def test_Connection_close_closes_the_descriptor(core, tmp_path):
+    with listener(socket.AF_UNIX, tmp_path) as lsock:
+        client = connect(lsock)
+        conn = core.Connection.accept(lsock)
+        fd = conn.fileno()
+        conn.close()
+        with pytest.raises(OSError) as info:
+            os.fstat(fd)
+        assert info.value.errno == errno.EBADF
+        client.close()
+
+
+def test_Connection_made_from_a_socket_uses_it(core):
+    a, b = socket.socketpair()
+    conn = core.Connection(a, core.Parser(), core.Writer(), "peer")
+    assert conn.sock is a and conn.fileno() == a.fileno() and conn.peer_text == "peer"
+    b.sendall(fcgi_request(7, {"A": "b"}))
+    assert conn.read_request() == core.OK and conn.parser.request_id == 7
+    conn.sendall(b"out")
+    assert b.recv(10) == b"out"
+    conn.close()
+    assert a.fileno() == -1
+    b.close()
+
+
+def exchange_through_server(core, tmp_path, stream, flags=0):
+    """Send ``stream`` to a core's Server over a unix socket; return what
+    came back, all of it, and whether the connection was kept."""
+    lsock = listener(socket.AF_UNIX, tmp_path)
+    server = core.Server(core.WSGIGateway(hello_app), lsock)
+    selector = selectors.DefaultSelector()
+    client = connect(lsock)
+    try:
+        client.sendall(stream)
+        server._accept(selector)
+        kept = len(server._kept)
+        for conn in list(server._kept.values()):
+            server._close(selector, conn)
+        for draining in list(server._draining.values()):
+            server._end_drain(selector, draining)
+        got = b""
+        while True:
+            data = client.recv(65536)
+            if not data:
+                break
+            got += data
+        return got, kept
+    finally:
+        client.close()
+        selector.close()
+        lsock.close()
+
+
+@pytest.mark.parametrize("case", ["get", "keep", "post", "unknown-role", "proto"])
+def test_Server_on_either_core_answers_with_the_same_bytes(tmp_path, case):
+    """Differential: the compiled Server (Connection on the fd) and the pure
+    one give the web server the same bytes."""
+    import conftest
+    if conftest.fastfcgi is None:
+        pytest.skip("compiled core not built")
+    flags = 1 if case == "keep" else 0
+    body = b"field=value" if case == "post" else b""
+    env = {"REQUEST_METHOD": "POST" if body else "GET", "CONTENT_LENGTH": str(len(body) or "")}
+    stream = fcgi_request(1, env, body=body, flags=flags)
+    if case == "unknown-role":
+        stream = stream[:8] + b"\x02" + stream[9:]          # role 0x0201
+    elif case == "proto":
+        stream = stream[:16] + b"\x02" + stream[17:]        # a version 2 record
+    results = []
+    for core, name in ((conftest.fastfcgi, "c"), (fastfcgi_py, "py")):
+        (tmp_path / name).mkdir()
+        results.append(exchange_through_server(core, tmp_path / name, stream))
+    assert results[0] == results[1]
+    got, kept = results[0]
+    if case == "unknown-role":
+        assert got == b"\x01\x03\x00\x01\x00\x08\x00\x00" + bytes((0, 0, 0, 0, 3, 0, 0, 0))
+    elif case == "proto":
+        assert got == b""
+    else:
+        assert HELLO in got and got.endswith(b"\x01\x03\x00\x01\x00\x08\x00\x00" + bytes(8))
+        assert kept == (1 if case == "keep" else 0)
