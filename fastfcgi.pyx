@@ -1295,10 +1295,6 @@ cdef class Connection:
             self._fd = -1           # the socket owns it now
         return self._sock
 
-    @sock.setter
-    def sock(self, value):
-        self._sock = value
-
     def fileno(self):
         return self._fd if self._sock is None else self._sock.fileno()
 
