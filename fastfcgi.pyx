@@ -1254,7 +1254,7 @@ cdef class Connection:
         self.registered = False
 
     @staticmethod
-    def accept(listener):
+    def accept(listener, nodelay=True):
         """Accept a connection from ``listener``. See `fastfcgi_py.Connection.accept`."""
         cdef sockaddr_storage addr
         cdef socklen_t addr_len = sizeof(addr)
@@ -1262,7 +1262,7 @@ cdef class Connection:
         cdef Connection conn
         if listener.gettimeout():
             # Python's accept() waits out the timeout: let it.
-            conn = _py.Connection.accept.__func__(Connection, listener)
+            conn = _py.Connection.accept.__func__(Connection, listener, nodelay)
             return conn
         lfd = listener.fileno()
         memset(&addr, 0, sizeof(addr))
@@ -1281,7 +1281,7 @@ cdef class Connection:
         conn._family = addr.ss_family
         conn.peer = _peer_address(&addr, addr_len)
         conn.send_file = None
-        if addr.ss_family != AF_UNIX:
+        if nodelay and addr.ss_family != AF_UNIX:
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
         return conn
 

@@ -42,6 +42,7 @@ __all__ = [
     # request, gateways, servers, client, CLI
     "Request", "RequestError", "Connection", "WSGIGateway", "RawGateway", "FileWrapper",
     "Server", "HTTPServer", "Supervisor", "WORKER_BOOT_ERROR", "parse_address", "bind_listener",
+    "listener_nodelay",
     "Client", "ClientResponse", "main", "client_main", "select_core", "load_app",
     "authorizer",
 ]
@@ -874,10 +875,12 @@ class Connection(object):
         self.registered = False         # in the Server's selector
 
     @classmethod
-    def accept(cls, listener):
+    def accept(cls, listener, nodelay=True):
         """Accept a connection from ``listener`` (as its accept(): raises
-        BlockingIOError when none waits).  TCP connections get TCP_NODELAY;
-        ``parser`` and ``writer`` are None, for the caller to set."""
+        BlockingIOError when none waits).  TCP connections get TCP_NODELAY
+        unless ``nodelay`` is false (the listener has it, and the system
+        passes it on: see `listener_nodelay`); ``parser`` and ``writer``
+        are None, for the caller to set."""
         # socket.accept() without its Python-level wrapper: the _socket
         # object has all a connection needs, and costs less to make.
         # accept4() gives a blocking socket: no setblocking() needed.
@@ -886,7 +889,7 @@ class Connection(object):
         # SOCK_STREAM, not listener.type: on 3.6 that carries SOCK_NONBLOCK
         # from a non-blocking listener, which would make this socket one.
         sock = _socket.socket(family, socket.SOCK_STREAM, 0, fd)
-        if family != socket.AF_UNIX:
+        if nodelay and family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return cls(sock, None, None, peer)
 
@@ -1937,6 +1940,19 @@ def parse_allow(text):
             for part in text.replace(" ", ",").split(",") if part.strip()]
 
 
+def listener_nodelay(listener):
+    """Set TCP_NODELAY on a TCP listener, once; True if the connections it
+    accepts inherit it (Linux does), so accepting need not set it on each."""
+    if listener.family not in (socket.AF_INET, socket.AF_INET6) or \
+            not sys.platform.startswith("linux"):
+        return False
+    try:
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        return False
+    return True
+
+
 def peer_allowed(allow, peer):
     """Is ``peer`` (an accept() address) in ``allow``?  Unix peers are."""
     if allow is None or not isinstance(peer, tuple):
@@ -1979,6 +1995,7 @@ class Server(object):
         self._wake_r = self._wake_w = None
         self._kept = {}                 # fd -> Connection, kept for the next request
         self._draining = {}             # fd -> _Draining, half-closed
+        self._accept_nodelay = not listener_nodelay(listener)
 
     def stop(self):
         """Stop after the request in flight (signal-safe: sets a flag)."""
@@ -2058,9 +2075,10 @@ class Server(object):
         connections get their turn), saving a selector round per request."""
         listener = self.listener
         accept = self.connection_class.accept
+        nodelay = self._accept_nodelay
         for _ in range(ACCEPT_BATCH):
             try:
-                conn = accept(listener)
+                conn = accept(listener, nodelay)
             except (BlockingIOError, InterruptedError):
                 return              # none left, or another worker took it
             except OSError as exc:

@@ -9,6 +9,7 @@ import errno
 import os
 import selectors
 import socket
+import sys
 
 import pytest
 
@@ -81,6 +82,58 @@ def test_Connection_accept_gives_the_peer_as_socket_accept(core, family, tmp_pat
             reference.close()
             first.close()
             second.close()
+
+
+@pytest.mark.parametrize("family", FAMILIES[1:])
+def test_Connection_accept_nodelay_false_leaves_TCP_NODELAY_to_the_listener(core, family,
+                                                                           tmp_path):
+    skip_without_ipv6(family)
+    with listener(family, tmp_path) as lsock:
+        client = connect(lsock)
+        conn = core.Connection.accept(lsock, False)
+        assert not conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        conn.close()
+        client.close()
+        inherits = fastfcgi_py.listener_nodelay(lsock)
+        assert lsock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert inherits == sys.platform.startswith("linux")
+        client = connect(lsock)
+        conn = core.Connection.accept(lsock, not inherits)
+        assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        conn.close()
+        client.close()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_Server_connections_have_TCP_NODELAY_as_the_application_sees_them(core, family,
+                                                                         tmp_path):
+    """A streamed response's small chunks must not wait for the web
+    server's delayed ACKs: every TCP connection the Server accepts has
+    TCP_NODELAY, set on it or inherited from the listener."""
+    skip_without_ipv6(family)
+    seen = []
+
+    def app(environ, start_response):
+        sock = environ["fastcgi.request"].connection.sock
+        if sock.family != socket.AF_UNIX:
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        else:
+            seen.append("unix")
+        return hello_app(environ, start_response)
+
+    with listener(family, tmp_path) as lsock:
+        server = core.Server(core.WSGIGateway(app), lsock)
+        selector = selectors.DefaultSelector()
+        clients = [connect(lsock) for _ in range(3)]
+        for client in clients:
+            client.sendall(fcgi_request(1, {"REQUEST_METHOD": "GET"}))
+        server._accept(selector)
+        for client in clients:
+            assert HELLO in client.recv(65536)
+            client.close()
+        selector.close()
+    assert len(seen) == 3
+    assert all(flag == "unix" for flag in seen) if family == socket.AF_UNIX else all(seen)
 
 
 def test_Connection_accept_with_none_waiting_raises_BlockingIOError(core, tmp_path):
