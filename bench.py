@@ -957,11 +957,21 @@ FASTCGI_PARAMS = """\
 """
 
 
-def nginx_config(targets, tmp, pool):
-    """One nginx process (no master, one worker's work), one server block
-    per target."""
-    out = ["daemon off;", "master_process off;", "worker_processes 1;",
-           "pid %s/nginx.pid;" % tmp, "error_log %s/nginx-error.log warn;" % tmp,
+def nginx_config(targets, tmp, pool, workers=1):
+    """The nginx config: one server block per target.  One worker is one
+    process (no master); more are a master's workers, run as the user
+    running the bench (as root, nginx would otherwise switch them to
+    nobody, who cannot reach the backends' unix sockets in ``tmp``)."""
+    if workers == 1:
+        out = ["daemon off;", "master_process off;", "worker_processes 1;"]
+    else:
+        out = ["daemon off;", "master_process on;", "worker_processes %d;" % workers]
+        if os.geteuid() == 0:
+            import grp
+            import pwd
+            out.append("user %s %s;" % (pwd.getpwuid(os.geteuid()).pw_name,
+                                        grp.getgrgid(os.getegid()).gr_name))
+    out += ["pid %s/nginx.pid;" % tmp, "error_log %s/nginx-error.log warn;" % tmp,
            "worker_rlimit_nofile 8192;",
            "events { worker_connections 4096; }", "http {", "    access_log off;",
            "    keepalive_requests 1000000;"]
@@ -1061,8 +1071,10 @@ def run_wrk(args, target, nginx, conns, duration):
     cmd = wrk_command(args, target.port, conns, duration)
     backend_cpu = target.proc.cpu_times()
     nginx_cpu = nginx.cpu_times()
+    wall = time.monotonic()
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, timeout=duration + 60)
+    wall = time.monotonic() - wall
     backend_cpu = [after - before for after, before in zip(target.proc.cpu_times(),
                                                           backend_cpu)]
     nginx_cpu = [after - before for after, before in zip(nginx.cpu_times(), nginx_cpu)]
@@ -1075,6 +1087,7 @@ def run_wrk(args, target, nginx, conns, duration):
     result["backend_user_s"], result["backend_sys_s"] = backend_cpu
     result["backend_cpu_s"] = sum(backend_cpu)
     result["nginx_cpu_s"] = sum(nginx_cpu)
+    result["wall_s"] = wall
     return result
 
 
@@ -1092,6 +1105,16 @@ def _csv(text, allowed, what):
     if not items:
         raise argparse.ArgumentTypeError("%s: empty list" % what)
     return items
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("want a whole number >= 1, not %r" % text)
+    return value
 
 
 def _conns_list(text):
@@ -1161,6 +1184,9 @@ def summarize(args, targets, samples):
                                       if sum(r["backend_cpu_s"] for r in runs) else None),
                 "nginx_cpu_us_per_req": (sum(r["nginx_cpu_s"] for r in runs) * 1e6
                                          / requests if requests else None),
+                # 100: nginx kept one core busy the whole run.
+                "nginx_busy_pct": 100.0 * sum(r["nginx_cpu_s"] for r in runs)
+                                  / sum(r["wall_s"] for r in runs),
                 "errors": sum(r["socket_errors"] + r["non_2xx"] for r in runs),
             })
     return rows
@@ -1274,7 +1300,7 @@ def run_e2e(args):
 
         conf = os.path.join(tmp, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(nginx_config(targets, tmp, args.keepalive_pool))
+            f.write(nginx_config(targets, tmp, args.keepalive_pool, args.nginx_workers))
         nginx = Proc("nginx", [tools["nginx"], "-p", tmp, "-c", conf,
                                "-e", os.path.join(tmp, "nginx-error.log")],
                      _clean_env(), tmp, os.path.join(tmp, "nginx.log"))
@@ -1464,6 +1490,7 @@ def describe_e2e(args, tools, py, targets, command):
         "compiled_server": "%s with %s, %s" % (py["compiled_server"], py["compiled_parser"],
                                                py["compiled_writer"]),
         "settings": {"repeat": args.repeat, "duration_s": args.duration,
+                     "nginx_workers": args.nginx_workers,
                      "warmup_s": args.warmup, "conns": args.conns, "threads": args.threads,
                      "transports": args.transports, "backends": args.backends,
                      "keepalive": args.keepalive, "keepalive_pool": args.keepalive_pool},
@@ -1505,13 +1532,15 @@ def e2e_header_text(info):
 
 
 def e2e_table_text(info, rows, checks, ratios, notes):
-    out = ["", "end to end: wrk -> nginx (1 worker) -> backend (1 worker), hello world "
-           "(13 B), medians of %d runs of %ds" % (info["settings"]["repeat"],
+    workers = info["settings"]["nginx_workers"]
+    out = ["", "end to end: wrk -> nginx (%d worker%s) -> backend (1 worker), hello world "
+           "(13 B), medians of %d runs of %ds" % (workers, "s" if workers > 1 else "",
+                                                  info["settings"]["repeat"],
                                                   info["settings"]["duration_s"])]
-    row = "%-10s %-9s %5s %-9s %9s %7s %8s %8s %14s %5s %12s %6s"
+    row = "%-10s %-9s %5s %-9s %9s %7s %8s %8s %14s %5s %12s %6s %6s"
     out.append(row % ("backend", "transport", "conns", "keepalive", "req/s", "spread",
                       "p99 ms", "p50 ms", "backend us/req", "sys%", "nginx us/req",
-                      "errors"))
+                      "nginx%", "errors"))
     for r in sorted(rows, key=lambda r: (r["transport"], r["conns"], r["keepalive"],
                                          E2E_BACKENDS.index(r["backend"]))):
         out.append(row % (r["backend"], r["transport"], r["conns"],
@@ -1524,10 +1553,18 @@ def e2e_table_text(info, rows, checks, ratios, notes):
                           "%.0f" % (100 * r["backend_sys_share"])
                           if r["backend_sys_share"] is not None else "-",
                           "%.1f" % r["nginx_cpu_us_per_req"]
-                          if r["nginx_cpu_us_per_req"] else "-", r["errors"]))
+                          if r["nginx_cpu_us_per_req"] else "-",
+                          "%.0f" % r["nginx_busy_pct"], r["errors"]))
     out.append("(spread: (max - min) / median of the runs' req/s; us/req: CPU time of the "
                "backend's processes, and of nginx, per request; sys%: the backend's share "
-               "in the kernel)")
+               "in the kernel; nginx%: nginx's CPU time over the runs' time, 100 = one core)")
+    capped = sorted(set("%s %d conns" % (r["transport"], r["conns"]) for r in rows
+                        if not r["keepalive"] and r["nginx_busy_pct"] >= 90 * workers))
+    if capped:
+        out.append("nginx at >= 90%% of its %s: %s measure%s nginx's limit more than the "
+                   "backends' (see --nginx-workers)"
+                   % ("core" if workers == 1 else "%d cores" % workers, ", ".join(capped),
+                      "s" if len(capped) == 1 else ""))
     out.append("")
     out.append("targets (ratios of median req/s):")
     for title, ratio, wanted, status in checks:
@@ -1576,6 +1613,9 @@ def main(argv=None):
                      help="wrk connections, one scenario each (default 16,64)")
     e2e.add_argument("--threads", type=int, default=2, metavar="N",
                      help="wrk threads (default 2)")
+    e2e.add_argument("--nginx-workers", type=_positive, default=1, metavar="N",
+                     help="nginx worker processes (default 1; one nginx worker caps the "
+                          "TCP runs near one core's worth of nginx, whichever backend)")
     e2e.add_argument("--transports", type=lambda s: _csv(s, TRANSPORTS, "--transports"),
                      default=list(TRANSPORTS), metavar="LIST",
                      help="tcp, unix or both (default tcp,unix)")
