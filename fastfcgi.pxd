@@ -143,6 +143,9 @@ cdef enum:
     # the longest string kept.
     STR_CACHE_SIZE = 512
     STR_CACHE_MAX_LEN = 64
+    # Room a params dict is made with for the WSGI environ's own keys
+    # (wsgi.*, fastcgi.*, the required CGI ones).
+    ENVIRON_ROOM = 16
     # Receive buffer: its first size, and the size past which an emptied
     # buffer is given back.
     BUF_INITIAL = 16384

@@ -396,7 +396,9 @@ cdef object _decode_params(const unsigned char* data, Py_ssize_t end,
     # limit, then the bounds.
     cdef Py_ssize_t i = 0
     cdef long long n, v
-    cdef dict params = _new_dict(_count_params(data, end))
+    # Sized for the keys WSGIGateway.environ adds to its copy too (the
+    # copy keeps the table's size): building the environ never resizes.
+    cdef dict params = _new_dict(_count_params(data, end) + ENVIRON_ROOM)
     while i < end:
         n = _nv_length(data, &i, end)
         if n < 0 or i >= end:
@@ -630,6 +632,25 @@ cdef class Parser:
         state = self._requests.pop(request_id, None)
         if state is not None:
             self._ignore((<_RequestState>state).request_id)
+
+    def take_stdin_end(self, request_id):
+        """Consume the empty STDIN that cleanly ends request_id's stdin, if it is next. See `fastfcgi_py.Parser.take_stdin_end`."""
+        cdef const unsigned char* p = self._buf + self._start
+        cdef _RequestState state
+        if (self._error or self._end - self._start < FCGI_HEADER_LEN or p[0] != FCGI_VERSION_1
+                or p[1] != FCGI_STDIN or ((p[2] << 8) | p[3]) != request_id
+                or p[4] or p[5] or p[6]):
+            return False
+        found = self._requests.get(request_id)
+        if found is None:
+            return False
+        state = <_RequestState>found
+        if (state.params is None or state.stdin_done or state.aborted
+                or state.stdin_seen < state.content_length):
+            return False
+        self._start += FCGI_HEADER_LEN
+        state.stdin_done = True
+        return True
 
     # -- the ignored ids ---------------------------------------------------
     #

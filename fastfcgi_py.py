@@ -375,6 +375,28 @@ class Parser(object):
         if self._requests.pop(request_id, None) is not None:
             self._ignore(request_id)
 
+    def take_stdin_end(self, request_id):
+        """Consume the next buffered record if it is the empty STDIN that
+        cleanly ends ``request_id``'s stdin (its params are in, all of its
+        CONTENT_LENGTH came): True if it did, as if next_event had returned
+        ``(FCGI_STDIN, request_id, b"")``.  Otherwise nothing changes.
+
+        nginx sends a GET's empty STDIN with its params; this takes it
+        without making an event.
+        """
+        buf = self._buf
+        pos = self._pos
+        if (self._error or len(buf) - pos < 8
+                or _header.unpack_from(buf, pos) != (FCGI_VERSION_1, FCGI_STDIN, request_id, 0, 0)):
+            return False
+        state = self._requests.get(request_id)
+        if (state is None or state.params is None or state.stdin_done or state.aborted
+                or state.stdin_seen < state.content_length):
+            return False
+        self._pos = pos + 8
+        state.stdin_done = True
+        return True
+
     # -- the state machine -------------------------------------------------
 
     def next_event(self):
@@ -872,7 +894,7 @@ class Connection(object):
         self.peer = peer                # the accept() address
         self.send_file = send_file      # None: FastCGI records (module send_file)
         self.drain = False              # unread input: half-close and drain it
-        self.registered = False         # in the Server's selector
+        self.registered = False         # in the Server's poller
 
     @classmethod
     def accept(cls, listener, nodelay=True):
@@ -1047,7 +1069,10 @@ class Request(object):
         self._views = None
         self._abort_pending = False
         if not self._stdin_done and connection.parser.buffered >= 8:
-            self._take_buffered_stdin()
+            if connection.parser.take_stdin_end(request_id):
+                self._stdin_done = True     # a GET's empty STDIN, the common case
+            else:
+                self._take_buffered_stdin()
 
     def _take_buffered_stdin(self):
         """Take the stdin records that came with the params, without
@@ -1778,7 +1803,7 @@ class RawGateway(object):
 #
 # A Server is what runs in a worker: it owns the listening socket's accept
 # loop and the connections it accepted.  It serves one request at a time;
-# between requests it waits, in one selector, on the listener, on its kept
+# between requests it waits, in one poller, on the listener, on its kept
 # (KEEP_CONN) connections and on a wake-up pipe that signals write to, so an
 # idle kept connection never blocks new ones and a signal acts at once.
 # Signals never raise into the request: they only set flags.
@@ -1814,6 +1839,50 @@ class _Draining(object):
     def __init__(self, sock, deadline):
         self.sock = sock
         self.deadline = deadline
+
+
+class _Poller(object):
+    """The fds a worker waits on, all for reading: ``register(fd)``,
+    ``unregister(fd)``, and ``poll(timeout)``, the list of (fd, events)
+    ready.  It is epoll itself where there is one: ``selectors`` makes a
+    key and a tuple per ready fd, which cost a kept request a quarter of a
+    microsecond.  Elsewhere (BSD, macOS) it is ``selectors``."""
+
+    __slots__ = ("_epoll", "_selector", "_count")
+
+    def __init__(self):
+        self._count = 0             # registered fds: epoll's maxevents
+        epoll = getattr(select, "epoll", None)
+        self._epoll = epoll() if epoll is not None else None
+        if self._epoll is None:
+            import selectors
+            self._selector = selectors.DefaultSelector()
+
+    def register(self, fd):
+        if self._epoll is not None:
+            self._epoll.register(fd, select.EPOLLIN)
+        else:
+            self._selector.register(fd, 1)      # 1: selectors.EVENT_READ
+        self._count += 1
+
+    def unregister(self, fd):
+        """Stop watching ``fd``; KeyError if it is not watched."""
+        if self._epoll is not None:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                raise KeyError(fd)
+        else:
+            self._selector.unregister(fd)
+        self._count -= 1
+
+    def poll(self, timeout):
+        if self._epoll is not None:
+            return self._epoll.poll(timeout, self._count or 1)
+        return [(key.fd, events) for key, events in self._selector.select(timeout)]
+
+    def close(self):
+        (self._epoll or self._selector).close()
 
 
 def parse_address(text):
@@ -1995,6 +2064,8 @@ class Server(object):
         self._wake_r = self._wake_w = None
         self._kept = {}                 # fd -> Connection, kept for the next request
         self._draining = {}             # fd -> _Draining, half-closed
+        self._closed_fds = set()        # closed in this poll's batch (see _dispatch)
+        self._poller = None             # serve_forever's
         self._accept_nodelay = not listener_nodelay(listener)
 
     def stop(self):
@@ -2005,49 +2076,64 @@ class Server(object):
 
     def serve_forever(self, parent_pid=None):
         """Serve until stop() (or the parent process ``parent_pid`` dies)."""
-        import selectors
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         old_wakeup = signal.set_wakeup_fd(self._wake_w)
-        selector = selectors.DefaultSelector()
+        poller = self._poller = _Poller()
         self.listener.setblocking(False)
-        selector.register(self.listener, selectors.EVENT_READ, None)
-        selector.register(self._wake_r, selectors.EVENT_READ, None)
+        listener_fd = self.listener.fileno()
+        poller.register(listener_fd)
+        poller.register(self._wake_r)
         try:
             while self.alive:
                 if parent_pid is not None and os.getppid() != parent_pid:
                     log.warning("supervisor %d is gone; worker exits", parent_pid)
                     break
-                for key, _ in selector.select(1.0):
-                    if not self.alive:
-                        break
-                    if key.fileobj is self.listener:
-                        self._accept(selector)
-                    elif key.fileobj == self._wake_r:
-                        try:
-                            os.read(self._wake_r, 512)
-                        except OSError:
-                            pass
-                    elif isinstance(key.data, _Draining):
-                        self._drain_some(selector, key.data)
-                    else:
-                        self._serve_kept(selector, key.data)
+                self._dispatch(poller.poll(1.0), listener_fd)
                 if self._draining:
-                    self._expire_drains(selector)
-            selector.unregister(self.listener)
-            self._linger(selector)
+                    self._expire_drains()
+            poller.unregister(listener_fd)
+            self._linger()
         finally:
             for conn in list(self._kept.values()):
-                self._close(selector, conn)
+                self._close(conn)
             for draining in list(self._draining.values()):
-                self._end_drain(selector, draining)
-            selector.close()
+                self._end_drain(draining)
+            poller.close()
             signal.set_wakeup_fd(old_wakeup)
             os.close(self._wake_r)
             os.close(self._wake_w)
 
-    def _linger(self, selector):
+    def _dispatch(self, ready, listener_fd=None):
+        """Serve what ``ready`` (the poller's list) says is readable."""
+        kept = self._kept
+        closed = self._closed_fds
+        closed.clear()
+        for fd, _ in ready:
+            conn = kept.get(fd)
+            if conn is not None:
+                if closed and fd in closed:
+                    continue        # closed in this batch: the fd may be another's now
+                # Moved to the end: the dict's order is least recently used first.
+                del kept[fd]
+                if self.serve_connection(conn):
+                    kept[fd] = conn
+                else:
+                    self._close(conn)
+            elif fd == listener_fd:
+                self._accept()
+            elif fd == self._wake_r:
+                try:
+                    os.read(fd, 512)
+                except OSError:
+                    pass
+            elif fd in self._draining and not (closed and fd in closed):
+                self._drain_some(self._draining[fd])
+            if not self.alive and listener_fd is not None:
+                break       # stopping: the rest of the batch is _linger's
+
+    def _linger(self):
         """Stopping: serve what arrives on kept connections for a moment,
         closing each after its answer.  Closing a kept connection just as
         the web server sends a request on it makes a failed request (nginx
@@ -2059,20 +2145,11 @@ class Server(object):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            for key, _ in selector.select(left):
-                if isinstance(key.data, self.connection_class):
-                    self._serve_kept(selector, key.data)
-                elif isinstance(key.data, _Draining):
-                    self._drain_some(selector, key.data)
-                elif key.fileobj == self._wake_r:
-                    try:
-                        os.read(self._wake_r, 512)
-                    except OSError:
-                        pass
+            self._dispatch(self._poller.poll(left))
 
-    def _accept(self, selector):
+    def _accept(self):
         """Accept and serve the connections waiting (a few at most, so kept
-        connections get their turn), saving a selector round per request."""
+        connections get their turn), saving a poller round per request."""
         listener = self.listener
         accept = self.connection_class.accept
         nodelay = self._accept_nodelay
@@ -2091,9 +2168,9 @@ class Server(object):
                 continue
             self.new_connection(conn)
             if self.serve_connection(conn):
-                self._keep(selector, conn)
+                self._keep(conn)
             else:
-                self._close(selector, conn)
+                self._close(conn)
             if not self.alive:
                 return
 
@@ -2104,56 +2181,48 @@ class Server(object):
                                         max_body=self.max_body, max_conns=self.max_conns)
         conn.writer = self.writer
 
-    def _keep(self, selector, conn):
-        import selectors
+    def _keep(self, conn):
         if len(self._kept) >= MAX_KEPT_CONNECTIONS:
             oldest = next(iter(self._kept.values()))
-            self._close(selector, oldest)
+            self._close(oldest)
         fd = conn.fileno()
+        self._poller.register(fd)
         self._kept[fd] = conn
-        selector.register(fd, selectors.EVENT_READ, conn)
         conn.registered = True
 
-    def _serve_kept(self, selector, conn):
-        # Move it to the end: the dict's order is least recently used first.
-        fd = conn.fileno()
-        del self._kept[fd]
-        if self.serve_connection(conn):
-            self._kept[fd] = conn
-        else:
-            self._close(selector, conn)
-
-    def _close(self, selector, conn):
+    def _close(self, conn):
         """Close ``conn``; one whose input was left unread is half-closed and
-        drained first (in the selector, so the worker serves on), because
+        drained first (in the poller, so the worker serves on), because
         closing with unread data makes a reset that can reach the web server
         before our answer."""
         # Kept connections are registered; a failed unregister costs more
         # than a request's parsing, so only they are.
         if conn.registered:
+            conn.registered = False
             fd = conn.fileno()
             self._kept.pop(fd, None)
+            self._closed_fds.add(fd)
             try:
-                selector.unregister(fd)
-            except (KeyError, ValueError):
+                self._poller.unregister(fd)
+            except KeyError:
                 pass
         if conn.drain:
             try:
                 sock = conn.sock
                 sock.shutdown(socket.SHUT_WR)
                 sock.setblocking(False)
-                draining = _Draining(sock, time.monotonic() + _DRAIN_SECONDS)
-                selector.register(sock, 1, draining)   # 1: selectors.EVENT_READ
-                self._draining[sock.fileno()] = draining
+                fd = sock.fileno()
+                self._poller.register(fd)
+                self._draining[fd] = _Draining(sock, time.monotonic() + _DRAIN_SECONDS)
                 return
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError):
                 pass
         try:
             conn.close()
         except OSError:
             pass
 
-    def _drain_some(self, selector, draining):
+    def _drain_some(self, draining):
         try:
             while True:
                 if not draining.sock.recv(262144):
@@ -2162,20 +2231,22 @@ class Server(object):
             return
         except OSError:
             pass
-        self._end_drain(selector, draining)
+        self._end_drain(draining)
 
-    def _expire_drains(self, selector):
+    def _expire_drains(self):
         now = time.monotonic()
         for draining in list(self._draining.values()):
             if now > draining.deadline:
-                self._end_drain(selector, draining)
+                self._end_drain(draining)
 
-    def _end_drain(self, selector, draining):
-        self._draining.pop(draining.sock.fileno(), None)
-        try:
-            selector.unregister(draining.sock)
-        except (KeyError, ValueError):
-            pass
+    def _end_drain(self, draining):
+        fd = draining.sock.fileno()
+        if self._draining.pop(fd, None) is not None:
+            self._closed_fds.add(fd)
+            try:
+                self._poller.unregister(fd)
+            except KeyError:
+                pass
         draining.sock.close()
 
     # -- one connection -----------------------------------------------------
@@ -2196,7 +2267,7 @@ class Server(object):
                 if not keep:
                     return False
                 if parser.buffered < 8:
-                    return True     # wait in the selector for the next one
+                    return True     # wait in the poller for the next one
                 continue
             if code == ABORT:
                 # Aborted before its params ended: answer and go on.

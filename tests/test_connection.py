@@ -7,7 +7,6 @@ one (a socket object from the start) does, over real sockets.
 
 import errno
 import os
-import selectors
 import socket
 import sys
 
@@ -123,15 +122,15 @@ def test_Server_connections_have_TCP_NODELAY_as_the_application_sees_them(core, 
 
     with listener(family, tmp_path) as lsock:
         server = core.Server(core.WSGIGateway(app), lsock)
-        selector = selectors.DefaultSelector()
+        server._poller = fastfcgi_py._Poller()
         clients = [connect(lsock) for _ in range(3)]
         for client in clients:
             client.sendall(fcgi_request(1, {"REQUEST_METHOD": "GET"}))
-        server._accept(selector)
+        server._accept()
         for client in clients:
             assert HELLO in client.recv(65536)
             client.close()
-        selector.close()
+        server._poller.close()
     assert len(seen) == 3
     assert all(flag == "unix" for flag in seen) if family == socket.AF_UNIX else all(seen)
 
@@ -261,16 +260,16 @@ def exchange_through_server(core, tmp_path, stream, flags=0):
     came back, all of it, and whether the connection was kept."""
     lsock = listener(socket.AF_UNIX, tmp_path)
     server = core.Server(core.WSGIGateway(hello_app), lsock)
-    selector = selectors.DefaultSelector()
+    server._poller = fastfcgi_py._Poller()
     client = connect(lsock)
     try:
         client.sendall(stream)
-        server._accept(selector)
+        server._accept()
         kept = len(server._kept)
         for conn in list(server._kept.values()):
-            server._close(selector, conn)
+            server._close(conn)
         for draining in list(server._draining.values()):
-            server._end_drain(selector, draining)
+            server._end_drain(draining)
         got = b""
         while True:
             data = client.recv(65536)
@@ -280,7 +279,7 @@ def exchange_through_server(core, tmp_path, stream, flags=0):
         return got, kept
     finally:
         client.close()
-        selector.close()
+        server._poller.close()
         lsock.close()
 
 
@@ -312,3 +311,71 @@ def test_Server_on_either_core_answers_with_the_same_bytes(tmp_path, case):
     else:
         assert HELLO in got and got.endswith(b"\x01\x03\x00\x01\x00\x08\x00\x00" + bytes(8))
         assert kept == (1 if case == "keep" else 0)
+
+
+# -- the Server's poller -------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["epoll", "selectors"])
+def test_Poller_reports_the_readable_fds(kind, monkeypatch):
+    """epoll where there is one, selectors elsewhere: the same answers."""
+    if kind == "selectors":
+        monkeypatch.delattr(fastfcgi_py.select, "epoll", raising=False)
+    elif not hasattr(fastfcgi_py.select, "epoll"):
+        pytest.skip("no epoll here")
+    poller = fastfcgi_py._Poller()
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        for a, _ in pairs:
+            poller.register(a.fileno())
+        assert poller.poll(0) == []
+        pairs[0][1].send(b"x")
+        pairs[2][1].send(b"x")
+        assert sorted(fd for fd, _ in poller.poll(1.0)) == sorted([pairs[0][0].fileno(),
+                                                                   pairs[2][0].fileno()])
+        poller.unregister(pairs[0][0].fileno())
+        assert [fd for fd, _ in poller.poll(1.0)] == [pairs[2][0].fileno()]
+        with pytest.raises(KeyError):
+            poller.unregister(pairs[0][0].fileno())
+    finally:
+        poller.close()
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_Server_skips_a_stale_event_whose_fd_a_new_connection_took(core, tmp_path, monkeypatch):
+    """An event the poller reported for a kept connection that was closed
+    earlier in the same batch (the least recently used one, for a new
+    connection) is not served on the connection that took its fd number:
+    that read would block the worker."""
+    monkeypatch.setattr(fastfcgi_py, "MAX_KEPT_CONNECTIONS", 1)
+    lsock = listener(socket.AF_UNIX, tmp_path)
+    server = core.Server(core.WSGIGateway(hello_app), lsock)
+    server._poller = fastfcgi_py._Poller()
+    clients = []
+    try:
+        clients.append(connect(lsock))
+        clients[0].sendall(fcgi_request(1, {"REQUEST_METHOD": "GET"}, flags=1))
+        server._accept()
+        assert HELLO in clients[0].recv(65536)
+        (old_fd, old_conn), = server._kept.items()
+        # Two new connections: the first closes the old one, the second
+        # gets its fd number.  Each half-closes once its request is sent,
+        # so a wrong read would see the end, not block.
+        for _ in range(2):
+            client = connect(lsock)
+            client.sendall(fcgi_request(1, {"REQUEST_METHOD": "GET"}, flags=1))
+            client.shutdown(socket.SHUT_WR)
+            clients.append(client)
+        server._dispatch([(lsock.fileno(), 1), (old_fd, 1)], lsock.fileno())
+        assert HELLO in clients[1].recv(65536) and HELLO in clients[2].recv(65536)
+        (new_fd, new_conn), = server._kept.items()
+        assert new_fd == old_fd and new_conn is not old_conn, "the fd was not reused"
+        assert new_conn.parser.buffered == 0
+    finally:
+        for conn in list(server._kept.values()):
+            server._close(conn)
+        server._poller.close()
+        for client in clients:
+            client.close()
+        lsock.close()

@@ -185,3 +185,57 @@ def test_Parser_read_event_cores_agree_over_a_socket(data):
 def test_struct_layout_of_test_helpers():
     # The helpers build records independently of the cores; keep them honest.
     assert begin(258, 3, 1) == struct.pack("!BBHHBx", 1, 1, 258, 8, 0) + b"\0\x03\x01" + b"\0" * 5
+
+
+
+
+@st.composite
+def a_request_stream(draw):
+    """Whole requests as web servers send them (GETs, bodies that match
+    CONTENT_LENGTH or not, aborts), between records of any kind; sometimes
+    cut short."""
+    data = b""
+    for _ in range(draw(st.integers(1, 3))):
+        if draw(st.integers(0, 3)) == 0:
+            data += draw(a_record())
+            continue
+        rid = draw(st.sampled_from([1, 1, 2]))
+        env = {"REQUEST_METHOD": "GET"}
+        length = draw(st.sampled_from([None, "0", "3", "5"]))
+        if length is not None:
+            env["CONTENT_LENGTH"] = length
+        data += begin(rid, draw(st.sampled_from([1, 1, 2, 3])), draw(st.sampled_from([0, 1])))
+        data += params_records(rid, env)
+        if draw(st.booleans()):
+            data += rec(2, rid)                 # ABORT_REQUEST
+        data += stdin_records(rid, draw(st.sampled_from([b"", b"abc", b"abcde"])))
+    if draw(st.integers(0, 3)) == 0:
+        data = data[:draw(st.integers(0, len(data)))]
+    return data
+
+
+def taking_stdin_end(taken):
+    """An on_event hook: after each request event, try take_stdin_end on
+    its id and on the next id, as Request does, and note in ``taken`` what
+    it said; then answer as end_after_stdin."""
+    def hook(parser, event):
+        if type(event) is tuple:
+            said = [parser.take_stdin_end(event[1]), parser.take_stdin_end(event[1] + 1)]
+            taken.append((event[:2], said, parser.buffered))
+        end_after_stdin(parser, event)
+    return hook
+
+
+@needs_both
+@SETTINGS
+@given(data=a_request_stream(), options=parser_options, split=st.booleans())
+def test_Parser_take_stdin_end_cores_agree(data, options, split):
+    """take_stdin_end after every event: both cores take the same records
+    and go on with the same events."""
+    chunks = [data[i:i + 7] for i in range(0, len(data), 7)] if split else [data]
+    results = []
+    for module in (fastfcgi, fastfcgi_py):
+        taken = []
+        results.append((run(module.Parser(**options), [c for c in chunks if c],
+                            on_event=taking_stdin_end(taken)), taken))
+    assert results[0] == results[1]

@@ -203,6 +203,50 @@ def test_Parser_less_stdin_than_content_length_is_ABORT(core):
                                   params_event({"N": "2"}, flags=1), (5, 1, b""), core.NOREQ])
 
 
+
+def test_Parser_take_stdin_end_takes_a_gets_empty_stdin(core):
+    """The Request's shortcut: the empty STDIN right after the params is
+    taken without an event, and the next request follows."""
+    parser = core.Parser()
+    parser.feed(request(1, GET_ENV, flags=1) + request(1, {"N": "2"}, flags=1))
+    assert parser.next_event() == params_event(GET_ENV, flags=1)
+    assert parser.take_stdin_end(2) is False            # another id: nothing taken
+    before = parser.buffered
+    assert parser.take_stdin_end(1) is True
+    assert parser.buffered == before - 8
+    assert parser.take_stdin_end(1) is False            # stdin already ended
+    parser.end_request(1)
+    assert parser.next_event() == params_event({"N": "2"}, flags=1)
+
+
+@pytest.mark.parametrize("case", ["body-first", "short-body", "aborted", "partial-header",
+                                  "stdin-ended", "error"])
+def test_Parser_take_stdin_end_leaves_everything_else_to_next_event(core, case):
+    """Anything but a clean end of stdin stays for next_event, which
+    reports it as it always does."""
+    env = {"CONTENT_LENGTH": "3"} if case in ("body-first", "short-body") else {}
+    data = begin(1) + params_records(1, env)
+    then = {"body-first": stdin_records(1, b"abc"),
+            "short-body": stdin_records(1, b""),
+            "aborted": rec(2, 1) + stdin_records(1, b""),
+            "partial-header": stdin_records(1, b"")[:7],
+            "stdin-ended": stdin_records(1, b"") + stdin_records(1, b""),
+            "error": rec(5, 1, b"", version=2)}[case]
+    parser = core.Parser()
+    parser.feed(data + then)
+    assert parser.next_event()[0] == 4
+    if case == "stdin-ended":
+        assert parser.take_stdin_end(1) is True
+    before = parser.buffered
+    assert parser.take_stdin_end(1) is False
+    assert parser.buffered == before
+    expected = {"body-first": (5, 1, b"abc"), "short-body": (2, 1), "aborted": (2, 1),
+                "partial-header": None, "stdin-ended": core.PROTO, "error": core.PROTO}[case]
+    assert parser.next_event() == expected
+    if case == "error":
+        assert parser.take_stdin_end(1) is False        # a parser in error takes nothing
+
+
 # -- abort, roles, multiplexing --------------------------------------------
 
 def test_Parser_abort_request(core):
