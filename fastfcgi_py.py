@@ -1488,7 +1488,7 @@ class FileWrapper(object):
             return None
 
 
-_ENVIRON_REQUIRED = ("SCRIPT_NAME", "PATH_INFO", "QUERY_STRING")
+_ENVIRON_REQUIRED = frozenset(("SCRIPT_NAME", "PATH_INFO", "QUERY_STRING"))
 
 
 class ErrorStream(_LineWriter):
@@ -1617,9 +1617,9 @@ class WSGIGateway(object):
             env["fastcgi.role"] = ROLE_NAMES.get(role, str(role))
             if role == FCGI_FILTER:
                 env["fastcgi.data"] = request.data
-        for key in _ENVIRON_REQUIRED:       # PEP 3333 wants them, maybe empty
-            if key not in env:
-                env[key] = ""
+        if not env.keys() >= _ENVIRON_REQUIRED:     # PEP 3333 wants them, maybe empty
+            for key in _ENVIRON_REQUIRED:
+                env.setdefault(key, "")
         return env
 
     def __call__(self, request):
@@ -2290,7 +2290,7 @@ class Server(object):
             self.busy_slot(time.monotonic())
         try:
             self.gateway(request)
-            if not request.finished:
+            if not request._finished:
                 request.finish(0)
             keep = request.keep_conn and not request._aborted and self.alive
             if not keep and not request._stdin_done and not request._aborted:
