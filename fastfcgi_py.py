@@ -42,7 +42,7 @@ __all__ = [
     # request, gateways, servers, client, CLI
     "Request", "RequestError", "Connection", "WSGIGateway", "RawGateway", "FileWrapper",
     "Server", "HTTPServer", "Supervisor", "WORKER_BOOT_ERROR", "parse_address", "bind_listener",
-    "listener_nodelay",
+    "tune_listener",
     "Client", "ClientResponse", "main", "client_main", "select_core", "load_app",
     "authorizer",
 ]
@@ -901,7 +901,7 @@ class Connection(object):
         """Accept a connection from ``listener`` (as its accept(): raises
         BlockingIOError when none waits).  TCP connections get TCP_NODELAY
         unless ``nodelay`` is false (the listener has it, and the system
-        passes it on: see `listener_nodelay`); ``parser`` and ``writer``
+        passes it on: see `tune_listener`); ``parser`` and ``writer``
         are None, for the caller to set."""
         # socket.accept() without its Python-level wrapper: the _socket
         # object has all a connection needs, and costs less to make.
@@ -1829,6 +1829,10 @@ KEPT_LINGER = 1.0
 _DRAIN_SECONDS = 2.0
 # Connections accepted in a row before the worker looks at its others.
 ACCEPT_BATCH = 16
+# A TCP connection that sends nothing waits this long in the kernel before
+# accept() sees it (see tune_listener; Linux rounds it up to its SYN-ACK
+# retransmission times).  The web server sends its request at once.
+DEFER_ACCEPT_SECONDS = 5
 
 
 class _Draining(object):
@@ -2009,9 +2013,15 @@ def parse_allow(text):
             for part in text.replace(" ", ",").split(",") if part.strip()]
 
 
-def listener_nodelay(listener):
-    """Set TCP_NODELAY on a TCP listener, once; True if the connections it
-    accepts inherit it (Linux does), so accepting need not set it on each."""
+def tune_listener(listener):
+    """Set, once, the options a TCP listener passes on to the connections
+    it accepts (Linux): TCP_NODELAY, and TCP_DEFER_ACCEPT, so a connection
+    reaches accept() only once its first bytes are in (in FastCGI the web
+    server speaks first).  That spares the worker a wake-up per connection
+    (one for the connection, one for its request) and keeps a peer that
+    connects and says nothing in the kernel for DEFER_ACCEPT_SECONDS rather
+    than in a worker's recv().  True if accepted connections inherit
+    TCP_NODELAY, so accepting need not set it on each."""
     if listener.family not in (socket.AF_INET, socket.AF_INET6) or \
             not sys.platform.startswith("linux"):
         return False
@@ -2019,6 +2029,10 @@ def listener_nodelay(listener):
         listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         return False
+    try:
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_SECONDS)
+    except (OSError, AttributeError):
+        pass                # an optimisation: serve without it
     return True
 
 
@@ -2066,7 +2080,7 @@ class Server(object):
         self._draining = {}             # fd -> _Draining, half-closed
         self._closed_fds = set()        # closed in this poll's batch (see _dispatch)
         self._poller = None             # serve_forever's
-        self._accept_nodelay = not listener_nodelay(listener)
+        self._accept_nodelay = not tune_listener(listener)
 
     def stop(self):
         """Stop after the request in flight (signal-safe: sets a flag)."""

@@ -7,8 +7,10 @@ one (a socket object from the start) does, over real sockets.
 
 import errno
 import os
+import select
 import socket
 import sys
+import threading
 import types
 
 import pytest
@@ -94,10 +96,12 @@ def test_Connection_accept_nodelay_false_leaves_TCP_NODELAY_to_the_listener(core
         assert not conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         conn.close()
         client.close()
-        inherits = fastfcgi_py.listener_nodelay(lsock)
+        inherits = fastfcgi_py.tune_listener(lsock)
         assert lsock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         assert inherits == sys.platform.startswith("linux")
         client = connect(lsock)
+        client.sendall(b"x")        # TCP_DEFER_ACCEPT: accept() waits for bytes
+        assert select.select([lsock], [], [], 5.0)[0]
         conn = core.Connection.accept(lsock, not inherits)
         assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         conn.close()
@@ -134,6 +138,44 @@ def test_Server_connections_have_TCP_NODELAY_as_the_application_sees_them(core, 
         server._poller.close()
     assert len(seen) == 3
     assert all(flag == "unix" for flag in seen) if family == socket.AF_UNIX else all(seen)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_DEFER_ACCEPT is Linux's")
+@pytest.mark.parametrize("family", FAMILIES[1:])
+def test_Server_leaves_a_silent_TCP_peer_in_the_kernel(core, family, tmp_path):
+    """The web server speaks first, so the Server's TCP listener defers
+    accepting until a connection's first bytes are in: a peer that
+    connects and sends nothing never reaches the worker (whose recv() it
+    would otherwise hold), and the request behind it is served."""
+    skip_without_ipv6(family)
+    with listener(family, tmp_path) as lsock:
+        server = core.Server(core.WSGIGateway(hello_app), lsock)
+        assert lsock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
+        server._poller = fastfcgi_py._Poller()
+        silent = connect(lsock)
+        client = connect(lsock)
+        client.sendall(fcgi_request(1, {"REQUEST_METHOD": "GET"}))
+        assert select.select([lsock], [], [], 5.0)[0]
+        # Were the silent peer accepted, its recv() would hold the worker
+        # until this timer ends it; the test would then fail, not hang.
+        release = threading.Timer(3.0, silent.shutdown, (socket.SHUT_WR,))
+        release.start()
+        server._accept()
+        held = release.finished.is_set()
+        release.cancel()
+        assert not held, "the worker waited on the silent connection"
+        assert server.served == 1
+        assert HELLO in client.recv(65536)
+        client.close()
+        with pytest.raises(BlockingIOError):
+            core.Connection.accept(lsock)       # still in the kernel
+        silent.sendall(fcgi_request(1, {"REQUEST_METHOD": "GET"}))
+        assert select.select([lsock], [], [], 5.0)[0]
+        server._accept()
+        assert server.served == 2
+        assert HELLO in silent.recv(65536)
+        silent.close()
+        server._poller.close()
 
 
 def test_Connection_accept_with_none_waiting_raises_BlockingIOError(core, tmp_path):
