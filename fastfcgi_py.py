@@ -2272,17 +2272,24 @@ class Server(object):
         nothing buffered), False once it must be closed.
         """
         parser = conn.parser
+        busy_slot = self.busy_slot
         while True:
+            if busy_slot is not None:
+                # --timeout counts from here: a peer that stalls before its
+                # params are in holds the worker no longer than a slow app.
+                busy_slot(time.monotonic())
             code = conn.read_request()
             if code == OK:
                 request = Request(conn, parser.request_id, parser.role, parser.flags,
                                   parser.params)
-                keep = self.handle(request)
+                keep = self.handle(request)     # frees the slot
                 if not keep:
                     return False
                 if parser.buffered < 8:
                     return True     # wait in the poller for the next one
                 continue
+            if busy_slot is not None:
+                busy_slot(0.0)
             if code == ABORT:
                 # Aborted before its params ended: answer and go on.
                 try:
@@ -2298,10 +2305,10 @@ class Server(object):
             return False
 
     def handle(self, request):
-        """Run the gateway on one request; True if the connection stays."""
+        """Run the gateway on one request; True if the connection stays.
+        The caller marks the busy slot (before reading the request); this
+        frees it."""
         self.served += 1
-        if self.busy_slot is not None:
-            self.busy_slot(time.monotonic())
         try:
             self.gateway(request)
             if not request._finished:
@@ -2567,12 +2574,17 @@ class HTTPServer(Server):
 
     def serve_connection(self, conn):
         reader = conn.parser if isinstance(conn.parser, _SocketReader) else conn.parser.reader
+        busy_slot = self.busy_slot
         while True:
+            if busy_slot is not None:
+                busy_slot(time.monotonic())     # as in Server.serve_connection
             try:
                 keep, request = self._read_request(conn, reader)
             except (OSError, ValueError) as exc:
-                return self._http_error(conn, 400, str(exc))
+                keep, request = self._http_error(conn, 400, str(exc)), None
             if request is None:
+                if busy_slot is not None:
+                    busy_slot(0.0)
                 return keep
             self.handle(request)
             if not (request.keep_conn and conn.writer.keep_alive) or request._aborted or not self.alive:
@@ -2671,9 +2683,11 @@ class HTTPServer(Server):
 #   HUP        graceful reload: a new generation imports fresh code, and once
 #              it is up the old one retires (oldest first).
 #
-# A worker's "busy since" time lives in a shared memory slot: written when a
-# request starts, zeroed when it ends, -1 while the worker boots.  An idle
-# kept connection leaves it at zero, so it never counts against --timeout.
+# A worker's "busy since" time lives in a shared memory slot: written when
+# the worker starts reading a request (so a peer that stalls mid-request
+# counts, as a slow application does), zeroed when it ends, -1 while the
+# worker boots.  An idle kept connection leaves it at zero, so it never
+# counts against --timeout.
 #
 # With one worker and nothing that needs a supervisor (no --timeout, no
 # --max-requests), the process serves by itself, as FU does; HUP then

@@ -35,6 +35,23 @@ def wait_until(predicate, timeout=15.0, interval=0.02):
     return False
 
 
+def send_then_stall(family, address, data, timeout=15):
+    """Connect, send ``data`` (part of a request), say nothing more, and
+    return once the server closes the connection (b"" or a reset); a
+    server that waits on for ever fails the test with socket.timeout."""
+    sock = socket.socket(family)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address)
+        sock.sendall(data)
+        try:
+            assert sock.recv(100) == b""
+        except ConnectionResetError:
+            pass
+    finally:
+        sock.close()
+
+
 def accepts(address):
     """Ready means the address accepts connections."""
     try:

@@ -1,11 +1,13 @@
 """Development tools on both cores: --http, --reload, and the FastCGI client
 (the command line, against fastfcgi and against a foreign server)."""
 
+import contextlib
 import hashlib
 import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -13,11 +15,12 @@ import time
 import pytest
 
 import fastfcgi_py
-from servers import ROOT, TESTS, FastCGIProcess, Nginx, free_port, wait_until
+from servers import ROOT, TESTS, FastCGIProcess, Nginx, free_port, send_then_stall, wait_until
 
 
-@pytest.fixture
-def http_server(core_id, tmp_path):
+@contextlib.contextmanager
+def running_http(core_id, tmp_path, *options):
+    """``--http`` on a free port: yields (host, port, log path)."""
     address = "127.0.0.1:%d" % free_port()
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]))
     if core_id == "py":
@@ -26,7 +29,7 @@ def http_server(core_id, tmp_path):
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-c",
                                  "import sys, fastfcgi_py; sys.exit(fastfcgi_py.main())",
-                                 "--http", address, "dispatch:app"],
+                                 "--http", address] + list(options) + ["dispatch:app"],
                                 stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=TESTS)
     host, port = address.split(":")
     try:
@@ -36,6 +39,23 @@ def http_server(core_id, tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(20) == 0
+
+
+@pytest.fixture
+def http_server(core_id, tmp_path):
+    with running_http(core_id, tmp_path) as server:
+        yield server
+
+
+def test_http_timeout_covers_a_client_that_stalls_mid_head(core_id, tmp_path):
+    """As over FastCGI: --timeout counts from the first read of a request."""
+    with running_http(core_id, tmp_path, "--timeout", "1") as (host, port, log_path):
+        # A head without its blank line; then the worker is killed.
+        send_then_stall(socket.AF_INET, (host, port), b"GET /hello HTTP/1.1\r\nHost: x\r\n")
+        log = open(log_path).read()
+        assert "over --timeout" in log and "_read_request" in log, log
+        status, _, body = http_get(host, port, "GET", "/hello")
+        assert (status, body) == (200, b"Hello, world!")
 
 
 def http_get(host, port, method, path, body=None, headers=None, conn=None):

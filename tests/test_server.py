@@ -13,7 +13,7 @@ import pytest
 
 import fastfcgi_py
 from conftest import begin, params_records, rec, stdin_records
-from servers import FastCGIProcess, Nginx, wait_until
+from servers import FastCGIProcess, Nginx, send_then_stall, wait_until
 
 ENV = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "SERVER_NAME": "test", "SERVER_PORT": "80",
        "SERVER_PROTOCOL": "HTTP/1.1", "QUERY_STRING": "", "REMOTE_ADDR": "127.0.0.1"}
@@ -142,6 +142,23 @@ def test_Server_timeout_never_counts_an_idle_kept_connection(start):
         time.sleep(2.5)              # idle, kept: must survive
         assert client.request(env("/pid"), keep_conn=True).body == first
     assert "over --timeout" not in server.log()
+
+
+def test_Server_timeout_covers_a_peer_that_stalls_mid_request(start):
+    """A peer that sends BEGIN_REQUEST and stalls holds the worker's read:
+    --timeout counts from the first read, so that worker is replaced (the
+    traceback shows the read), and an idle worker never counts."""
+    server = start("--timeout", "1")
+    # BEGIN_REQUEST and part of the params; then the worker is killed.
+    send_then_stall(*fastfcgi_py.parse_address(server.address),
+                    begin(1) + params_records(1, env("/hello"))[:20])
+    log = server.log()
+    assert log.count("over --timeout") == 2, log     # the supervisor's line, the worker's
+    assert "read_request" in log, log
+    assert_serving(server)
+    time.sleep(2.5)                                  # served, then idle: must survive
+    assert server.log().count("over --timeout") == 2, server.log()
+    assert_serving(server)
 
 
 def test_Server_app_that_fails_to_import_exits_nonzero_once(core_id, tmp_path):
