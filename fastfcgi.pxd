@@ -14,6 +14,9 @@ cdef extern from "<sys/socket.h>" nogil:
     # plain socket.socket, without building a bytes object per read.
     ssize_t recv(int fd, void* buf, size_t n, int flags)
     ssize_t send(int fd, const void* buf, size_t n, int flags)
+    # Connection.send_last: the last output, then the FIN.
+    int shutdown(int fd, int how)
+    const int SHUT_WR
 
 cdef extern from *:
     """
@@ -81,8 +84,13 @@ cdef extern from *:
     #ifndef MSG_NOSIGNAL
     #define MSG_NOSIGNAL 0
     #endif
+    /* Linux: hold a send's data for what follows (Connection.send_last). */
+    #ifndef MSG_MORE
+    #define MSG_MORE 0
+    #endif
     """
     const int MSG_NOSIGNAL
+    const int MSG_MORE
 
 
 # ############################################################################
@@ -285,3 +293,5 @@ cdef class Connection:
         public object send_file
         public bint drain
         public bint registered
+
+    cdef _send_fd(self, data, int flags)

@@ -1333,13 +1333,29 @@ cdef class Connection:
 
     def sendall(self, data):
         """Send all of ``data``; raises OSError as socket.sendall."""
+        if self._sock is not None:
+            self._sock.sendall(data)
+        else:
+            self._send_fd(data, MSG_NOSIGNAL)
+
+    def send_last(self, data):
+        """Send ``data``, the connection's last output, and half-close it. See `fastfcgi_py.Connection.send_last`."""
+        cdef int family = self._family if self._sock is None else self._sock.family
+        if MSG_MORE == 0 or family == AF_UNIX:
+            self.sendall(data)
+        elif self._sock is not None:
+            self._sock.sendall(data, MSG_MORE)
+            self._sock.shutdown(SHUT_WR)
+        else:
+            self._send_fd(data, MSG_NOSIGNAL | MSG_MORE)
+            if shutdown(self._fd, SHUT_WR) < 0:
+                raise OSError(errno, _os_strerror(errno))
+
+    cdef _send_fd(self, data, int flags):
         cdef Py_buffer view
         cdef Py_ssize_t sent = 0
         cdef ssize_t r
         cdef int err = 0
-        if self._sock is not None:
-            self._sock.sendall(data)
-            return
         if self._fd < 0:
             raise OSError(EBADF, "the connection is closed")
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
@@ -1347,7 +1363,7 @@ cdef class Connection:
             while sent < view.len:
                 with nogil:
                     r = send(self._fd, <const char*>view.buf + sent,
-                             <size_t>(view.len - sent), MSG_NOSIGNAL)
+                             <size_t>(view.len - sent), flags)
                     if r < 0:
                         err = errno
                 if r >= 0:

@@ -876,6 +876,11 @@ class RequestError(IOError):
         self.code = code
 
 
+# Linux's send flag that holds the data for what follows: with it the last
+# response on a connection leaves together with the FIN (Connection.send_last).
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+
+
 class Connection(object):
     """A web server's connection as requests see it: the socket and the
     core objects that read and write it.
@@ -929,6 +934,19 @@ class Connection(object):
     def sendall(self, data):
         """Send all of ``data``; raises OSError as socket.sendall."""
         self.sock.sendall(data)
+
+    def send_last(self, data):
+        """Send all of ``data``, the last output the connection carries,
+        and half-close it (the caller closes it next).  Over TCP on Linux
+        the data goes with MSG_MORE, so it leaves with the FIN in one
+        segment: one packet fewer to send, and one fewer for the web server
+        to acknowledge, than a send then close().  Elsewhere, as sendall."""
+        sock = self.sock
+        if not _MSG_MORE or sock.family == socket.AF_UNIX:
+            sock.sendall(data)
+            return
+        sock.sendall(data, _MSG_MORE)
+        sock.shutdown(socket.SHUT_WR)
 
     def close(self):
         self.sock.close()
@@ -1311,13 +1329,16 @@ class Request(object):
             return data.encode(self.encoding)
         return data
 
-    def send(self, data):
+    def send(self, data, _last=False):
         """Send already framed bytes; False (and the request is aborted) when
         the web server went away."""
         if self._aborted:
             return False
         try:
-            self.connection.sendall(data)
+            if _last:
+                self.connection.send_last(data)
+            else:
+                self.connection.sendall(data)
             return True
         except OSError:
             self._aborted = True
@@ -1383,7 +1404,9 @@ class Request(object):
         if self._stderr_used:
             out = writer.end_stderr(self.request_id) + out
         self.stdout_bytes += len(_tail)
-        self.send(out)
+        # Without KEEP_CONN, and with the input all read (else the server
+        # drains it first), the connection ends here: its last send.
+        self.send(out, not self.keep_conn and self._stdin_done and self._data_done)
         if self.keep_conn and not (self._stdin_done and self._data_done) and not self._aborted:
             # The connection serves on: the stdin the application left must
             # be read off it first (the parser skips records of ended ids,

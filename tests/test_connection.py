@@ -178,6 +178,94 @@ def test_Server_leaves_a_silent_TCP_peer_in_the_kernel(core, family, tmp_path):
         server._poller.close()
 
 
+def read_to_eof(sock, timeout):
+    """What ``sock`` receives up to its EOF; None if no EOF within ``timeout``."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+    except socket.timeout:
+        return None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("made", ["accepted", "from_socket"])
+def test_Connection_send_last_sends_all_then_the_end(core, family, made, tmp_path):
+    """send_last sends everything (here more than a socket buffer holds);
+    over TCP the peer then reads the EOF at once.  On a unix socket there
+    is no segment to save, so the connection stays open until close()."""
+    skip_without_ipv6(family)
+    data = os.urandom(3 << 20)
+    with listener(family, tmp_path) as lsock:
+        client = connect(lsock)
+        if made == "accepted":
+            assert select.select([lsock], [], [], 5.0)[0]
+            conn = core.Connection.accept(lsock)
+        else:
+            conn = core.Connection(lsock.accept()[0], None, None)
+        got = []
+        reader = threading.Thread(target=lambda: got.append(
+            read_to_eof(client, 0.5 if family == socket.AF_UNIX else 5.0)))
+        reader.start()
+        conn.send_last(data)
+        reader.join()
+        if family == socket.AF_UNIX:
+            assert got == [None]
+            conn.close()
+            assert read_to_eof(client, 5.0) == b""
+        else:
+            assert got[0] == data
+            conn.close()
+        client.close()
+
+
+@pytest.mark.parametrize("family", FAMILIES[1:])
+@pytest.mark.parametrize("keep_conn", [False, True], ids=["close", "keep_conn"])
+def test_Server_ends_a_TCP_connection_with_its_last_response(core, family, keep_conn, tmp_path):
+    """Without KEEP_CONN the response leaves with the FIN (one segment, see
+    Connection.send_last): the web server sees the connection end with the
+    response, even while the application's close() still runs.  A kept
+    connection stays open."""
+    skip_without_ipv6(family)
+    seen = []
+    with listener(family, tmp_path) as lsock:
+        server = core.Server(core.WSGIGateway(lambda environ, start_response: Body(
+            start_response)), lsock)
+        server._poller = fastfcgi_py._Poller()
+        client = connect(lsock)
+
+        class Body(object):
+            def __init__(self, start_response):
+                start_response("200 OK", [("Content-Type", "text/plain"),
+                                          ("Content-Length", str(len(HELLO)))])
+
+            def __iter__(self):
+                return iter([HELLO])
+
+            def close(self):
+                # The worker is still in the application: what has the
+                # web server received by now?
+                seen.append(read_to_eof(client, 0.3 if keep_conn else 5.0))
+
+        client.sendall(fcgi_request(1, flags=fastfcgi_py.FCGI_KEEP_CONN if keep_conn else 0))
+        assert select.select([lsock], [], [], 5.0)[0]
+        server._accept()
+        assert server.served == 1
+        if keep_conn:
+            assert seen == [None]           # no EOF: the connection serves on
+            assert len(server._kept) == 1
+        else:
+            assert seen[0] is not None, "no EOF until the application's close() returned"
+            assert HELLO in seen[0] and seen[0].endswith(bytes(fastfcgi_py.Writer().end_request(1, 0)))
+            assert not server._kept
+        client.close()
+        server._poller.close()
+
+
 def test_Connection_accept_with_none_waiting_raises_BlockingIOError(core, tmp_path):
     with listener(socket.AF_UNIX, tmp_path) as lsock:
         with pytest.raises(BlockingIOError):
