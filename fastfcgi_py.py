@@ -878,7 +878,8 @@ class RequestError(IOError):
 
 # Linux's send flag that holds the data for what follows: with it the last
 # response on a connection leaves together with the FIN (Connection.send_last).
-_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+# PyPy's socket module lacks the name, not the flag: Linux's value is fixed.
+_MSG_MORE = getattr(socket, "MSG_MORE", 0x8000 if sys.platform.startswith("linux") else 0)
 
 
 class Connection(object):

@@ -192,6 +192,7 @@ def read_to_eof(sock, timeout):
         return None
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MSG_MORE is Linux's")
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("made", ["accepted", "from_socket"])
 def test_Connection_send_last_sends_all_then_the_end(core, family, made, tmp_path):
@@ -223,6 +224,7 @@ def test_Connection_send_last_sends_all_then_the_end(core, family, made, tmp_pat
         client.close()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MSG_MORE is Linux's")
 @pytest.mark.parametrize("family", FAMILIES[1:])
 @pytest.mark.parametrize("keep_conn", [False, True], ids=["close", "keep_conn"])
 def test_Server_ends_a_TCP_connection_with_its_last_response(core, family, keep_conn, tmp_path):
