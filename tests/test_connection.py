@@ -9,8 +9,10 @@ import errno
 import os
 import select
 import socket
+import struct
 import sys
 import threading
+import time
 import types
 
 import pytest
@@ -264,6 +266,42 @@ def test_Server_ends_a_TCP_connection_with_its_last_response(core, family, keep_
             assert seen[0] is not None, "no EOF until the application's close() returned"
             assert HELLO in seen[0] and seen[0].endswith(bytes(fastfcgi_py.Writer().end_request(1, 0)))
             assert not server._kept
+        client.close()
+        server._poller.close()
+
+
+@pytest.mark.parametrize("family", FAMILIES[1:])
+def test_Server_serves_on_when_the_last_response_finds_the_peer_gone(core, family, tmp_path):
+    """A web server that resets the connection before the answer: the last
+    send (Connection.send_last) fails, the request is aborted, and the
+    worker serves the next connection."""
+    skip_without_ipv6(family)
+    outcome = []
+    with listener(family, tmp_path) as lsock:
+        gone = connect(lsock)
+
+        def handler(request):
+            if not outcome:
+                gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                gone.close()                # a reset, not a FIN
+                time.sleep(0.05)
+                request.finish(0, b"Status: 200 OK\r\n\r\n" + HELLO)
+                outcome.append(request.is_aborted)
+            else:
+                request.finish(0, b"Status: 200 OK\r\n\r\n" + HELLO)
+
+        server = core.Server(handler, lsock)
+        server._poller = fastfcgi_py._Poller()
+        gone.sendall(fcgi_request(1))
+        assert select.select([lsock], [], [], 5.0)[0]
+        server._accept()
+        assert outcome == [True]
+        client = connect(lsock)
+        client.sendall(fcgi_request(1))
+        assert select.select([lsock], [], [], 5.0)[0]
+        server._accept()
+        assert server.served == 2
+        assert HELLO in read_to_eof(client, 5.0)
         client.close()
         server._poller.close()
 
