@@ -238,6 +238,8 @@ cdef class Parser:
         public object flags
         public object params
 
+    # A new Parser with this one's limits (Server.new_connection).
+    cdef Parser _fresh(self)
     # Record the sticky code and return it.
     cdef int _fail(self, int code) noexcept
     # Add an id to the ignored set (cleared when full, as the pure core).
@@ -295,3 +297,45 @@ cdef class Connection:
         public bint registered
 
     cdef _send_fd(self, data, int flags)
+
+
+cdef class _RequestCore:
+    # fastfcgi_py.Request's state (the same names; see its __init__), for
+    # fastfcgi.Request, which adds the rest of its methods.
+    cdef:
+        public object params
+        public object request_id
+        public object role
+        public bint keep_conn
+        public object connection
+        public object encoding
+        public object _buffer
+        public bint _stdin_done
+        public bint _aborted
+        public bint _finished
+        public bint _stderr_used
+        public bint _stdout_used
+        public object _data_buffer
+        public bint _data_done
+        public object stdout_bytes
+        public object _views
+        public bint _abort_pending
+
+    # send(data, last): False once the web server went away.
+    cdef bint _send(self, object data, bint last) except -1
+    # The rest of finish, once the output (with END_REQUEST) is framed.
+    cdef int _finish_with(self, object out, Py_ssize_t tail_len) except -1
+
+
+cdef class _Response:
+    # fastfcgi_py._Response's state, and the head checked by start_response
+    # in the form _finish writes (None when the writer is not ours).
+    cdef:
+        public object request
+        public object status
+        public object headers
+        public bint head_sent
+        public bint head_only
+        object _head_bytes
+        list _head_items
+        Py_ssize_t _head_len

@@ -1,5 +1,5 @@
 # cython: language_level=3, embedsignature=True
-"""fastfcgi: the compiled core (Parser, Writer) with fastfcgi_py's whole API. See `fastfcgi_py`."""
+"""fastfcgi: the compiled core (Parser, Writer, and a request's hot path) with fastfcgi_py's whole API. See `fastfcgi_py`."""
 
 # Table of contents: ``grep -n '^# .*####' fastfcgi.pyx``.  The declarations
 # (fields, constants, externs) are in fastfcgi.pxd.
@@ -9,6 +9,8 @@
 # order, and the differential tests hold them to it.  Only the machinery
 # differs: a C receive buffer, header arithmetic in C, params decoded by a C
 # loop straight into a dict, and output written into one bytes object.
+# Request and WSGIGateway keep the pure core's code for everything but the
+# per-request steps the profile showed hot (see their section).
 
 cimport cython
 from cpython.buffer cimport (PyBUF_SIMPLE, PyBuffer_Release,
@@ -511,6 +513,22 @@ cdef class Parser:
         self.role = 0
         self.flags = 0
         self.params = None
+
+    cdef Parser _fresh(self):
+        # A new Parser with this one's limits, as __init__ would make it
+        # from them (without parsing keywords and checking them again).
+        cdef Parser p = Parser.__new__(Parser)
+        p._max_param_size = self._max_param_size
+        p._max_params_size = self._max_params_size
+        p._max_body = self._max_body
+        p._c_max_param_size = self._c_max_param_size
+        p._c_max_params_size = self._c_max_params_size
+        p._c_max_body = self._c_max_body
+        p.max_conns = self.max_conns
+        p.max_reqs = self.max_reqs
+        p.mpxs_conns = self.mpxs_conns
+        p.request_id = p.role = p.flags = 0
+        return p
 
     # -- limits: the attribute as given, its C copy for the checks --------
 
@@ -1154,6 +1172,15 @@ cdef bytes _finish(unsigned int request_id, list head, Py_ssize_t head_len,
     return out
 
 
+cdef bytes _head_bytes(list items, Py_ssize_t size):
+    # The head _head_items checked, as bytes.
+    cdef Framer f
+    out = PyBytes_FromStringAndSize(NULL, size)
+    _framer_init_raw(&f, <unsigned char*>PyBytes_AS_STRING(out))
+    _framer_put_head(&f, items)
+    return out
+
+
 cdef class Writer:
     """Builds the records an application sends. See `fastfcgi_py.Writer`."""
 
@@ -1198,12 +1225,8 @@ cdef class Writer:
     def head(self, status, headers):
         """The CGI response head as latin-1 bytes. See `fastfcgi_py.Writer.head`."""
         cdef Py_ssize_t size
-        cdef Framer f
         items = _head_items(status, headers, &size)
-        out = PyBytes_FromStringAndSize(NULL, size)
-        _framer_init_raw(&f, <unsigned char*>PyBytes_AS_STRING(out))
-        _framer_put_head(&f, items)
-        return out
+        return _head_bytes(items, size)
 
     def response(self, request_id, status, headers, body=b"", *, app_status=0):
         """A whole response in one buffer. See `fastfcgi_py.Writer.response`."""
@@ -1416,16 +1439,331 @@ cdef object _peer_address(sockaddr_storage* addr, socklen_t addr_len):
 
 
 ##############################################################################
+# Requests and the WSGI gateway  ##############################################
+##############################################################################
+#
+# The per-request work of fastfcgi_py's Request and WSGIGateway, in C: making
+# the Request, the environ, start_response's checks, and the common answer (a
+# list body) framed with its head and END_REQUEST into one buffer, sent at
+# once.  The rest is the pure core's own code: Request's other methods come
+# from fastfcgi_py._RequestMethods, and the gateway's other bodies, errors
+# and logs from fastfcgi_py.WSGIGateway.  Either falls back to that code
+# whenever the writer or the request is not this core's.
+
+_time = _py.time.time
+_monotonic = _py.time.monotonic
+_RequestError = _py.RequestError
+_ROLE_NAMES = _py.ROLE_NAMES
+
+
+cdef class _RequestCore:
+    """The state of a `Request`, and its per-request methods, in C."""
+
+    @cython.embedsignature(False)
+    def __init__(self, connection, request_id, role, flags, params):
+        cdef Parser fast
+        self.connection = connection
+        self.request_id = request_id
+        self.role = role
+        self.keep_conn = bool(flags & FCGI_KEEP_CONN)
+        self.params = params
+        self.encoding = "utf-8"
+        self._buffer = b""
+        self._stdin_done = role == FCGI_AUTHORIZER
+        self.stdout_bytes = 0
+        self._data_buffer = b""
+        self._data_done = role != FCGI_FILTER
+        if self._stdin_done:
+            return
+        parser = connection.parser
+        if type(parser) is Parser:
+            fast = <Parser>parser
+            if fast._end - fast._start < FCGI_HEADER_LEN:
+                return
+        elif parser.buffered < 8:
+            return
+        if parser.take_stdin_end(request_id):
+            self._stdin_done = True     # a GET's empty STDIN, the common case
+        else:
+            self._take_buffered_stdin()
+
+    cdef bint _send(self, object data, bint last) except -1:
+        if self._aborted:
+            return False
+        try:
+            if last:
+                self.connection.send_last(data)
+            else:
+                self.connection.sendall(data)
+            return True
+        except OSError:
+            self._aborted = True
+            return False
+
+    def send(self, data, _last=False):
+        """Send already framed bytes. See `fastfcgi_py.Request.send`."""
+        return self._send(data, _last)
+
+    def finish(self, exit_code=0, _tail=b""):
+        """End the request with exit_code as the application status. See `fastfcgi_py.Request.finish`."""
+        if self._finished:
+            return
+        self._finished = True
+        out = self.connection.writer.finish(self.request_id, _tail, app_status=exit_code)
+        self._finish_with(out, len(_tail))
+
+    cdef int _finish_with(self, object out, Py_ssize_t tail_len) except -1:
+        # The rest of finish, once _finished is set and ``out`` framed.
+        conn = self.connection
+        if self._stderr_used:
+            out = conn.writer.end_stderr(self.request_id) + out
+        self.stdout_bytes += tail_len
+        self._send(out, not self.keep_conn and self._stdin_done and self._data_done)
+        if self.keep_conn and not (self._stdin_done and self._data_done) and not self._aborted:
+            self.discard_stdin()
+        conn.parser.end_request(self.request_id)
+        return 0
+
+
+class Request(_RequestCore, _py._RequestMethods):
+    """One FastCGI request, its state and hot paths in C. See `fastfcgi_py.Request`."""
+
+    __slots__ = ()
+
+
+cdef class _Response:
+    """What start_response and write() share for one request. See `fastfcgi_py._Response`."""
+
+    def __init__(self, request, head_only):
+        self.request = request
+        self.head_only = head_only
+
+    def start_response(self, status, headers, exc_info=None):
+        """PEP 3333's start_response. See `fastfcgi_py._Response`."""
+        if exc_info is not None:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None     # no reference cycle through the frame
+        elif self.status is not None:
+            raise RuntimeError("start_response() called again without exc_info")
+        # Checked now, so a bad head fails inside the application's call.
+        writer = self.request.connection.writer
+        if type(writer) is Writer:
+            self._head_items = _head_items(status, headers, &self._head_len)
+            self._head_bytes = None
+        else:
+            self._head_bytes = writer.head(status, headers)
+            self._head_items = None
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def head(self):
+        """The head's bytes, now sent. See `fastfcgi_py._Response`."""
+        if self.status is None:
+            raise RuntimeError("the application sent a body before start_response()")
+        self.head_sent = True
+        if self._head_bytes is None:
+            self._head_bytes = _head_bytes(self._head_items, self._head_len)
+        return self._head_bytes
+
+    def write(self, data):
+        """PEP 3333's write() callable: sends at once."""
+        if type(data) is not bytes:
+            raise TypeError("write() takes bytes, not %s" % type(data).__name__)
+        request = self.request
+        if not self.head_sent:
+            request.print_stdout(self.head())
+        if data and not self.head_only:
+            request.print_stdout(data)
+
+
+@cython.final
+cdef class InputStream:
+    """wsgi.input: the request's stdin, streamed (bytes). See `fastfcgi_py.InputStream`."""
+
+    cdef object _request
+
+    def __init__(self, request):
+        self._request = request
+
+    def read(self, size=-1):
+        return self._request.read_stdin_bytes(None if size is None or size < 0 else size)
+
+    def readline(self, size=-1):
+        return self._request.read_stdin_line_bytes(None if size is None or size < 0 else size)
+
+    readlines = _py._LineReader.readlines
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+@cython.final
+cdef class ErrorStream:
+    """wsgi.errors: text written here goes out as FCGI_STDERR. See `fastfcgi_py.ErrorStream`."""
+
+    cdef object _request
+
+    def __init__(self, request):
+        self._request = request
+
+    def write(self, text):
+        data = text.encode("utf-8", "backslashreplace") if isinstance(text, str) else text
+        if not self._request.finished:
+            self._request.print_stderr(data)
+        return len(text)
+
+    writelines = _py._LineWriter.writelines
+    flush = _py._LineWriter.flush
+
+
+cdef dict _wsgi_environ(dict constant_keys, object request):
+    # fastfcgi_py.WSGIGateway.environ, step for step.
+    params = (<_RequestCore>request).params if isinstance(request, _RequestCore) else request.params
+    cdef dict env = (<dict>params).copy() if type(params) is dict else params.copy()
+    if "HTTP_CONTENT_TYPE" in env:
+        value = env.pop("HTTP_CONTENT_TYPE")
+        env.setdefault("CONTENT_TYPE", value)
+    if "HTTP_CONTENT_LENGTH" in env:
+        value = env.pop("HTTP_CONTENT_LENGTH")
+        if request.role != FCGI_AUTHORIZER:     # an authorizer gets no body
+            env.setdefault("CONTENT_LENGTH", value)
+    if env.get("CONTENT_LENGTH") == "-1":
+        env["CONTENT_LENGTH"] = ""      # Caddy's "unknown": the stream has the end
+    https = env.get("HTTPS")
+    secure = (https is not None and https.lower() in ("on", "1")) or \
+        env.get("REQUEST_SCHEME") == "https"
+    env.update(constant_keys)
+    env["wsgi.url_scheme"] = "https" if secure else "http"
+    env["wsgi.input"] = InputStream(request)
+    env["wsgi.errors"] = ErrorStream(request)
+    env["fastcgi.request"] = request
+    role = request.role
+    if role == FCGI_RESPONDER:
+        env["fastcgi.role"] = "RESPONDER"
+    else:
+        env["fastcgi.role"] = _ROLE_NAMES.get(role, str(role))
+        if role == FCGI_FILTER:
+            env["fastcgi.data"] = request.data
+    for key in ("SCRIPT_NAME", "PATH_INFO", "QUERY_STRING"):
+        if key not in env:
+            env[key] = ""       # PEP 3333 wants them, maybe empty
+    return env
+
+
+cdef bint _send_list(object request, object response, object result) except -1:
+    # WSGIGateway._send's first case, a list body: head, body, terminators
+    # and END_REQUEST framed into one buffer.  False, having done nothing,
+    # when this is not that case or not this core's request and writer.
+    cdef _Response r
+    cdef _RequestCore req
+    cdef long rid
+    if (type(result) is not list or type(response) is not _Response
+            or not isinstance(request, _RequestCore)):
+        return False
+    r = <_Response>response
+    if r.head_sent or r._head_items is None:
+        return False
+    body = (<list>result)[0] if len(<list>result) == 1 else b"".join(result)
+    if type(body) is not bytes:
+        return False            # the pure code says what is wrong
+    req = <_RequestCore>request
+    r.head_sent = True
+    if r.head_only:
+        body = b""
+    if req._finished:
+        return True
+    req._finished = True
+    rid = _check_range(req.request_id, 0xFFFF, "request id")
+    rid = _packed(req.request_id, rid, _H)
+    out = _finish(<unsigned int>rid, r._head_items, r._head_len, PyBytes_AS_STRING(body),
+                  len(<bytes>body), 0)
+    req._finish_with(out, r._head_len + len(<bytes>body))
+    return True
+
+
+class WSGIGateway(_py.WSGIGateway):
+    """Runs a WSGI application on a Request, the common case in C. See `fastfcgi_py.WSGIGateway`."""
+
+    response_class = _Response
+
+    def __call__(self, request):
+        # fastfcgi_py.WSGIGateway.__call__, compiled.
+        # A subclass may override environ, response_class or _send: then
+        # they are looked up, as in the pure core.
+        cdef bint exact = type(self) is WSGIGateway
+        access_log = self.access_log
+        started = _time() if access_log else 0
+        env = _wsgi_environ(self._constant_keys, request) if exact else self.environ(request)
+        head_only = env.get("REQUEST_METHOD") == "HEAD"
+        response = _Response(request, head_only) if exact else \
+            self.response_class(request, head_only)
+        result = None
+        try:
+            result = self.app(env, response.start_response)
+            if not exact:
+                self._send(request, response, result)
+            elif not _send_list(request, response, result):
+                _py.WSGIGateway._send(self, request, response, result)
+        except _RequestError as exc:
+            self._request_failed(request, response, exc)
+        except Exception:
+            self._app_failed(request, response)
+        finally:
+            if result is not None and hasattr(result, "close"):
+                try:
+                    result.close()
+                except Exception:
+                    self._app_failed(request, response)
+        if access_log:
+            self._log_access(request, response, started)
+
+    def environ(self, request):
+        """The PEP 3333 environ. See `fastfcgi_py.WSGIGateway.environ`."""
+        return _wsgi_environ(self._constant_keys, request)
+
+    def _send(self, request, response, result):
+        if not _send_list(request, response, result):
+            _py.WSGIGateway._send(self, request, response, result)
+
+
+##############################################################################
 # Servers on the compiled core  ###############################################
 ##############################################################################
 #
-# fastfcgi_py's servers, subclassed here with ``parser_class = Parser`` and
-# ``writer_class = Writer`` so that fastfcgi's servers run on this core.
+# fastfcgi_py's servers, subclassed here with this core's Parser, Writer,
+# Connection and Request, so that fastfcgi's servers run on this core.  The
+# loops themselves are the pure core's: compiling them gained nothing
+# measurable, and their Python frames are what a --timeout traceback shows.
 
 
 class Server(_py.Server):
-    """fastfcgi_py.Server on the compiled Parser and Writer. See `fastfcgi_py.Server`."""
+    """fastfcgi_py.Server on the compiled core. See `fastfcgi_py.Server`."""
 
     parser_class = Parser
     writer_class = Writer
     connection_class = Connection
+    request_class = Request
+
+    def new_connection(self, conn):
+        """Give an accepted Connection its core. See `fastfcgi_py.Server.new_connection`."""
+        # The first connection's parser is made as the pure core makes them
+        # (that reads and checks the limits); later ones are copies of it,
+        # which costs less than parsing its keywords each time.
+        proto = self.__dict__.get("_parser_proto")
+        if proto is None:
+            _py.Server.new_connection(self, conn)
+            if type(conn.parser) is Parser:
+                self._parser_proto = (<Parser>conn.parser)._fresh()
+            return
+        conn.parser = (<Parser>proto)._fresh()
+        conn.writer = self.writer

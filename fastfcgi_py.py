@@ -1050,48 +1050,12 @@ class _DataStream(object):
         return True
 
 
-class Request(object):
-    """One FastCGI request.
+class _RequestMethods(object):
+    """Request's methods, apart from its state (``Request`` below).  The
+    compiled core keeps that state, and its hot methods, in C, and takes the
+    rest from here."""
 
-    Attributes:
-        params: dict of the request's params (latin-1 str).
-        request_id, role, keep_conn: from FCGI_BEGIN_REQUEST.
-        stdin, stdout, stderr: file-like streams.
-    """
-
-    __slots__ = ("params", "request_id", "role", "keep_conn", "connection",
-                 "encoding", "_buffer", "_stdin_done",
-                 "_aborted", "_finished", "_stderr_used", "_stdout_used",
-                 "_data_buffer", "_data_done", "stdout_bytes", "_views",
-                 "_abort_pending")
-
-    def __init__(self, connection, request_id, role, flags, params):
-        self.connection = connection
-        self.request_id = request_id
-        self.role = role
-        self.keep_conn = bool(flags & FCGI_KEEP_CONN)
-        self.params = params
-        self.encoding = "utf-8"
-        self._buffer = b""          # stdin received but not yet read
-        # Spec 6.3: an authorizer gets no stdin (lighttpd sends none, or an
-        # empty one the parser skips once the request ends).
-        self._stdin_done = role == FCGI_AUTHORIZER
-        self._aborted = False
-        self._finished = False
-        self._stderr_used = False
-        self._stdout_used = False
-        self.stdout_bytes = 0       # body bytes sent (the access log counts them)
-        # FILTER role (spec 6.4): the file to filter comes as FCGI_DATA,
-        # after stdin.  ``data`` is its file-like view.
-        self._data_buffer = b""
-        self._data_done = role != FCGI_FILTER
-        self._views = None
-        self._abort_pending = False
-        if not self._stdin_done and connection.parser.buffered >= 8:
-            if connection.parser.take_stdin_end(request_id):
-                self._stdin_done = True     # a GET's empty STDIN, the common case
-            else:
-                self._take_buffered_stdin()
+    __slots__ = ()
 
     def _take_buffered_stdin(self):
         """Take the stdin records that came with the params, without
@@ -1454,6 +1418,50 @@ class Request(object):
         return self._aborted
 
 
+class Request(_RequestMethods):
+    """One FastCGI request.
+
+    Attributes:
+        params: dict of the request's params (latin-1 str).
+        request_id, role, keep_conn: from FCGI_BEGIN_REQUEST.
+        stdin, stdout, stderr: file-like streams.
+    """
+
+    __slots__ = ("params", "request_id", "role", "keep_conn", "connection",
+                 "encoding", "_buffer", "_stdin_done",
+                 "_aborted", "_finished", "_stderr_used", "_stdout_used",
+                 "_data_buffer", "_data_done", "stdout_bytes", "_views",
+                 "_abort_pending")
+
+    def __init__(self, connection, request_id, role, flags, params):
+        self.connection = connection
+        self.request_id = request_id
+        self.role = role
+        self.keep_conn = bool(flags & FCGI_KEEP_CONN)
+        self.params = params
+        self.encoding = "utf-8"
+        self._buffer = b""          # stdin received but not yet read
+        # Spec 6.3: an authorizer gets no stdin (lighttpd sends none, or an
+        # empty one the parser skips once the request ends).
+        self._stdin_done = role == FCGI_AUTHORIZER
+        self._aborted = False
+        self._finished = False
+        self._stderr_used = False
+        self._stdout_used = False
+        self.stdout_bytes = 0       # body bytes sent (the access log counts them)
+        # FILTER role (spec 6.4): the file to filter comes as FCGI_DATA,
+        # after stdin.  ``data`` is its file-like view.
+        self._data_buffer = b""
+        self._data_done = role != FCGI_FILTER
+        self._views = None
+        self._abort_pending = False
+        if not self._stdin_done and connection.parser.buffered >= 8:
+            if connection.parser.take_stdin_end(request_id):
+                self._stdin_done = True     # a GET's empty STDIN, the common case
+            else:
+                self._take_buffered_stdin()
+
+
 ##############################################################################
 # WSGI gateway  ###############################################################
 ##############################################################################
@@ -1599,6 +1607,7 @@ class WSGIGateway(object):
 
     multiprocess = True
     multithread = False
+    response_class = _Response      # the compiled core plugs its own
 
     def __init__(self, app, access_log=False):
         self.app = app
@@ -1649,7 +1658,7 @@ class WSGIGateway(object):
     def __call__(self, request):
         started = time.time() if self.access_log else 0
         env = self.environ(request)
-        response = _Response(request, env.get("REQUEST_METHOD") == "HEAD")
+        response = self.response_class(request, env.get("REQUEST_METHOD") == "HEAD")
         result = None
         try:
             result = self.app(env, response.start_response)
@@ -2075,13 +2084,14 @@ class Server(object):
     """Serves FastCGI requests from ``listener`` with ``gateway(request)``.
 
     The core comes in as the class attributes ``parser_class``,
-    ``writer_class`` and ``connection_class``; the compiled module
-    subclasses Server to plug its own.
+    ``writer_class``, ``connection_class`` and ``request_class``; the
+    compiled module subclasses Server to plug its own.
     """
 
     parser_class = Parser
     writer_class = Writer
     connection_class = Connection
+    request_class = Request
 
     def __init__(self, gateway, listener, *, max_body=None,
                  max_param_size=DEFAULT_MAX_PARAM_SIZE,
@@ -2304,7 +2314,7 @@ class Server(object):
                 busy_slot(time.monotonic())
             code = conn.read_request()
             if code == OK:
-                request = Request(conn, parser.request_id, parser.role, parser.flags,
+                request = self.request_class(conn, parser.request_id, parser.role, parser.flags,
                                   parser.params)
                 keep = self.handle(request)     # frees the slot
                 if not keep:
@@ -3415,7 +3425,7 @@ def main(argv=None, core=None):
         log.error("no address: give --fcgi ADDR, or start us with a listening socket on fd 0")
         return 2
     where = format_address(listener.family, listener.getsockname())
-    gateway_class = RawGateway if args.raw else WSGIGateway
+    gateway_class = core.RawGateway if args.raw else core.WSGIGateway
     single = (args.workers == 1 and not args.timeout and not args.max_requests[0]
               and not args.reload)
 

@@ -22,6 +22,8 @@ def test_compiled_core_loaded():
     # The servers of the compiled module really run on the compiled core.
     assert fastfcgi.Server.parser_class is fastfcgi.Parser
     assert fastfcgi.Server.writer_class is fastfcgi.Writer
+    assert fastfcgi.Server.request_class is fastfcgi.Request
+    assert issubclass(fastfcgi.WSGIGateway, fastfcgi._py.WSGIGateway)
 
 
 def test_cores_share_the_constants(core):
@@ -29,7 +31,8 @@ def test_cores_share_the_constants(core):
     assert (core.OK, core.EOF, core.IO, core.PROTO, core.PLEN, core.CLEN, core.ABORT,
             core.NOREQ, core.SEND) == (0, -1, -2, -3, -4, -5, -6, -7, -8)
     for name in fastfcgi_py.__all__:
-        if name not in ("Parser", "Writer", "Connection", "Server"):   # the compiled core's own
+        if name not in ("Parser", "Writer", "Connection", "Request", "WSGIGateway",
+                        "Server"):   # the compiled core's own
             assert getattr(core, name) is getattr(fastfcgi_py, name), name
 
 
