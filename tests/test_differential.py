@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fastfcgi_py
-from conftest import (begin, end_after_stdin, fastfcgi, get_values, nv, params_records,
+from conftest import (begin, end_after_stdin, fastfcgi, get_values, nv, params_records, request,
                       rec, run, stdin_records)
 
 needs_both = pytest.mark.skipif(fastfcgi is None, reason="compiled core not built")
@@ -239,3 +239,125 @@ def test_Parser_take_stdin_end_cores_agree(data, options, split):
         results.append((run(module.Parser(**options), [c for c in chunks if c],
                             on_event=taking_stdin_end(taken)), taken))
     assert results[0] == results[1]
+
+
+# -- the WSGI gateway: both cores' Servers answer the same bytes alike --------
+#
+# The compiled core runs a request's hot path (the Request, the environ,
+# start_response, a list body's one send) in C and falls back to the pure
+# code for the rest; each case here must give the web server the same bytes
+# and the application the same environ on both.
+
+class _AppFailed(Exception):
+    pass
+
+
+def _wsgi_app(behaviour, seen):
+    status, headers, body_kind, chunks = behaviour
+
+    def app(environ, start_response):
+        seen.append(sorted((k, v) for k, v in environ.items()
+                           if isinstance(v, (str, bool, tuple))))
+        if body_kind == "read":
+            data = environ["wsgi.input"].read()
+            chunks_ = [data] + list(chunks)
+        else:
+            chunks_ = list(chunks)
+        if body_kind == "none":
+            return chunks_              # before start_response
+        if body_kind == "raise-first":
+            raise _AppFailed("before the head")
+        write = start_response(status, headers)
+        if body_kind == "again":
+            start_response(status, headers)
+        if body_kind == "write":
+            for chunk in chunks_:
+                write(chunk)
+            return []
+        if body_kind == "stderr":
+            environ["wsgi.errors"].write("warning\n")
+        if body_kind == "gen" or body_kind == "gen-raise":
+            def gen():
+                for chunk in chunks_:
+                    yield chunk
+                if body_kind == "gen-raise":
+                    raise _AppFailed("after the head")
+            return gen()
+        return chunks_
+    return app
+
+
+behaviours = st.tuples(
+    st.sampled_from(["200 OK", "404 Not Found", "204", "999 X", "2000 Bad", "200 OK\n"]),
+    st.lists(st.tuples(st.sampled_from(["Content-Type", "X-A", "Bad Name", "X-\xe9"]),
+                       st.sampled_from(["text/plain", "", "v\r\nw", "\xe9", "a" * 70])),
+             max_size=3),
+    st.sampled_from(["list", "list", "gen", "write", "stderr", "read", "none",
+                     "raise-first", "gen-raise", "again"]),
+    st.lists(st.one_of(st.binary(max_size=20), st.sampled_from([b"", "text", bytearray(b"ba")])),
+             max_size=3))
+
+request_params = st.fixed_dictionaries({"REQUEST_METHOD": st.sampled_from(["GET", "HEAD", "POST"])},
+                                       optional={
+    "HTTPS": st.sampled_from(["on", "ON", "1", "off"]),
+    "REQUEST_SCHEME": st.sampled_from(["https", "http"]),
+    "HTTP_CONTENT_TYPE": st.sampled_from(["text/plain"]),
+    "HTTP_CONTENT_LENGTH": st.sampled_from(["3", "-1"]),
+    "CONTENT_LENGTH": st.sampled_from(["3", "-1", ""]),
+    "PATH_INFO": st.sampled_from(["/a", ""]),
+})
+
+
+def serve_wsgi(module, app, data):
+    """What ``module``'s Server sends back for ``data`` on one connection."""
+    sock, thread = serve_bytes_collecting(data)
+    lsock = socket.socket(socket.AF_UNIX)       # the Server wants a listener
+    try:
+        server = module.Server(module.WSGIGateway(app), lsock)
+        conn = module.Connection(sock, None, None, "")
+        server.new_connection(conn)
+        server.serve_connection(conn)
+    finally:
+        sock.close()
+        lsock.close()
+        thread.join(10)
+    return thread.received
+
+
+def serve_bytes_collecting(data):
+    """A socket whose peer sends ``data`` and keeps what it reads (it stays
+    open, as a web server waiting for the answer does)."""
+    app, web = socket.socketpair()
+
+    class Peer(threading.Thread):
+        received = b""
+
+        def run(self):
+            web.sendall(data)
+            web.settimeout(10)
+            try:
+                while True:
+                    got = web.recv(65536)
+                    if not got:
+                        break
+                    self.received += got
+            except OSError:
+                pass
+            web.close()
+    thread = Peer()
+    thread.start()
+    return app, thread
+
+
+@needs_both
+@SETTINGS
+@given(behaviour=behaviours, env=request_params, body=st.sampled_from([b"", b"abc"]),
+       flags=st.sampled_from([0, 1]))
+def test_WSGIGateway_cores_agree(behaviour, env, body, flags):
+    data = request(1, dict(env, SCRIPT_NAME=""), body, flags=flags)
+    out = {}
+    for module in (fastfcgi, fastfcgi_py):
+        seen = []
+        out[module.__name__] = (serve_wsgi(module, _wsgi_app(behaviour, seen), data), seen)
+    assert out["fastfcgi"] == out["fastfcgi_py"]
+    assert out["fastfcgi"][0]       # something was answered
