@@ -10,7 +10,7 @@
 # ############################################################################
 
 cdef extern from "<sys/socket.h>" nogil:
-    # The blocking fast path (Parser.read_event) calls these on the fd of a
+    # The blocking loop (Connection.read_event) calls these on the fd of a
     # plain socket.socket, without building a bytes object per read.
     ssize_t recv(int fd, void* buf, size_t n, int flags)
     ssize_t send(int fd, const void* buf, size_t n, int flags)
@@ -143,9 +143,8 @@ cdef enum:
     FCGI_UNKNOWN_ROLE = 3
 
 cdef enum:
-    # Private limits, as fastfcgi_py's _CHUNK, _MAX_IGNORED, _MAX_CL_DIGITS.
+    # Private limits, as fastfcgi_py's _CHUNK and _MAX_CL_DIGITS.
     CHUNK = 65528           # content of the records we emit
-    MAX_IGNORED = 64        # ended/rejected ids remembered
     MAX_CL_DIGITS = 18      # longest CONTENT_LENGTH accepted
     # The caches of param names and values: slots (a power of two), and
     # the longest string kept.
@@ -158,8 +157,8 @@ cdef enum:
     # buffer is given back.
     BUF_INITIAL = 16384
     BUF_SHRINK = 1048576
-    # What read_event asks of one recv, as fastfcgi_py._RECV_FIRST and
-    # _RECV_SIZE (the same reads leave the same bytes unread when a
+    # What Connection.read_event asks of one recv, as fastfcgi_py._RECV_FIRST
+    # and _RECV_SIZE (the same reads leave the same bytes unread when a
     # connection fails): the first size, doubled after each read that
     # fills it, up to the last.  The first fits the first buffer.
     RECV_FIRST = 16384
@@ -199,6 +198,7 @@ cdef class _RequestState:
         bint stdin_done
         bint data_done
         bint aborted
+        long long excess             # stdin bytes past CONTENT_LENGTH, dropped
 
     # Append PARAMS content to params_buf (MemoryError).
     cdef int add_params(self, const unsigned char* data, Py_ssize_t n) except -1
@@ -212,15 +212,12 @@ cdef class Parser:
         Py_ssize_t _start
         Py_ssize_t _end
         bint _eof
-        bint _receiving              # read_event is in recv() into _buf
-        Py_ssize_t _recv_size        # what the next recv asks for
+        bint _receiving              # a read is filling _buf's free end
+        Py_ssize_t _lent             # how much of it get_buffer lent
         int _error                   # sticky code, 0 while healthy
-        bint _closing                # rejected a request without KEEP_CONN
+        bint _closing                # a request without KEEP_CONN began
         dict _requests               # active request id -> _RequestState
         list _out                    # queued management replies (bytes)
-        # The set of ended or rejected ids, at most MAX_IGNORED of them.
-        unsigned short _ignored[MAX_IGNORED]
-        int _n_ignored
         # Limits as given (the attributes) and as C integers (the checks).
         object _max_param_size
         object _max_params_size
@@ -231,23 +228,13 @@ cdef class Parser:
         public object max_conns
         public object max_reqs
         public object mpxs_conns
-        # The head of the last request read_request returned OK for; on PLEN
-        # and CLEN, request_id names the request that broke the limit.
-        public object request_id
-        public object role
-        public object flags
-        public object params
 
     # A new Parser with this one's limits (Server.new_connection).
     cdef Parser _fresh(self)
     # Record the sticky code and return it.
     cdef int _fail(self, int code) noexcept
-    # Add an id to the ignored set (cleared when full, as the pure core).
-    cdef void _ignore(self, int request_id) noexcept
-    # Remove an id from the ignored set.
-    cdef void _unignore(self, int request_id) noexcept
-    # Whether an id is in the ignored set.
-    cdef bint _is_ignored(self, int request_id) noexcept
+    # Whether a BEGIN_REQUEST now waits for the active request to end.
+    cdef bint _holds_next(self) except -1
     # Make room for n more bytes at _end (MemoryError).
     cdef int _reserve(self, Py_ssize_t n) except -1
     # Forget consumed bytes; give a large emptied buffer back.
@@ -267,15 +254,6 @@ cdef class Parser:
     cdef object _on_data(self, _RequestState state,
                          const unsigned char* content, Py_ssize_t n)
     cdef object _on_get_values(self, const unsigned char* content, Py_ssize_t n)
-    # read_event and read_request on ``sock`` or, when ``fd`` >= 0, on
-    # that file descriptor (``sock`` may then be None): the blocking loop
-    # over _next_event, _send_out and _recv.
-    cdef object _read_event(self, object sock, int fd)
-    cdef object _read_request(self, object sock, int fd)
-    # Send the queued replies; OK or SEND.
-    cdef int _send_out(self, object sock, int fd) except -128
-    # Receive once into _buf (or feed what sock.recv gave); OK or IO.
-    cdef int _recv(self, object sock, int fd) except -128
 
 
 cdef class Writer:
@@ -295,7 +273,26 @@ cdef class Connection:
         public object send_file
         public bint drain
         public bint registered
+        # The demultiplexer's (fastfcgi_py._Demultiplexer): active request
+        # id -> Request, and the class it makes them with.
+        public object requests
+        public object request_class
+        # FU's reader: the head of the last request read_request gave.
+        public object request_id
+        public object role
+        public object flags
+        public object params
+        public int error             # IO or SEND, sticky
+        public Py_ssize_t _recv_size # what the next recv asks for
 
+    # The blocking loop: the parser's next event, its replies sent, recv
+    # into its buffer; on ``sock`` or, when ``fd`` >= 0, on that fd.
+    cdef object _read_event(self, Parser p, object sock, int fd)
+    # Send the parser's queued replies; OK or SEND.
+    cdef int _send_out(self, Parser p, object sock, int fd) except -128
+    # Receive once into the parser's buffer; OK or IO.
+    cdef int _recv(self, Parser p, object sock, int fd) except -128
+    # sendall/send_last on the bare fd.
     cdef _send_fd(self, data, int flags)
 
 
@@ -319,7 +316,8 @@ cdef class _RequestCore:
         public bint _data_done
         public object stdout_bytes
         public object _views
-        public bint _abort_pending
+        public int _input_error
+        public bint _gone
 
     # send(data, last): False once the web server went away.
     cdef bint _send(self, object data, bint last) except -1

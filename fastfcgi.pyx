@@ -13,11 +13,12 @@
 # per-request steps the profile showed hot (see their section).
 
 cimport cython
-from cpython.buffer cimport (PyBUF_SIMPLE, PyBuffer_Release,
+from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITE, PyBuffer_Release,
                              PyObject_CheckBuffer, PyObject_GetBuffer)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.long cimport (PyLong_AsLongAndOverflow,
                            PyLong_AsLongLongAndOverflow,
                            PyLong_AsUnsignedLongLongMask, PyLong_CheckExact)
@@ -464,6 +465,26 @@ cdef class _RequestState:
         return 0
 
 
+cdef object _abort(_RequestState state, int code):
+    # A per-request failure: its input is over (see fastfcgi_py's Parser).
+    state.aborted = True
+    free(state.params_buf)
+    state.params_buf = NULL
+    state.params_len = state.params_cap = 0
+    return (FCGI_ABORT_REQUEST, state.request_id, code)
+
+
+cdef bint _input_complete(_RequestState state) noexcept:
+    # As fastfcgi_py._input_complete.
+    if state.aborted:
+        return True
+    if state.params is None:
+        return False
+    if state.role == FCGI_AUTHORIZER:
+        return True                 # spec 6.3: an authorizer gets no stdin
+    return state.stdin_done and (state.data_done or state.role != FCGI_FILTER)
+
+
 @cython.auto_pickle(False)
 cdef class Parser:
     """Parser(*, max_param_size=DEFAULT_MAX_PARAM_SIZE, max_params_size=DEFAULT_MAX_PARAMS_SIZE, max_body=None, max_conns=1, max_reqs=1, mpxs_conns=False)
@@ -477,7 +498,6 @@ cdef class Parser:
         if self._buf == NULL:
             raise MemoryError()
         self._cap = BUF_INITIAL
-        self._recv_size = RECV_FIRST
         self._requests = {}
         self._out = []
         self._c_max_param_size = self._c_max_params_size = 0
@@ -506,13 +526,8 @@ cdef class Parser:
         self._eof = False
         self._error = 0
         self._requests = {}
-        self._n_ignored = 0
         self._out = []
         self._closing = False
-        self.request_id = 0
-        self.role = 0
-        self.flags = 0
-        self.params = None
 
     cdef Parser _fresh(self):
         # A new Parser with this one's limits, as __init__ would make it
@@ -527,7 +542,6 @@ cdef class Parser:
         p.max_conns = self.max_conns
         p.max_reqs = self.max_reqs
         p.mpxs_conns = self.mpxs_conns
-        p.request_id = p.role = p.flags = 0
         return p
 
     # -- limits: the attribute as given, its C copy for the checks --------
@@ -570,7 +584,7 @@ cdef class Parser:
         if self._receiving:
             # Only the compiled core has this error: the pure one has no
             # buffer that another thread could pull from under recv().
-            raise RuntimeError("Parser.feed() while read_event() is receiving")
+            raise RuntimeError("Parser.feed() while a read is filling its buffer")
         if self._eof:
             if data:
                 raise RuntimeError("Parser.feed() after EOF")
@@ -634,8 +648,35 @@ cdef class Parser:
 
     @property
     def keep_conn(self):
-        """Whether the last request read asked to keep the connection. See `fastfcgi_py.Parser.keep_conn`."""
-        return bool(self.flags & FCGI_KEEP_CONN)
+        """False once a request without FCGI_KEEP_CONN has begun. See `fastfcgi_py.Parser.keep_conn`."""
+        return not self._closing
+
+    @property
+    def active(self):
+        """How many requests are active. See `fastfcgi_py.Parser.active`."""
+        return len(self._requests)
+
+    def get_buffer(self, sizehint=-1):
+        """asyncio.BufferedProtocol.get_buffer: the receive buffer itself. See `fastfcgi_py.Parser.get_buffer`."""
+        cdef Py_ssize_t size = sizehint if sizehint > 0 else RECV_FIRST
+        if self._eof:
+            raise RuntimeError("Parser.get_buffer() after EOF")
+        self._reserve(size)
+        # The view lends _buf's free end: valid until buffer_updated (or
+        # the next get_buffer), which is all asyncio keeps it for; feed()
+        # refuses to move the buffer meanwhile.
+        self._receiving = True
+        self._lent = size
+        return PyMemoryView_FromMemory(<char*>(self._buf + self._end), size, PyBUF_WRITE)
+
+    def buffer_updated(self, nbytes):
+        """nbytes were written into the buffer get_buffer gave. See `fastfcgi_py.Parser.buffer_updated`."""
+        if not self._receiving:
+            raise RuntimeError("Parser.buffer_updated() without get_buffer()")
+        if not 0 <= nbytes <= self._lent:
+            raise ValueError("nbytes out of range: %r" % (nbytes,))
+        self._receiving = False
+        self._end += <Py_ssize_t>nbytes
 
     def data_to_send(self):
         """Return (and forget) the queued replies to management records. See `fastfcgi_py.Parser.data_to_send`."""
@@ -646,10 +687,11 @@ cdef class Parser:
         return out
 
     def end_request(self, request_id):
-        """Mark request_id answered. See `fastfcgi_py.Parser.end_request`."""
+        """Mark request_id answered; the stdin bytes dropped past CONTENT_LENGTH. See `fastfcgi_py.Parser.end_request`."""
         state = self._requests.pop(request_id, None)
-        if state is not None:
-            self._ignore((<_RequestState>state).request_id)
+        if state is None:
+            return 0
+        return (<_RequestState>state).excess
 
     def take_stdin_end(self, request_id):
         """Consume the empty STDIN that cleanly ends request_id's stdin, if it is next. See `fastfcgi_py.Parser.take_stdin_end`."""
@@ -669,34 +711,6 @@ cdef class Parser:
         self._start += FCGI_HEADER_LEN
         state.stdin_done = True
         return True
-
-    # -- the ignored ids ---------------------------------------------------
-    #
-    # The pure core's set, as a small array: it never holds more than
-    # MAX_IGNORED ids, and is cleared, as there, when an id is added to a
-    # full one.
-
-    cdef void _ignore(self, int request_id) noexcept:
-        if self._n_ignored >= MAX_IGNORED:
-            self._n_ignored = 0
-        if not self._is_ignored(request_id):
-            self._ignored[self._n_ignored] = <unsigned short>request_id
-            self._n_ignored += 1
-
-    cdef void _unignore(self, int request_id) noexcept:
-        cdef int i
-        for i in range(self._n_ignored):
-            if self._ignored[i] == request_id:
-                self._n_ignored -= 1
-                self._ignored[i] = self._ignored[self._n_ignored]
-                return
-
-    cdef bint _is_ignored(self, int request_id) noexcept:
-        cdef int i
-        for i in range(self._n_ignored):
-            if self._ignored[i] == request_id:
-                return True
-        return False
 
     # -- the state machine -------------------------------------------------
 
@@ -734,6 +748,9 @@ cdef class Parser:
                 return self._fail(PROTO)
             rtype = p[1]
             request_id = (p[2] << 8) | p[3]
+            if (rtype == FCGI_BEGIN_REQUEST and self._requests and request_id
+                    and self._holds_next()):
+                return None     # the next request: read once this one ends
             n = (p[4] << 8) | p[5]
             total = FCGI_HEADER_LEN + n + p[6]
             if avail < total:
@@ -747,6 +764,15 @@ cdef class Parser:
             event = self._dispatch(rtype, request_id, p + FCGI_HEADER_LEN, n)
             if event is not None:
                 return event
+
+    cdef bint _holds_next(self) except -1:
+        # A connection that does not multiplex, and its active request's
+        # input is complete: a BEGIN_REQUEST now is the next request.
+        if self.mpxs_conns:
+            return False
+        for state in (<dict>self._requests).values():
+            return _input_complete(<_RequestState>state)
+        return False
 
     cdef object _dispatch(self, int rtype, int request_id,
                           const unsigned char* content, Py_ssize_t n):
@@ -762,21 +788,16 @@ cdef class Parser:
             return None
         if rtype == FCGI_BEGIN_REQUEST:
             return self._on_begin_request(request_id, content, n)
-        elif (rtype == FCGI_ABORT_REQUEST or rtype == FCGI_PARAMS
-              or rtype == FCGI_STDIN or rtype == FCGI_DATA):
-            found = PyDict_GetItem(self._requests, request_id)
-            if found == NULL:
-                # Spec 3.3: records of an inactive id we have seen are
-                # ignored; of one never begun, the peer is confused.
-                if self._is_ignored(request_id):
-                    return None
-                return self._fail(PROTO)
-            state = <_RequestState>found
+        found = PyDict_GetItem(self._requests, request_id)
+        if found == NULL:
+            return None         # spec 3.3: an inactive id's record is ignored
+        state = <_RequestState>found
+        if (rtype == FCGI_ABORT_REQUEST or rtype == FCGI_PARAMS
+                or rtype == FCGI_STDIN or rtype == FCGI_DATA):
             if state.aborted:
-                return None
+                return None     # its input is over: the rest is skipped
             if rtype == FCGI_ABORT_REQUEST:
-                state.aborted = True
-                return (FCGI_ABORT_REQUEST, request_id)
+                return _abort(state, ABORT)
             if rtype == FCGI_PARAMS:
                 return self._on_params(state, content, n)
             if rtype == FCGI_STDIN:
@@ -799,7 +820,8 @@ cdef class Parser:
             return self._fail(PROTO)
         role = (content[0] << 8) | content[1]
         flags = content[2]
-        self._unignore(request_id)
+        if not flags & FCGI_KEEP_CONN:
+            self._closing = True
         if role != FCGI_RESPONDER and role != FCGI_AUTHORIZER and role != FCGI_FILTER:
             reply = FCGI_UNKNOWN_ROLE
         elif self._requests and (not self.mpxs_conns
@@ -813,10 +835,9 @@ cdef class Parser:
             state.content_length = -1
             self._requests[request_id] = state
             return None
+        # Refused: answered now, and the id stays inactive (its records are
+        # ignored).
         self._out.append(_end_request_record(request_id, 0, reply))
-        self._ignore(request_id)
-        if not flags & FCGI_KEEP_CONN:
-            self._closing = True
         return None
 
     cdef object _on_params(self, _RequestState state,
@@ -827,8 +848,7 @@ cdef class Parser:
             return self._fail(PROTO)
         if n:
             if state.params_len + n > self._c_max_params_size:
-                self.request_id = state.request_id
-                return self._fail(PLEN)
+                return _abort(state, PLEN)
             state.add_params(content, n)
             return None
         # The empty record ends the stream (spec 3.3).
@@ -838,15 +858,15 @@ cdef class Parser:
         state.params_buf = NULL
         state.params_len = state.params_cap = 0
         if type(decoded) is int:
-            self.request_id = state.request_id
-            return self._fail(decoded)
+            if decoded == PROTO:
+                return self._fail(PROTO)
+            return _abort(state, decoded)
         params = <dict>decoded
         cl = params.get("CONTENT_LENGTH")
         if cl and cl != "-1":   # Caddy 2.6 sends -1 for a body of unknown length
             length = _content_length(cl)
             if length < 0 or length > self._c_max_body:
-                self.request_id = state.request_id
-                return self._fail(CLEN)
+                return _abort(state, CLEN)
             state.content_length = length
         state.params = params
         return (FCGI_PARAMS, state.request_id, state.role, state.flags, params)
@@ -855,18 +875,25 @@ cdef class Parser:
                           const unsigned char* content, Py_ssize_t n):
         if state.params is None or state.stdin_done:
             return self._fail(PROTO)
+        cdef long long keep
         if not n:
             state.stdin_done = True
             if 0 <= state.content_length and state.stdin_seen < state.content_length:
-                state.aborted = True
-                return (FCGI_ABORT_REQUEST, state.request_id)
+                return _abort(state, ABORT)
             return (FCGI_STDIN, state.request_id, b"")
+        if 0 <= state.content_length < state.stdin_seen + n:
+            # More than CONTENT_LENGTH: cut there (PEP 3333; see the pure
+            # core), and count the rest.
+            keep = state.content_length - state.stdin_seen
+            state.excess += state.stdin_seen + n - state.content_length
+            state.stdin_seen = state.content_length
+            if not keep:
+                return None
+            return (FCGI_STDIN, state.request_id,
+                    PyBytes_FromStringAndSize(<char*>content, <Py_ssize_t>keep))
         state.stdin_seen += n
-        if 0 <= state.content_length < state.stdin_seen:
-            return self._fail(PROTO)
         if state.stdin_seen > self._c_max_body:
-            self.request_id = state.request_id
-            return self._fail(CLEN)
+            return _abort(state, CLEN)
         return (FCGI_STDIN, state.request_id,
                 PyBytes_FromStringAndSize(<char*>content, n))
 
@@ -891,131 +918,6 @@ cdef class Parser:
         answer = [(name, known[name]) for name in asked if name in known]
         self._out.append(_record(FCGI_GET_VALUES_RESULT, 0, encode_params(answer)))
         return None
-
-    # -- blocking fast path ------------------------------------------------
-    #
-    # A plain socket.socket (recv and sendall not overridden, unlike an
-    # SSLSocket's) is read with recv(2) on its fd straight into _buf.  Any
-    # other object, a closed socket (fd -1), or a socket with a timeout (its
-    # fd is non-blocking: EAGAIN) goes through sock.recv and sock.sendall,
-    # exactly as the pure core does, so timeouts behave the same.
-
-    def read_event(self, sock):
-        """Block on the connected socket until the next event. See `fastfcgi_py.Parser.read_event`."""
-        return self._read_event(sock, _plain_fd(sock))
-
-    def read_request(self, sock):
-        """Block until a request's params are complete. See `fastfcgi_py.Parser.read_request`."""
-        return self._read_request(sock, _plain_fd(sock))
-
-    cdef object _read_request(self, object sock, int fd):
-        while True:
-            event = self._read_event(sock, fd)
-            if type(event) is int:
-                return event
-            kind = event[0]
-            if kind == FCGI_PARAMS:
-                self.request_id = event[1]
-                self.role = event[2]
-                self.flags = event[3]
-                self.params = event[4]
-                return OK
-            if kind == FCGI_ABORT_REQUEST:
-                self.request_id = event[1]
-                self.flags = (<_RequestState>self._requests[event[1]]).flags
-                return ABORT
-            # STDIN/DATA of a request the caller has not ended: the caller
-            # reads those with read_event; here they are a misuse.
-            raise RuntimeError("read_request() while request %d is being read"
-                               % event[1])
-
-    cdef object _read_event(self, object sock, int fd):
-        while True:
-            event = self._next_event()
-            if self._out and self._send_out(sock, fd) != OK:
-                return self._fail(SEND)
-            if event is not None:
-                return event
-            if self._recv(sock, fd) != OK:
-                return self._fail(IO)
-
-    cdef int _send_out(self, object sock, int fd) except -128:
-        cdef bytes data = b"".join(self._out)
-        cdef const char* p = PyBytes_AS_STRING(data)
-        cdef Py_ssize_t sent = 0, size = len(data)
-        cdef ssize_t r
-        cdef int err = 0
-        self._out = []
-        while fd >= 0 and sent < size:
-            with nogil:
-                r = send(fd, p + sent, <size_t>(size - sent), MSG_NOSIGNAL)
-                if r < 0:
-                    err = errno
-            if r >= 0:
-                sent += r
-                if sent < size:
-                    # A signal cuts a blocking send short rather than fail
-                    # it with EINTR: its handler runs now, as in sendall.
-                    PyErr_CheckSignals()
-            elif err == EINTR:
-                PyErr_CheckSignals()    # a handler's exception propagates
-            elif err == EAGAIN or err == EWOULDBLOCK:
-                break                   # timeout socket: sendall waits
-            else:
-                return SEND
-        if sent == size:
-            return OK
-        if sock is None:
-            return SEND         # a bare fd (Connection) is never non-blocking
-        try:
-            sock.sendall(data[sent:] if sent else data)
-        except OSError:
-            return SEND
-        return OK
-
-    cdef int _recv(self, object sock, int fd) except -128:
-        cdef ssize_t r
-        cdef int err = 0
-        cdef unsigned char* where
-        cdef Py_ssize_t size = self._recv_size
-        if fd >= 0:
-            self._reserve(size)
-            where = self._buf + self._end
-            # recv() fills _buf without the GIL: until it returns, another
-            # thread's feed() must not move or grow the buffer.
-            self._receiving = True
-            try:
-                while True:
-                    with nogil:
-                        r = recv(fd, where, <size_t>size, 0)
-                        if r < 0:
-                            err = errno
-                    if r > 0:
-                        self._end += r
-                        if r == size and size < RECV_SIZE:
-                            self._recv_size = size * 2  # a stream: read more at once
-                        return OK
-                    if r == 0:
-                        self._eof = True
-                        return OK
-                    if err == EINTR:
-                        PyErr_CheckSignals()    # a handler's exception propagates
-                    elif err == EAGAIN or err == EWOULDBLOCK:
-                        break                   # timeout socket: sock.recv waits
-                    else:
-                        return IO
-            finally:
-                self._receiving = False
-            if sock is None:
-                return IO       # a bare fd (Connection) is never non-blocking
-        try:
-            data = sock.recv(size)
-        except OSError:
-            return IO
-        if len(data) == size and size < RECV_SIZE:
-            self._recv_size = size * 2
-        self.feed(data)
-        return OK
 
 
 _os_strerror = _os.strerror
@@ -1267,11 +1169,20 @@ cdef class Writer:
 # Connections  ################################################################
 ##############################################################################
 #
-# A Connection accepted here is a file descriptor: read_request, read_event
-# and sendall call recv(2) and send(2) on it, and close() closes it.  The
-# socket object (and the getsockname(2) that making one costs) comes only
-# when something asks for ``sock``: a kept connection, a streamed response,
-# a drain.  Most connections carry one request and never need it.
+# A Connection accepted here is a file descriptor: read_event and sendall
+# call recv(2) and send(2) on it, and close() closes it.  The socket object
+# (and the getsockname(2) that making one costs) comes only when something
+# asks for ``sock``: a kept connection, a streamed response, a drain.  Most
+# connections carry one request and never need it.  The blocking read loop
+# is here, in C, receiving straight into the Parser's buffer; everything
+# else a Connection does (the demultiplexer, FU's read_request, poll) is
+# fastfcgi_py's code.
+#
+# A plain socket.socket (recv and sendall not overridden, unlike an
+# SSLSocket's) is read with recv(2) on its fd as well.  Any other object, a
+# closed socket (fd -1), or a socket with a timeout (its fd is non-blocking:
+# EAGAIN) goes through sock.recv and sock.sendall, exactly as the pure core
+# does, so timeouts behave the same.
 
 
 @cython.auto_pickle(False)
@@ -1281,14 +1192,20 @@ cdef class Connection:
     A web server's connection: the socket and the core objects that read and write it. See `fastfcgi_py.Connection`."""
 
     def __cinit__(self):
+        # What __init__ sets too, for the connections accept() makes
+        # without it.
         self._fd = -1
+        self.requests = {}
+        self.request_class = Request
+        self.request_id = self.role = self.flags = 0
+        self._recv_size = RECV_FIRST
 
     def __dealloc__(self):
         if self._sock is None and self._fd >= 0:
             close(self._fd)
 
     @cython.embedsignature(False)
-    def __init__(self, sock, parser, writer, peer="", send_file=None):
+    def __init__(self, sock, parser, writer, peer="", send_file=None, request_class=None):
         self._sock = sock
         self.parser = parser
         self.writer = writer
@@ -1296,6 +1213,8 @@ cdef class Connection:
         self.send_file = send_file
         self.drain = False
         self.registered = False
+        if request_class is not None:
+            self.request_class = request_class
 
     @staticmethod
     def accept(listener, nodelay=True):
@@ -1342,17 +1261,120 @@ cdef class Connection:
     def fileno(self):
         return self._fd if self._sock is None else self._sock.fileno()
 
-    def read_request(self):
-        """``parser.read_request`` on this connection."""
-        if self._sock is None and type(self.parser) is Parser:
-            return (<Parser>self.parser)._read_request(None, self._fd)
-        return self.parser.read_request(self.sock)
+    # The demultiplexer, FU's reader and poll: the pure core's code.
+    route = _py._Demultiplexer.route
+    end_request = _py._Demultiplexer.end_request
+    read_request = _py.Connection.read_request
+    next_request = _py.Connection.next_request
+    poll = _py.Connection.poll
+    keep_conn = _py.Connection.keep_conn
 
     def read_event(self):
-        """``parser.read_event`` on this connection."""
-        if self._sock is None and type(self.parser) is Parser:
-            return (<Parser>self.parser)._read_event(None, self._fd)
-        return self.parser.read_event(self.sock)
+        """Block until the parser's next event. See `fastfcgi_py.Connection.read_event`."""
+        if self.error:
+            return self.error
+        if type(self.parser) is not Parser:
+            return _py.Connection.read_event(self)
+        if self._sock is None:
+            return self._read_event(<Parser>self.parser, None, self._fd)
+        return self._read_event(<Parser>self.parser, self._sock, _plain_fd(self._sock))
+
+    def _fail(self, code):
+        self.error = code
+        return code
+
+    cdef object _read_event(self, Parser p, object sock, int fd):
+        while True:
+            event = p._next_event()
+            if p._out and self._send_out(p, sock, fd) != OK:
+                self.error = SEND
+                return SEND
+            if event is not None:
+                return event
+            if self._recv(p, sock, fd) != OK:
+                self.error = IO
+                return IO
+
+    cdef int _send_out(self, Parser p, object sock, int fd) except -128:
+        # Send the parser's queued replies; OK or SEND.
+        cdef bytes data = b"".join(p._out)
+        cdef const char* buf = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t sent = 0, size = len(data)
+        cdef ssize_t r
+        cdef int err = 0
+        p._out = []
+        while fd >= 0 and sent < size:
+            with nogil:
+                r = send(fd, buf + sent, <size_t>(size - sent), MSG_NOSIGNAL)
+                if r < 0:
+                    err = errno
+            if r >= 0:
+                sent += r
+                if sent < size:
+                    # A signal cuts a blocking send short rather than fail
+                    # it with EINTR: its handler runs now, as in sendall.
+                    PyErr_CheckSignals()
+            elif err == EINTR:
+                PyErr_CheckSignals()    # a handler's exception propagates
+            elif err == EAGAIN or err == EWOULDBLOCK:
+                break                   # timeout socket: sendall waits
+            else:
+                return SEND
+        if sent == size:
+            return OK
+        if sock is None:
+            return SEND         # a bare fd is never non-blocking
+        try:
+            sock.sendall(data[sent:] if sent else data)
+        except OSError:
+            return SEND
+        return OK
+
+    cdef int _recv(self, Parser p, object sock, int fd) except -128:
+        # Receive once into the parser's buffer (or feed what sock.recv
+        # gave); OK or IO.
+        cdef ssize_t r
+        cdef int err = 0
+        cdef unsigned char* where
+        cdef Py_ssize_t size = self._recv_size
+        if fd >= 0:
+            p._reserve(size)
+            where = p._buf + p._end
+            # recv() fills the buffer without the GIL: until it returns,
+            # another thread's feed() must not move or grow it.
+            p._receiving = True
+            try:
+                while True:
+                    with nogil:
+                        r = recv(fd, where, <size_t>size, 0)
+                        if r < 0:
+                            err = errno
+                    if r > 0:
+                        p._end += r
+                        if r == size and size < RECV_SIZE:
+                            self._recv_size = size * 2  # a stream: read more at once
+                        return OK
+                    if r == 0:
+                        p._eof = True
+                        return OK
+                    if err == EINTR:
+                        PyErr_CheckSignals()    # a handler's exception propagates
+                    elif err == EAGAIN or err == EWOULDBLOCK:
+                        break                   # timeout socket: sock.recv waits
+                    else:
+                        return IO
+            finally:
+                p._receiving = False
+            if sock is None:
+                return IO       # a bare fd is never non-blocking
+        try:
+            data = sock.recv(size)
+        except OSError:
+            return IO
+        if len(data) == size and size < RECV_SIZE:
+            self._recv_size = size * 2
+        p.feed(data)
+        return OK
 
     def sendall(self, data):
         """Send all of ``data``; raises OSError as socket.sendall."""
@@ -1454,6 +1476,7 @@ _time = _py.time.time
 _monotonic = _py.time.monotonic
 _RequestError = _py.RequestError
 _ROLE_NAMES = _py.ROLE_NAMES
+_log_excess = _py._log_excess
 
 
 cdef class _RequestCore:
@@ -1462,6 +1485,7 @@ cdef class _RequestCore:
     @cython.embedsignature(False)
     def __init__(self, connection, request_id, role, flags, params):
         cdef Parser fast
+        connection.requests[request_id] = self      # its events come here
         self.connection = connection
         self.request_id = request_id
         self.role = role
@@ -1488,7 +1512,7 @@ cdef class _RequestCore:
             self._take_buffered_stdin()
 
     cdef bint _send(self, object data, bint last) except -1:
-        if self._aborted:
+        if self._gone:
             return False
         try:
             if last:
@@ -1497,7 +1521,7 @@ cdef class _RequestCore:
                 self.connection.sendall(data)
             return True
         except OSError:
-            self._aborted = True
+            self._aborted = self._gone = True
             return False
 
     def send(self, data, _last=False):
@@ -1509,19 +1533,26 @@ cdef class _RequestCore:
         if self._finished:
             return
         self._finished = True
+        if self._aborted:
+            # Spec 5.4: END_REQUEST alone for an aborted request.
+            out = self.connection.writer.end_request(self.request_id, exit_code)
+            self._finish_with(out, 0)
+            return
         out = self.connection.writer.finish(self.request_id, _tail, app_status=exit_code)
+        if self._stderr_used:
+            out = self.connection.writer.end_stderr(self.request_id) + out
         self._finish_with(out, len(_tail))
 
     cdef int _finish_with(self, object out, Py_ssize_t tail_len) except -1:
         # The rest of finish, once _finished is set and ``out`` framed.
         conn = self.connection
-        if self._stderr_used:
-            out = conn.writer.end_stderr(self.request_id) + out
         self.stdout_bytes += tail_len
         self._send(out, not self.keep_conn and self._stdin_done and self._data_done)
-        if self.keep_conn and not (self._stdin_done and self._data_done) and not self._aborted:
+        if self.keep_conn and not (self._stdin_done and self._data_done) and not self._gone:
             self.discard_stdin()
-        conn.parser.end_request(self.request_id)
+        excess = conn.end_request(self.request_id)
+        if excess:
+            _log_excess(self, excess)
         return 0
 
 
@@ -1677,6 +1708,8 @@ cdef bint _send_list(object request, object response, object result) except -1:
     if type(body) is not bytes:
         return False            # the pure code says what is wrong
     req = <_RequestCore>request
+    if req._aborted or req._stderr_used:
+        return False            # finish() says what goes out
     r.head_sent = True
     if r.head_only:
         body = b""
@@ -1715,17 +1748,18 @@ class WSGIGateway(_py.WSGIGateway):
             elif not _send_list(request, response, result):
                 _py.WSGIGateway._send(self, request, response, result)
         except _RequestError as exc:
-            self._request_failed(request, response, exc)
+            response.status = self._request_failed(request, response.head_sent, exc) \
+                or response.status
         except Exception:
-            self._app_failed(request, response)
+            response.status = self._app_failed(request, response.head_sent) or response.status
         finally:
             if result is not None and hasattr(result, "close"):
                 try:
                     result.close()
                 except Exception:
-                    self._app_failed(request, response)
+                    self._app_failed(request, response.head_sent)
         if access_log:
-            self._log_access(request, response, started)
+            self._log_access(request, response.status, started)
 
     def environ(self, request):
         """The PEP 3333 environ. See `fastfcgi_py.WSGIGateway.environ`."""

@@ -24,6 +24,8 @@ import traceback
 
 __version__ = "0.1.0"
 
+log = logging.getLogger("fastfcgi")
+
 __all__ = [
     # return codes
     "OK", "EOF", "IO", "PROTO", "PLEN", "CLEN", "ABORT", "NOREQ", "SEND",
@@ -111,9 +113,6 @@ DEFAULT_MAX_PARAMS_SIZE = 1 << 20
 # Records we emit carry at most this much content: the largest multiple of 8
 # under 65535, so full records need no padding.
 _CHUNK = 65528
-# The id set of requests we rejected or ended whose late records we skip;
-# past this many the peer is misbehaving.
-_MAX_IGNORED = 64
 # CONTENT_LENGTH with more digits than this cannot be a real body size and
 # would not fit a C long long.
 _MAX_CL_DIGITS = 18
@@ -227,41 +226,64 @@ def _decode_params(data, max_size):
 ##############################################################################
 #
 # Theory of operation.  The parser is sans-IO: ``feed(data)`` appends bytes
-# (``b""`` means the peer closed), ``next_event()`` consumes whole records and
-# returns the first thing the caller must act on:
+# (``b""`` means the peer closed; ``get_buffer``/``buffer_updated`` is the
+# same for asyncio's buffered protocols), ``next_event()`` consumes whole
+# records and returns the first thing the caller must act on:
 #
-#   None                               need more data
+#   None                               need more data (or: the next request
+#                                      waits until the active one ends, below)
 #   (FCGI_PARAMS, id, role, flags, params)
 #                                      a request's params are complete; params
 #                                      is a dict of latin-1 str, WSGI-ready
 #   (FCGI_STDIN, id, chunk)            one STDIN record's content; b"" = end
 #   (FCGI_DATA, id, chunk)             the same for the FILTER role's data
-#   (FCGI_ABORT_REQUEST, id)           the request is aborted: the peer sent
-#                                      ABORT_REQUEST, or stdin ended short of
-#                                      CONTENT_LENGTH (the ABORT code)
-#   an int code                        EOF, NOREQ, PROTO, PLEN or CLEN; the
-#                                      connection is over and the parser stays
-#                                      in that state (sticky)
+#   (FCGI_ABORT_REQUEST, id, code)     the request's input is over, abnormally:
+#                                      ABORT  the peer sent ABORT_REQUEST, or
+#                                             stdin ended short of CONTENT_LENGTH
+#                                      PLEN   its params broke a limit (no PARAMS
+#                                             event came for it)
+#                                      CLEN   CONTENT_LENGTH invalid or over
+#                                             max_body (no PARAMS event), or the
+#                                             body passed max_body
+#                                      The request stays active until the
+#                                      caller answers it (``end_request``); the
+#                                      rest of its records are skipped.
+#   an int code                        EOF, NOREQ or PROTO: the connection is
+#                                      over, and the parser stays in that
+#                                      state (sticky)
+#
+# Request ids (spec 3.3): "A request ID R becomes active when the application
+# receives a record {FCGI_BEGIN_REQUEST, R, ...} and becomes inactive when the
+# application sends a record {FCGI_END_REQUEST, R, ...} to the Web server.
+# While a request ID R is inactive, the application ignores records with
+# requestId == R, except for FCGI_BEGIN_REQUEST records".  The caller says
+# when it sent END_REQUEST (``end_request``); from then on the id costs
+# nothing.  Per-request failures end one request; only EOF, NOREQ and PROTO
+# end the connection.
+#
+# A connection that does not multiplex (spec 5.1, FCGI_CANT_MPX_CONN) takes
+# one request at a time, in order: a BEGIN_REQUEST that arrives while the
+# active request's input is still coming is a concurrent request and is
+# refused at once with END_REQUEST(CANT_MPX_CONN); one that arrives after all
+# of its input (HAProxy sends the next request as soon as it has a response's
+# body, before END_REQUEST) stays unread until the active request ends, and
+# is then served.
 #
 # Management records are answered inside the parser: replies (GET_VALUES_
 # RESULT, UNKNOWN_TYPE, END_REQUEST with UNKNOWN_ROLE or CANT_MPX_CONN) are
-# queued for ``data_to_send()``.  A request id stays active until the caller
-# says it answered it (``end_request``); late records for an ended or rejected
-# id are skipped (spec 3.3: the application ignores records of inactive ids
-# it has seen), records for an id never begun are PROTO.
+# queued for ``data_to_send()``.  A request without FCGI_KEEP_CONN ends the
+# connection once it is answered (spec 5.1): then next_event gives NOREQ.
 #
 # Events are emitted per whole record, so the events do not depend on how the
-# bytes were split: the differential tests rely on that.
-#
-# ``read_request(sock)`` and ``read_event(sock)`` are the blocking fast path:
-# the same state machine, fed from a connected socket.
+# bytes were split: the differential tests rely on that.  Reading from a
+# socket is the transport's business (Connection, below).
 
 
 class _RequestState(object):
     """Per-request parser state."""
 
     __slots__ = ("role", "flags", "params", "params_buf", "content_length",
-                 "stdin_seen", "stdin_done", "data_done", "aborted")
+                 "stdin_seen", "stdin_done", "data_done", "aborted", "excess")
 
     def __init__(self, role, flags):
         self.role = role
@@ -272,7 +294,20 @@ class _RequestState(object):
         self.stdin_seen = 0
         self.stdin_done = False
         self.data_done = False
-        self.aborted = False
+        self.aborted = False        # input over: its records are skipped
+        self.excess = 0             # stdin bytes past CONTENT_LENGTH, dropped
+
+
+def _input_complete(state):
+    """Whether all of a request's input is in (or will never come): then a
+    BEGIN_REQUEST behind it is the next request, not a concurrent one."""
+    if state.aborted:
+        return True
+    if state.params is None:
+        return False
+    if state.role == FCGI_AUTHORIZER:
+        return True                 # spec 6.3: an authorizer gets no stdin
+    return state.stdin_done and (state.data_done or state.role != FCGI_FILTER)
 
 
 class Parser(object):
@@ -285,16 +320,14 @@ class Parser(object):
             (CLEN past it, or at once when CONTENT_LENGTH says more).
         max_conns, max_reqs, mpxs_conns: what FCGI_GET_VALUES is told
             (spec 4.1).  With mpxs_conns true up to max_reqs requests may be
-            active on one connection; otherwise a second concurrent
-            BEGIN_REQUEST is answered with END_REQUEST(CANT_MPX_CONN).
+            active on one connection; otherwise one at a time (see above).
 
     See the section comment above for the events and codes.
     """
 
     __slots__ = ("max_param_size", "max_params_size", "max_body", "max_conns",
                  "max_reqs", "mpxs_conns", "_buf", "_pos", "_eof", "_error",
-                 "_requests", "_ignored", "_out", "_closing", "_recv_size",
-                 "request_id", "role", "flags", "params")
+                 "_requests", "_out", "_closing", "_recv_buf", "_receiving")
 
     def __init__(self, *, max_param_size=DEFAULT_MAX_PARAM_SIZE,
                  max_params_size=DEFAULT_MAX_PARAMS_SIZE, max_body=None,
@@ -314,16 +347,10 @@ class Parser(object):
         self._eof = False
         self._error = 0
         self._requests = {}      # active request id -> _RequestState
-        self._ignored = set()    # ended or rejected ids: skip their records
         self._out = []           # queued management replies
-        self._closing = False    # rejected a request without KEEP_CONN
-        self._recv_size = _RECV_FIRST    # what read_event's next recv asks for
-        # The head of the last request read_request returned OK for; on PLEN
-        # and CLEN, request_id names the request that broke the limit.
-        self.request_id = 0
-        self.role = 0
-        self.flags = 0
-        self.params = None
+        self._closing = False    # a request without KEEP_CONN began
+        self._recv_buf = None    # get_buffer's
+        self._receiving = False  # between get_buffer and buffer_updated
 
     # -- feeding ------------------------------------------------------------
 
@@ -342,9 +369,36 @@ class Parser(object):
         else:
             self._eof = True
 
+    def get_buffer(self, sizehint=-1):
+        """asyncio.BufferedProtocol.get_buffer: a writable buffer for the
+        next read, then ``buffer_updated(nbytes)``.  (The compiled core
+        hands out its own receive buffer; here it is a scratch buffer.)"""
+        size = sizehint if sizehint > 0 else _RECV_FIRST
+        buf = self._recv_buf
+        if buf is None or len(buf) < size:
+            buf = self._recv_buf = bytearray(size)
+        self._receiving = True
+        return buf
+
+    def buffer_updated(self, nbytes):
+        """``nbytes`` were written into the buffer ``get_buffer`` gave: as
+        feed() of those bytes (0 is not EOF here: feed b"" for that).
+
+        Raises:
+            RuntimeError: no get_buffer() before it.
+            ValueError: more bytes than the buffer holds.
+        """
+        if not self._receiving:
+            raise RuntimeError("Parser.buffer_updated() without get_buffer()")
+        if not 0 <= nbytes <= len(self._recv_buf):
+            raise ValueError("nbytes out of range: %r" % (nbytes,))
+        self._receiving = False
+        if nbytes:
+            self.feed(self._recv_buf[:nbytes])
+
     @property
     def error(self):
-        """The sticky code (EOF, NOREQ, PROTO, PLEN, CLEN, IO, SEND) or 0."""
+        """The sticky code (EOF, NOREQ or PROTO) or 0."""
         return self._error
 
     @property
@@ -354,8 +408,14 @@ class Parser(object):
 
     @property
     def keep_conn(self):
-        """True when the last request read asked to keep the connection."""
-        return bool(self.flags & FCGI_KEEP_CONN)
+        """False once a request without FCGI_KEEP_CONN has begun: the
+        connection ends when no request is active (spec 5.1)."""
+        return not self._closing
+
+    @property
+    def active(self):
+        """How many requests are active (begun, not yet ended)."""
+        return len(self._requests)
 
     def data_to_send(self):
         """Return (and forget) the queued replies to management records."""
@@ -366,14 +426,18 @@ class Parser(object):
         return out
 
     def end_request(self, request_id):
-        """Mark ``request_id`` answered.
+        """Mark ``request_id`` answered (its END_REQUEST is sent): it is
+        inactive from now on, so its late records (stdin the application
+        did not read) are skipped, and a new BEGIN_REQUEST may reuse the id
+        (nginx always sends id 1).
 
-        Its late records (stdin the application did not read) are skipped
-        from now on, and a new BEGIN_REQUEST may reuse the id (nginx always
-        sends id 1).
+        Returns:
+            How many stdin bytes past its CONTENT_LENGTH the request was
+            sent and the parser dropped (PEP 3333: the application reads
+            at most CONTENT_LENGTH bytes): 0 but for a faulty peer.
         """
-        if self._requests.pop(request_id, None) is not None:
-            self._ignore(request_id)
+        state = self._requests.pop(request_id, None)
+        return state.excess if state is not None else 0
 
     def take_stdin_end(self, request_id):
         """Consume the next buffered record if it is the empty STDIN that
@@ -411,8 +475,8 @@ class Parser(object):
         buf = self._buf
         while True:
             if self._closing and not self._requests:
-                # We refused a request that did not ask to keep the
-                # connection: nothing more is read from it.
+                # Spec 5.1: without FCGI_KEEP_CONN the connection ends
+                # after the response; nothing more is read from it.
                 return self._fail(NOREQ)
             pos = self._pos
             avail = len(buf) - pos
@@ -429,6 +493,10 @@ class Parser(object):
                 return self._fail(PROTO)
             rtype = buf[pos + 1]
             request_id = (buf[pos + 2] << 8) | buf[pos + 3]
+            if (rtype == FCGI_BEGIN_REQUEST and self._requests and request_id
+                    and not self.mpxs_conns
+                    and _input_complete(next(iter(self._requests.values())))):
+                return None     # the next request: read once this one ends
             clen = (buf[pos + 4] << 8) | buf[pos + 5]
             end = pos + 8 + clen
             if avail < 8 + clen + buf[pos + 6]:
@@ -448,11 +516,6 @@ class Parser(object):
         self._error = code
         return code
 
-    def _ignore(self, request_id):
-        if len(self._ignored) >= _MAX_IGNORED:
-            self._ignored.clear()
-        self._ignored.add(request_id)
-
     def _dispatch(self, rtype, request_id, content):
         if request_id == 0:
             if rtype == FCGI_GET_VALUES:
@@ -461,6 +524,11 @@ class Parser(object):
                 return self._fail(PROTO)      # a request record with id 0
             self._out.append(_record(FCGI_UNKNOWN_TYPE, 0, bytes((rtype,)) + b"\0" * 7))
             return None
+        if rtype == FCGI_BEGIN_REQUEST:
+            return self._on_begin_request(request_id, content)
+        state = self._requests.get(request_id)
+        if state is None:
+            return None         # spec 3.3: an inactive id's record is ignored
         handler = _HANDLERS.get(rtype)
         if handler is None:
             if rtype in _MISPLACED_WITH_ID:
@@ -469,26 +537,20 @@ class Parser(object):
                 return self._fail(PROTO)
             self._out.append(_record(FCGI_UNKNOWN_TYPE, 0, bytes((rtype,)) + b"\0" * 7))
             return None
-        if rtype != FCGI_BEGIN_REQUEST:
-            state = self._requests.get(request_id)
-            if state is None:
-                if request_id in self._ignored:
-                    return None
-                return self._fail(PROTO)
-            if state.aborted:
-                return None
-            return handler(self, request_id, content, state)
-        return handler(self, request_id, content, None)
+        if state.aborted:
+            return None         # its input is over: the rest is skipped
+        return handler(self, request_id, content, state)
 
     # One handler per record type (spec 5); each returns an event, a code
     # (through _fail) or None to go on.
 
-    def _on_begin_request(self, request_id, content, state):
+    def _on_begin_request(self, request_id, content):
         if len(content) != 8 or request_id in self._requests:
             return self._fail(PROTO)
         role = (content[0] << 8) | content[1]
         flags = content[2]
-        self._ignored.discard(request_id)
+        if not flags & FCGI_KEEP_CONN:
+            self._closing = True
         if role not in (FCGI_RESPONDER, FCGI_AUTHORIZER, FCGI_FILTER):
             reply = FCGI_UNKNOWN_ROLE
         elif self._requests and (not self.mpxs_conns
@@ -497,39 +559,41 @@ class Parser(object):
         else:
             self._requests[request_id] = _RequestState(role, flags)
             return None
+        # Refused: answered now, and the id stays inactive (its records
+        # are ignored).
         self._out.append(_end_request(request_id, 0, reply))
-        self._ignore(request_id)
-        if not flags & FCGI_KEEP_CONN:
-            self._closing = True
         return None
 
-    def _on_abort_request(self, request_id, content, state):
+    def _abort(self, request_id, state, code):
+        """A per-request failure: its input is over (see the section)."""
         state.aborted = True
-        return (FCGI_ABORT_REQUEST, request_id)
+        state.params_buf = None
+        return (FCGI_ABORT_REQUEST, request_id, code)
+
+    def _on_abort_request(self, request_id, content, state):
+        return self._abort(request_id, state, ABORT)
 
     def _on_params(self, request_id, content, state):
         if state.params is not None:
             return self._fail(PROTO)
         if content:
             if len(state.params_buf) + len(content) > self.max_params_size:
-                self.request_id = request_id
-                return self._fail(PLEN)
+                return self._abort(request_id, state, PLEN)
             state.params_buf += content
             return None
         params = _decode_params(bytes(state.params_buf), self.max_param_size)
         state.params_buf = None
         if type(params) is int:
-            self.request_id = request_id
-            return self._fail(params)
+            if params == PROTO:
+                return self._fail(PROTO)
+            return self._abort(request_id, state, params)
         cl = params.get("CONTENT_LENGTH")
         if cl and cl != "-1":   # Caddy 2.6 sends -1 for a body of unknown length
             if len(cl) > _MAX_CL_DIGITS or cl.strip("0123456789"):
-                self.request_id = request_id
-                return self._fail(CLEN)
+                return self._abort(request_id, state, CLEN)
             n = int(cl)
             if self.max_body is not None and n > self.max_body:
-                self.request_id = request_id
-                return self._fail(CLEN)
+                return self._abort(request_id, state, CLEN)
             state.content_length = n
         state.params = params
         return (FCGI_PARAMS, request_id, state.role, state.flags, params)
@@ -540,16 +604,22 @@ class Parser(object):
         if not content:
             state.stdin_done = True
             if 0 <= state.content_length and state.stdin_seen < state.content_length:
-                state.aborted = True
-                return (FCGI_ABORT_REQUEST, request_id)
+                return self._abort(request_id, state, ABORT)
             return (FCGI_STDIN, request_id, b"")
         seen = state.stdin_seen + len(content)
-        state.stdin_seen = seen
         if 0 <= state.content_length < seen:
-            return self._fail(PROTO)
+            # More than CONTENT_LENGTH: PEP 3333 has the server "simulate an
+            # end-of-file condition if the application attempts to read past
+            # that point", so the rest is dropped (and counted).
+            keep = state.content_length - state.stdin_seen
+            state.excess += seen - state.content_length
+            state.stdin_seen = state.content_length
+            if not keep:
+                return None
+            return (FCGI_STDIN, request_id, content[:keep])
+        state.stdin_seen = seen
         if self.max_body is not None and seen > self.max_body:
-            self.request_id = request_id
-            return self._fail(CLEN)
+            return self._abort(request_id, state, CLEN)
         return (FCGI_STDIN, request_id, content)
 
     def _on_data(self, request_id, content, state):
@@ -570,75 +640,16 @@ class Parser(object):
         self._out.append(_record(FCGI_GET_VALUES_RESULT, 0, encode_params(answer)))
         return None
 
-    # -- blocking fast path ------------------------------------------------
 
-    def read_event(self, sock):
-        """Block on the connected socket ``sock`` until the next event.
-
-        Management replies are sent as they arise.
-
-        Returns:
-            An event tuple or a code: as ``next_event``, plus IO (read
-            error) and SEND (write error), both sticky.
-        """
-        while True:
-            event = self.next_event()
-            if self._out:
-                try:
-                    sock.sendall(self.data_to_send())
-                except OSError:
-                    return self._fail(SEND)
-            if event is not None:
-                return event
-            size = self._recv_size
-            try:
-                data = sock.recv(size)
-            except OSError:
-                return self._fail(IO)
-            if len(data) == size and size < _RECV_SIZE:
-                self._recv_size = size * 2      # a stream: read more at once
-            self.feed(data)
-
-    def read_request(self, sock):
-        """Block until a request's params are complete (FU's read_req).
-
-        Returns:
-            OK, with ``request_id``, ``role``, ``flags``, ``keep_conn`` and
-            ``params`` set; ABORT (``request_id`` set) when the peer aborted
-            the request before its params ended; or a sticky code (NOREQ,
-            EOF, IO, PROTO, PLEN, CLEN, SEND).  STDIN events of an earlier
-            request that was ended are skipped.
-        """
-        while True:
-            event = self.read_event(sock)
-            if type(event) is int:
-                return event
-            kind = event[0]
-            if kind == FCGI_PARAMS:
-                self.request_id = event[1]
-                self.role = event[2]
-                self.flags = event[3]
-                self.params = event[4]
-                return OK
-            if kind == FCGI_ABORT_REQUEST:
-                self.request_id = event[1]
-                self.flags = self._requests[event[1]].flags
-                return ABORT
-            # STDIN/DATA of a request the caller has not ended: the caller
-            # reads those with read_event; here they are a misuse.
-            raise RuntimeError("read_request() while request %d is being read"
-                               % event[1])
-
-
-# What read_event's recv asks for: a request's first reads are small, so a
-# connection that brings one small request never needs a big buffer (the
-# compiled core's first allocation, not grown); each read that fills its
-# size doubles the next, up to _RECV_SIZE, for a body that streams in.
+# What the blocking Connection's recv asks for: a request's first reads are
+# small, so a connection that brings one small request never needs a big
+# buffer (the compiled core's first allocation, not grown); each read that
+# fills its size doubles the next, up to _RECV_SIZE, for a body that streams
+# in.
 _RECV_FIRST = 16384
 _RECV_SIZE = 262144
 
 _HANDLERS = {
-    FCGI_BEGIN_REQUEST: Parser._on_begin_request,
     FCGI_ABORT_REQUEST: Parser._on_abort_request,
     FCGI_PARAMS: Parser._on_params,
     FCGI_STDIN: Parser._on_stdin,
@@ -853,18 +864,30 @@ def _wait_writable(sock):
 
 
 ##############################################################################
-# Request  ####################################################################
+# Connection  #################################################################
 ##############################################################################
 #
-# One request lives in one object (Net::Async::FastCGI's model): the params,
-# the stdin stream (pulled from the connection on demand, so a body of any
-# size costs one record of memory), the stdout/stderr streams and the finish
-# with an exit code.  A Request belongs to a blocking connection: reading
-# stdin blocks on the socket through the parser's read_event.
+# A Connection is one web server connection as the server sees it: the
+# transport that moves its bytes (here a blocking socket; the asyncio server
+# has its own) and the demultiplexer that hands the parser's events to the
+# requests they belong to.
 #
-# When the web server goes away (a write fails, or stdin ends in EOF/ABORT)
-# the request is aborted: output is dropped from then on, and reads raise
-# RequestError, so the application unwinds and its close() runs.
+# The demultiplexer (``route``) is the one place that decides what an event
+# means, whichever transport read it (spec 3.3):
+#
+#   (FCGI_PARAMS, ...)          a new Request, made with ``request_class``:
+#                               the caller runs it
+#   (FCGI_STDIN/DATA, id, ...)  given to request ``id`` (its _on_stdin/_on_data)
+#   (FCGI_ABORT_REQUEST, id, code)
+#                               given to request ``id`` (_on_abort), or, when
+#                               the request failed before its params were
+#                               complete, returned for the caller to answer
+#                               (the gateway's ``reject``)
+#   a code                      the connection is over: every request is told
+#                               (_on_connection_lost), and the code returned
+#
+# The blocking server has one request at a time; its Request pulls its stdin
+# through ``read_event`` and ``route``, so both servers share one behaviour.
 
 
 class RequestError(IOError):
@@ -882,18 +905,67 @@ class RequestError(IOError):
 _MSG_MORE = getattr(socket, "MSG_MORE", 0x8000 if sys.platform.startswith("linux") else 0)
 
 
-class Connection(object):
-    """A web server's connection as requests see it: the socket and the
-    core objects that read and write it.
+class _Demultiplexer(object):
+    """The demultiplexer (see the section comment), shared by every
+    transport: it needs ``parser``, ``requests`` (id -> Request) and
+    ``request_class``."""
+
+    __slots__ = ()
+
+    def route(self, event):
+        """Deliver one parser event (see the section comment).
+
+        Returns:
+            A new Request, None (delivered), the event of a request that
+            failed before its params, or the code that ended the connection.
+        """
+        if type(event) is int:
+            for request in list(self.requests.values()):
+                request._on_connection_lost(event)
+            return event
+        kind = event[0]
+        if kind == FCGI_PARAMS:
+            return self.request_class(self, event[1], event[2], event[3], event[4])
+        request = self.requests.get(event[1])
+        if kind == FCGI_STDIN:
+            if request is not None:
+                request._on_stdin(event[2])
+            return None
+        if kind == FCGI_DATA:
+            if request is not None:
+                request._on_data(event[2])
+            return None
+        if request is None:
+            return event        # FCGI_ABORT_REQUEST before its params
+        request._on_abort(event[2])
+        return None
+
+    def end_request(self, request_id):
+        """The request's END_REQUEST is sent: forget it, here and in the
+        parser.  Returns the parser's ``end_request`` (stdin bytes dropped
+        past CONTENT_LENGTH)."""
+        self.requests.pop(request_id, None)
+        return self.parser.end_request(request_id)
+
+
+class Connection(_Demultiplexer):
+    """A web server's connection on a blocking socket: the socket, the core
+    objects that read and write it, and its active requests.
 
     ``accept`` makes one from a listening socket.  The compiled core's twin
     works on the file descriptor and makes ``sock`` only when asked for it:
     most connections carry one request and never need the socket object.
+
+    The head of the last request ``read_request`` returned OK for is in
+    ``request_id``, ``role``, ``flags``, ``keep_conn`` and ``params`` (FU's
+    reader); on ABORT, PLEN and CLEN ``request_id`` names the request.
     """
 
-    __slots__ = ("sock", "parser", "writer", "peer", "send_file", "drain", "registered")
+    __slots__ = ("sock", "parser", "writer", "peer", "send_file", "drain", "registered",
+                 "requests", "request_class", "request_id", "role", "flags", "params",
+                 "error", "_recv_size")
 
-    def __init__(self, sock, parser, writer, peer="", send_file=None):
+    def __init__(self, sock, parser, writer, peer="", send_file=None, request_class=None):
         self.sock = sock
         self.parser = parser
         self.writer = writer
@@ -901,6 +973,12 @@ class Connection(object):
         self.send_file = send_file      # None: FastCGI records (module send_file)
         self.drain = False              # unread input: half-close and drain it
         self.registered = False         # in the Server's poller
+        self.requests = {}              # active request id -> Request
+        self.request_class = request_class or Request
+        self.request_id = self.role = self.flags = 0
+        self.params = None
+        self.error = 0                  # IO or SEND, sticky, once the socket failed
+        self._recv_size = _RECV_FIRST
 
     @classmethod
     def accept(cls, listener, nodelay=True):
@@ -924,13 +1002,115 @@ class Connection(object):
     def fileno(self):
         return self.sock.fileno()
 
-    def read_request(self):
-        """``parser.read_request`` on this connection."""
-        return self.parser.read_request(self.sock)
+    # -- reading: blocking, FU's reader ----------------------------------------
 
     def read_event(self):
-        """``parser.read_event`` on this connection."""
-        return self.parser.read_event(self.sock)
+        """Block until the parser's next event; management replies are
+        sent as they arise.
+
+        Returns:
+            An event tuple or a code: as ``Parser.next_event``, plus IO
+            (read error) and SEND (write error), both sticky.
+        """
+        if self.error:
+            return self.error
+        parser = self.parser
+        while True:
+            event = parser.next_event()
+            out = parser.data_to_send()
+            if out:
+                try:
+                    self.sock.sendall(out)
+                except OSError:
+                    return self._fail(SEND)
+            if event is not None:
+                return event
+            size = self._recv_size
+            try:
+                data = self.sock.recv(size)
+            except OSError:
+                return self._fail(IO)
+            if len(data) == size and size < _RECV_SIZE:
+                self._recv_size = size * 2      # a stream: read more at once
+            parser.feed(data)
+
+    def _fail(self, code):
+        self.error = code
+        return code
+
+    def read_request(self):
+        """Block until a request's params are complete (FU's read_req).
+
+        Returns:
+            OK, with the request's head set (see the class); ABORT, PLEN or
+            CLEN (``request_id`` set) when that request failed before its
+            params ended: answer it and ``end_request`` it; or a sticky code
+            (NOREQ, EOF, IO, PROTO, SEND).
+        Raises:
+            RuntimeError: a request's stdin is still coming (read it with
+                read_event).
+        """
+        while True:
+            event = self.read_event()
+            if type(event) is int:
+                return event
+            kind = event[0]
+            self.request_id = event[1]
+            if kind == FCGI_PARAMS:
+                self.role = event[2]
+                self.flags = event[3]
+                self.params = event[4]
+                return OK
+            if kind == FCGI_ABORT_REQUEST and event[1] not in self.requests:
+                return event[2]
+            raise RuntimeError("read_request() while request %d is being read" % event[1])
+
+    @property
+    def keep_conn(self):
+        """True when the last request read asked to keep the connection."""
+        return bool(self.flags & FCGI_KEEP_CONN)
+
+    def next_request(self):
+        """Block until the next request (the server's reader): what
+        ``route`` returns but None: a new Request, the event of a request
+        that failed before its params, or the code that ended the
+        connection."""
+        while True:
+            found = self.route(self.read_event())
+            if found is not None:
+                return found
+
+    def poll(self, read=True):
+        """Route what the web server sent meanwhile, without blocking: an
+        ABORT_REQUEST, a closed connection, management records (answered).
+        With ``read``, one non-blocking read first, unless enough is
+        buffered already (what a peer sends while a request runs stays in
+        the kernel, not in our memory)."""
+        parser = self.parser
+        if read and not self.error and parser.buffered < _RECV_FIRST:
+            try:
+                data = self.sock.recv(_RECV_FIRST, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                data = None
+                self.route(self._fail(IO))
+            if data is not None and not parser.error:
+                parser.feed(data)
+        while not self.error:
+            event = parser.next_event()
+            out = parser.data_to_send()
+            if out:
+                try:
+                    self.sock.sendall(out)
+                except OSError:
+                    event = self._fail(SEND)
+            if event is None:
+                return
+            if type(self.route(event)) is int:
+                return
+
+    # -- writing -----------------------------------------------------------------
 
     def sendall(self, data):
         """Send all of ``data``; raises OSError as socket.sendall."""
@@ -956,6 +1136,23 @@ class Connection(object):
     def peer_text(self):
         peer = self.peer
         return "%s:%s" % peer[:2] if isinstance(peer, tuple) else (peer or "unix")
+
+
+##############################################################################
+# Request  ####################################################################
+##############################################################################
+#
+# One request lives in one object (Net::Async::FastCGI's model): the params,
+# the stdin stream (pulled from the connection on demand, so a body of any
+# size costs one record of memory), the stdout/stderr streams and the finish
+# with an exit code.  On the blocking server, reading stdin blocks on the
+# connection (read_event, then route delivers to _on_stdin).
+#
+# When the web server aborts the request (ABORT_REQUEST) the request is
+# aborted: output is dropped from then on, reads raise RequestError(ABORT),
+# and finish sends END_REQUEST alone.  When the connection is lost (a write
+# fails, EOF, a read error) nothing more can be sent at all.  Either way the
+# application unwinds and its close() runs.
 
 
 class _LineWriter(object):
@@ -1057,29 +1254,43 @@ class _RequestMethods(object):
 
     __slots__ = ()
 
+    # -- what the demultiplexer delivers (Connection.route) ------------------------
+
+    def _on_stdin(self, chunk):
+        if chunk:
+            self._buffer += chunk
+        else:
+            self._stdin_done = True
+
+    def _on_data(self, chunk):
+        if chunk:
+            self._data_buffer += chunk
+        else:
+            self._data_done = True
+
+    def _on_abort(self, code):
+        """The request's input ended with ``code``: ABORT (the web server
+        aborted it, or stdin ended short of CONTENT_LENGTH) or CLEN (the
+        body passed --max-body).  The next read raises it."""
+        self._stdin_done = self._data_done = True
+        self._input_error = code
+        if code == ABORT:
+            self._aborted = True
+
+    def _on_connection_lost(self, code):
+        """The connection is over (EOF, IO, SEND, PROTO): the next read
+        raises ``code``.  After EOF, IO and SEND nothing can be sent."""
+        self._stdin_done = self._data_done = True
+        self._input_error = code
+        if code in (EOF, IO, SEND):
+            self._aborted = self._gone = True
+
     def _take_buffered_stdin(self):
         """Take the stdin records that came with the params, without
         blocking: nginx sends a GET's empty STDIN record in the same packet,
         and a request known to have no more stdin needs no reading (or
         draining) after its answer."""
-        parser = self.connection.parser
-        while not self._stdin_done and parser.buffered >= 8:
-            event = parser.next_event()
-            if event is None or type(event) is int:
-                break                   # a code stays in the parser: reads raise it
-            if event[1] != self.request_id:
-                continue
-            if event[0] == FCGI_STDIN:
-                if event[2]:
-                    self._buffer += event[2]
-                else:
-                    self._stdin_done = True
-            elif event[0] == FCGI_ABORT_REQUEST:
-                self._stdin_done = self._data_done = True
-                self._abort_pending = True      # raised by the first read
-        replies = parser.data_to_send()
-        if replies:
-            self.send(replies)
+        self.connection.poll(False)
 
     # The file-like views are made when first asked for: most requests never
     # use them, and every request pays for what __init__ builds.
@@ -1152,20 +1363,21 @@ class _RequestMethods(object):
     # -- stdin -----------------------------------------------------------------
 
     def _fill(self):
-        """Pull the next stdin chunk into the buffer; False at the end."""
-        if self._abort_pending:
-            self._abort_pending = False
-            raise RequestError(ABORT)
-        if self._stdin_done:
-            return False
+        """Pull the next stdin chunk into the buffer; False at the end.
+
+        Raises:
+            RequestError: the input ended with a code (once; then the end).
+        """
+        conn = self.connection
         while True:
-            event = self._next_event()
-            kind = event[0]
-            if kind == FCGI_STDIN:
-                if not event[2]:
-                    self._stdin_done = True
-                    return False
-                self._buffer += event[2]
+            if self._input_error:
+                code, self._input_error = self._input_error, 0
+                raise RequestError(code)
+            if self._stdin_done:
+                return False
+            size = len(self._buffer)
+            conn.route(conn.read_event())
+            if len(self._buffer) != size:
                 return True
 
     def _fill_data(self):
@@ -1173,39 +1385,17 @@ class _RequestMethods(object):
         The rest of stdin is buffered first: the data stream follows it."""
         while self._fill():
             pass
-        if self._data_done:
-            return False
-        while True:
-            event = self._next_event()
-            if event[0] == FCGI_DATA:
-                if not event[2]:
-                    self._data_done = True
-                    return False
-                self._data_buffer += event[2]
-                return True
-
-    def _next_event(self):
-        """This request's next STDIN or DATA event from the connection.
-
-        Raises:
-            RequestError: a code, or the web server aborted the request.
-        """
         conn = self.connection
         while True:
-            event = conn.read_event()
-            if type(event) is int:
-                self._stdin_done = self._data_done = True
-                # EOF, IO: the web server is gone.  CLEN, PROTO: it is
-                # there and may still read an answer.
-                self._aborted = event in (EOF, IO, SEND)
-                raise RequestError(event)
-            if event[1] != self.request_id:
-                continue        # another id's record the parser let through
-            if event[0] == FCGI_ABORT_REQUEST:
-                self._stdin_done = self._data_done = True
-                self._aborted = True
-                raise RequestError(ABORT)
-            return event
+            if self._input_error:
+                code, self._input_error = self._input_error, 0
+                raise RequestError(code)
+            if self._data_done:
+                return False
+            size = len(self._data_buffer)
+            conn.route(conn.read_event())
+            if len(self._data_buffer) != size:
+                return True
 
     def read_data(self, size=None):
         """FILTER role: read up to ``size`` bytes of the FCGI_DATA stream
@@ -1297,7 +1487,7 @@ class _RequestMethods(object):
     def send(self, data, _last=False):
         """Send already framed bytes; False (and the request is aborted) when
         the web server went away."""
-        if self._aborted:
+        if self._gone:
             return False
         try:
             if _last:
@@ -1306,15 +1496,16 @@ class _RequestMethods(object):
                 self.connection.sendall(data)
             return True
         except OSError:
-            self._aborted = True
+            self._aborted = self._gone = True
             return False
 
     def print_stdout(self, data):
-        """Send ``data`` (str or bytes) in STDOUT records now."""
+        """Send ``data`` (str or bytes) in STDOUT records now (dropped once
+        the request is aborted)."""
         if self._finished:
             raise RuntimeError("print_stdout() after finish()")
         data = self._encode(data)
-        if data:
+        if data and not self._aborted:
             self._stdout_used = True
             self.stdout_bytes += len(data)
             self.send(self.connection.writer.stdout(self.request_id, data))
@@ -1325,7 +1516,7 @@ class _RequestMethods(object):
         if self._finished:
             raise RuntimeError("print_stderr() after finish()")
         data = self._encode(data)
-        if data:
+        if data and not self._aborted:
             self._stderr_used = True
             self.send(self.connection.writer.stderr(self.request_id, data))
 
@@ -1352,70 +1543,80 @@ class _RequestMethods(object):
         sender = self.connection.send_file or send_file
         sent = sender(self.connection.sock, self.request_id, fd, offset, count)
         if sent < 0:
-            self._aborted = True
+            self._aborted = self._gone = True
             return 0
         self.stdout_bytes += sent
         return sent
 
     def finish(self, exit_code=0, _tail=b""):
         """End the request: the stream terminators and END_REQUEST with
-        ``exit_code`` as the application status.  Idempotent."""
+        ``exit_code`` as the application status (END_REQUEST alone once
+        the web server aborted it: spec 5.4).  Idempotent."""
         if self._finished:
             return
         self._finished = True
         conn = self.connection
         writer = conn.writer
-        out = writer.finish(self.request_id, _tail, app_status=exit_code)
-        if self._stderr_used:
-            out = writer.end_stderr(self.request_id) + out
-        self.stdout_bytes += len(_tail)
+        if self._aborted:
+            out = writer.end_request(self.request_id, exit_code)
+        else:
+            out = writer.finish(self.request_id, _tail, app_status=exit_code)
+            if self._stderr_used:
+                out = writer.end_stderr(self.request_id) + out
+            self.stdout_bytes += len(_tail)
         # Without KEEP_CONN, and with the input all read (else the server
         # drains it first), the connection ends here: its last send.
         self.send(out, not self.keep_conn and self._stdin_done and self._data_done)
-        if self.keep_conn and not (self._stdin_done and self._data_done) and not self._aborted:
+        if self.keep_conn and not (self._stdin_done and self._data_done) and not self._gone:
             # The connection serves on: the stdin the application left must
             # be read off it first (the parser skips records of ended ids,
             # but could not tell when they stop).
             self.discard_stdin()
-        conn.parser.end_request(self.request_id)
+        excess = conn.end_request(self.request_id)
+        if excess:
+            _log_excess(self, excess)
+
+    # -- state, read-only ------------------------------------------------------
 
     @property
     def finished(self):
+        """True once finish() ran (END_REQUEST is sent, or cannot be)."""
         return self._finished
+
+    @property
+    def stdin_done(self):
+        """True once all of stdin (and the FILTER data) has arrived."""
+        return self._stdin_done and self._data_done
+
+    @property
+    def stdout_used(self):
+        """True once anything was sent on stdout (the head counts)."""
+        return self._stdout_used
+
+    @property
+    def connection_lost(self):
+        """True once the connection can carry nothing more for the request
+        (a write failed, or the web server closed it): not even its
+        END_REQUEST."""
+        return self._gone
 
     @property
     def is_aborted(self):
         """True once the web server aborted the request or went away.
 
         With stdin read to its end, this also looks at the connection
-        without blocking, so an application can notice a closed connection
-        before it writes."""
-        if not self._aborted and self._stdin_done:
-            sock = self.connection.sock
-            try:
-                peek = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                peek = None
-            except OSError:
-                peek = b""
-            if peek == b"":
-                self._aborted = True
-            elif peek and not getattr(self.connection.parser, "peek_only", False):
-                # Records wait: maybe FCGI_ABORT_REQUEST.  Read what is there.
-                try:
-                    data = sock.recv(65536, socket.MSG_DONTWAIT)
-                except OSError:
-                    data = b""
-                parser = self.connection.parser
-                parser.feed(data)
-                event = parser.next_event()
-                while event is not None:
-                    if type(event) is int or (event[0] == FCGI_ABORT_REQUEST
-                                              and event[1] == self.request_id):
-                        self._aborted = True
-                        break
-                    event = parser.next_event()
+        without blocking, so an application can notice an abort or a
+        closed connection before it writes."""
+        if not self._aborted and self._stdin_done and self._data_done:
+            self.connection.poll()
         return self._aborted
+
+
+def _log_excess(request, excess):
+    log.warning("request %d %s %s: the web server sent %d body bytes past CONTENT_LENGTH %s; "
+                "the application read CONTENT_LENGTH bytes, the rest was dropped",
+                request.request_id, request.method, request.params.get("REQUEST_URI", ""),
+                excess, request.params.get("CONTENT_LENGTH"))
 
 
 class Request(_RequestMethods):
@@ -1431,9 +1632,10 @@ class Request(_RequestMethods):
                  "encoding", "_buffer", "_stdin_done",
                  "_aborted", "_finished", "_stderr_used", "_stdout_used",
                  "_data_buffer", "_data_done", "stdout_bytes", "_views",
-                 "_abort_pending")
+                 "_input_error", "_gone")
 
     def __init__(self, connection, request_id, role, flags, params):
+        connection.requests[request_id] = self      # its events come here
         self.connection = connection
         self.request_id = request_id
         self.role = role
@@ -1444,7 +1646,7 @@ class Request(_RequestMethods):
         # Spec 6.3: an authorizer gets no stdin (lighttpd sends none, or an
         # empty one the parser skips once the request ends).
         self._stdin_done = role == FCGI_AUTHORIZER
-        self._aborted = False
+        self._aborted = False       # the web server aborted it, or is gone
         self._finished = False
         self._stderr_used = False
         self._stdout_used = False
@@ -1454,7 +1656,8 @@ class Request(_RequestMethods):
         self._data_buffer = b""
         self._data_done = role != FCGI_FILTER
         self._views = None
-        self._abort_pending = False
+        self._input_error = 0       # a code the next read raises
+        self._gone = False          # the connection is lost: nothing can be sent
         if not self._stdin_done and connection.parser.buffered >= 8:
             if connection.parser.take_stdin_end(request_id):
                 self._stdin_done = True     # a GET's empty STDIN, the common case
@@ -1463,17 +1666,22 @@ class Request(_RequestMethods):
 
 
 ##############################################################################
-# WSGI gateway  ###############################################################
+# Gateways  ###################################################################
 ##############################################################################
 #
-# PEP 3333 on a Request.  The environ is the params as the web server sent
+# A gateway runs an application on a Request.  What every gateway does the
+# same way, whatever the application's interface, is the policy (Gateway):
+# the CGI params as the environ or scope wants them, a limit broken before
+# the response answered 413 or 431, an application error answered 500 with
+# its traceback in the log, an aborted request ended with END_REQUEST, and
+# the access log.  The adapters on top are thin: WSGIGateway (PEP 3333) and
+# RawGateway (the Request itself).
+#
+# PEP 3333 on a Request: the environ is the params as the web server sent
 # them (REQUEST_URI, SCRIPT_NAME and PATH_INFO untouched) plus the wsgi.*
 # keys.  The common case, a list body, goes out as head + body + terminators
 # + END_REQUEST in one send; any other iterable is sent chunk by chunk, each
 # chunk before the next is asked for, the head with the first non-empty one.
-
-log = logging.getLogger("fastfcgi")
-
 
 
 def _plain_response(status, text):
@@ -1489,6 +1697,103 @@ LIMIT_RESPONSES = {
     PLEN: _plain_response("431 Request Header Fields Too Large",
                           "Request header fields too large\n"),
 }
+_LIMIT_REASONS = {
+    CLEN: "body over the limit or invalid CONTENT_LENGTH",
+    PLEN: "params over the limit",
+    ABORT: "aborted by the web server",
+}
+
+
+class Gateway(object):
+    """The gateway policy (see the section comment): the adapters derive
+    from it.  ``gateway(request)`` runs the application on a Request;
+    ``gateway.reject(connection, request_id, code)`` answers a request that
+    failed before its params were complete."""
+
+    def __init__(self, app, access_log=False):
+        self.app = app
+        self.access_log = access_log
+
+    def reject(self, conn, request_id, code):
+        """Answer a request that failed before its params (ABORT, PLEN,
+        CLEN: a Connection.route result) and end it: END_REQUEST alone for
+        ABORT (spec 5.4), the 431 or 413 response for a limit.  One log
+        line.  Returns False when the connection must close (a limit: the
+        web server is still sending what we refused; it is drained)."""
+        what = "%s (%d): %s" % (CODE_NAMES.get(code, code), code, _LIMIT_REASONS.get(code, ""))
+        writer = conn.writer
+        if code in LIMIT_RESPONSES:
+            status, headers, body = LIMIT_RESPONSES[code]
+            out = writer.response(request_id, status, headers, body)
+            log.warning("request %d from %s: %s; answered %s", request_id, conn.peer_text,
+                        what, status[:3])
+        else:
+            out = writer.end_request(request_id, 1)
+            log.warning("request %d from %s: %s; ended", request_id, conn.peer_text, what)
+        try:
+            conn.sendall(out)
+        except OSError:
+            return False
+        conn.end_request(request_id)
+        if code in LIMIT_RESPONSES:
+            conn.drain = True
+            return False
+        return conn.parser.keep_conn
+
+    def _request_failed(self, request, head_sent, exc):
+        """Reading the request failed: stdin broke a limit, the web server
+        aborted the request, or the connection is over."""
+        code = exc.code
+        if code in LIMIT_RESPONSES and not head_sent:
+            log.warning("request %d from %s: %s (%d): %s; answered %s",
+                        request.request_id, request.params.get("REMOTE_ADDR", "?"),
+                        CODE_NAMES.get(code, code), code, exc,
+                        LIMIT_RESPONSES[code][0][:3])
+            status, headers, body = LIMIT_RESPONSES[code]
+            # The rest of the body is still coming: the connection closes,
+            # drained (Server._close).
+            request.keep_conn = False
+            request.connection.drain = True
+            request.finish(0, request.connection.writer.head(status, headers) + body)
+            return status
+        if code == ABORT and not request.connection_lost:
+            # Spec 5.4: the web server aborted the request and waits for its
+            # END_REQUEST; the connection serves on.
+            log.warning("request %d %s %s: %s (%d): %s; ended", request.request_id,
+                        request.method, request.params.get("REQUEST_URI", ""),
+                        CODE_NAMES.get(code, code), code, exc)
+            request.finish(1)
+            return None
+        log.warning("request %d %s %s: %s (%d): %s; response cut short",
+                    request.request_id, request.method, request.params.get("REQUEST_URI", ""),
+                    CODE_NAMES.get(code, code), code, exc)
+        request.keep_conn = False
+        request.finish(1)
+        return None
+
+    def _app_failed(self, request, head_sent):
+        """The application raised: 500 with the traceback in the log, or,
+        once the head is out, the response cut short (a non-zero app
+        status, and the connection closes).  Returns the status sent."""
+        log.error("request %d %s %s: application error\n%s", request.request_id,
+                  request.method, request.params.get("REQUEST_URI", ""),
+                  traceback.format_exc().rstrip())
+        if request.finished:
+            return None
+        if head_sent:
+            request.keep_conn = False
+            request.finish(1)      # cut short: the web server sees a non-zero status
+            return None
+        status, headers, body = _ERROR_500
+        request.finish(1, request.connection.writer.head(status, headers) + body)
+        return status
+
+    def _log_access(self, request, status, started):
+        p = request.params
+        log.info('%s "%s %s %s" %s %d %.1fms', p.get("REMOTE_ADDR", "-"),
+                 p.get("REQUEST_METHOD", "-"), p.get("REQUEST_URI", p.get("PATH_INFO", "")),
+                 p.get("SERVER_PROTOCOL", "-"), (status or "-")[:3],
+                 request.stdout_bytes, (time.time() - started) * 1000)
 
 
 class FileWrapper(object):
@@ -1602,7 +1907,7 @@ class _Response(object):
             request.print_stdout(data)
 
 
-class WSGIGateway(object):
+class WSGIGateway(Gateway):
     """Runs a WSGI application on a Request (``gateway(request)``)."""
 
     multiprocess = True
@@ -1610,8 +1915,7 @@ class WSGIGateway(object):
     response_class = _Response      # the compiled core plugs its own
 
     def __init__(self, app, access_log=False):
-        self.app = app
-        self.access_log = access_log
+        Gateway.__init__(self, app, access_log)
         # The keys that are the same for every request, added in one update.
         self._constant_keys = {
             "wsgi.version": (1, 0), "wsgi.input_terminated": True,
@@ -1664,17 +1968,18 @@ class WSGIGateway(object):
             result = self.app(env, response.start_response)
             self._send(request, response, result)
         except RequestError as exc:
-            self._request_failed(request, response, exc)
+            response.status = self._request_failed(request, response.head_sent, exc) \
+                or response.status
         except Exception:
-            self._app_failed(request, response)
+            response.status = self._app_failed(request, response.head_sent) or response.status
         finally:
             if result is not None and hasattr(result, "close"):
                 try:
                     result.close()
                 except Exception:
-                    self._app_failed(request, response)
+                    self._app_failed(request, response.head_sent)
         if self.access_log:
-            self._log_access(request, response, started)
+            self._log_access(request, response.status, started)
 
     def _send(self, request, response, result):
         if type(result) is list and not response.head_sent:
@@ -1699,7 +2004,7 @@ class WSGIGateway(object):
                 raise TypeError("the application yielded %s, not bytes" % type(chunk).__name__)
             if chunk:
                 if request.is_aborted:
-                    raise RequestError(SEND, "the web server went away")
+                    raise _gone_error(request)
                 if not response.head_sent:
                     request.print_stdout(response.head())
                 if not response.head_only:
@@ -1707,7 +2012,7 @@ class WSGIGateway(object):
             if response.head_only and response.head_sent:
                 break
         if request.is_aborted and not request.finished:
-            raise RequestError(SEND, "the web server went away")
+            raise _gone_error(request)
         tail = b"" if response.head_sent else response.head()
         request.finish(0, tail)
 
@@ -1724,49 +2029,8 @@ class WSGIGateway(object):
                 count = int(value)
         request.send_file(fd, offset, count)
         if request.is_aborted:
-            raise RequestError(SEND, "the web server went away")
+            raise _gone_error(request)
         request.finish(0)
-
-    def _request_failed(self, request, response, exc):
-        """stdin broke a limit or the web server went away."""
-        code = exc.code
-        if code in LIMIT_RESPONSES and not response.head_sent:
-            log.warning("request %d from %s: %s (%d): %s; answered %s",
-                        request.request_id, request.params.get("REMOTE_ADDR", "?"),
-                        CODE_NAMES.get(code, code), code, exc,
-                        LIMIT_RESPONSES[code][0][:3])
-            status, headers, body = LIMIT_RESPONSES[code]
-            request.finish(0, request.connection.writer.head(status, headers) + body)
-            request.keep_conn = False    # the rest of the body is still coming
-            return
-        log.warning("request %d %s %s: %s (%d): %s; response cut short",
-                    request.request_id, request.method, request.params.get("REQUEST_URI", ""),
-                    CODE_NAMES.get(code, code), code, exc)
-        request.keep_conn = False
-        if code == ABORT:
-            request._aborted = False     # the web server waits for END_REQUEST
-            request.finish(1)
-
-    def _app_failed(self, request, response):
-        log.error("request %d %s %s: application error\n%s", request.request_id,
-                  request.method, request.params.get("REQUEST_URI", ""),
-                  traceback.format_exc().rstrip())
-        if request.finished:
-            return
-        if response.head_sent:
-            request.keep_conn = False
-            request.finish(1)      # cut short: the web server sees a non-zero status
-            return
-        status, headers, body = _ERROR_500
-        response.status = status
-        request.finish(1, request.connection.writer.head(status, headers) + body)
-
-    def _log_access(self, request, response, started):
-        p = request.params
-        log.info('%s "%s %s %s" %s %d %.1fms', p.get("REMOTE_ADDR", "-"),
-                 p.get("REQUEST_METHOD", "-"), p.get("REQUEST_URI", p.get("PATH_INFO", "")),
-                 p.get("SERVER_PROTOCOL", "-"), (response.status or "-")[:3],
-                 request.stdout_bytes, (time.time() - started) * 1000)
 
 
 def authorizer(check):
@@ -1802,32 +2066,31 @@ def authorizer(check):
     return authorizer_app
 
 
-class RawGateway(object):
+def _gone_error(request):
+    """The RequestError for an application still answering an aborted
+    request: ABORT, or SEND once the connection is lost."""
+    if request.connection_lost:
+        return RequestError(SEND, "the web server went away")
+    return RequestError(ABORT, "the web server aborted the request")
+
+
+class RawGateway(Gateway):
     """``--raw``: the application is called with the Request itself and
     must finish it (it is finished with exit code 0 if it returns without)."""
 
-    def __init__(self, app, access_log=False):
-        self.app = app
-
     def __call__(self, request):
+        started = time.time() if self.access_log else 0
+        status = None
         try:
             self.app(request)
         except RequestError as exc:
-            log.warning("request %d: %s (%d): %s", request.request_id,
-                        CODE_NAMES.get(exc.code, exc.code), exc.code, exc)
-            request.keep_conn = False
+            status = self._request_failed(request, request.stdout_used, exc)
         except Exception:
-            log.error("request %d: application error\n%s", request.request_id,
-                      traceback.format_exc().rstrip())
-            if not request.finished:
-                request.keep_conn = False
-                if not request._stdout_used:
-                    status, headers, body = _ERROR_500
-                    request.finish(1, request.connection.writer.head(status, headers) + body)
-                else:
-                    request.finish(1)
+            status = self._app_failed(request, request.stdout_used)
         if not request.finished:
             request.finish(0)
+        if self.access_log:
+            self._log_access(request, status, started)
 
 
 ##############################################################################
@@ -2223,11 +2486,13 @@ class Server(object):
                 return
 
     def new_connection(self, conn):
-        """Give an accepted Connection its core: a fresh parser, the writer."""
+        """Give an accepted Connection its core: a fresh parser, the writer
+        and the request class."""
         conn.parser = self.parser_class(max_param_size=self.max_param_size,
                                         max_params_size=self.max_params_size,
                                         max_body=self.max_body, max_conns=self.max_conns)
         conn.writer = self.writer
+        conn.request_class = self.request_class
 
     def _keep(self, conn):
         if len(self._kept) >= MAX_KEPT_CONNECTIONS:
@@ -2305,38 +2570,30 @@ class Server(object):
         Returns True to keep the connection for a later request (KEEP_CONN,
         nothing buffered), False once it must be closed.
         """
-        parser = conn.parser
         busy_slot = self.busy_slot
         while True:
             if busy_slot is not None:
                 # --timeout counts from here: a peer that stalls before its
                 # params are in holds the worker no longer than a slow app.
                 busy_slot(time.monotonic())
-            code = conn.read_request()
-            if code == OK:
-                request = self.request_class(conn, parser.request_id, parser.role, parser.flags,
-                                  parser.params)
-                keep = self.handle(request)     # frees the slot
-                if not keep:
+            request = conn.next_request()
+            if type(request) is tuple:
+                # It failed before its params were complete: answered by
+                # the gateway's policy, and the connection goes on.
+                if busy_slot is not None:
+                    busy_slot(0.0)
+                if not self.gateway.reject(conn, request[1], request[2]):
                     return False
-                if parser.buffered < 8:
-                    return True     # wait in the poller for the next one
-                continue
-            if busy_slot is not None:
-                busy_slot(0.0)
-            if code == ABORT:
-                # Aborted before its params ended: answer and go on.
-                try:
-                    conn.sendall(self.writer.end_request(parser.request_id, 1))
-                except OSError:
-                    return False
-                parser.end_request(parser.request_id)
-                if not parser.keep_conn:
-                    return False
-                continue
-            if code != NOREQ:
-                self.connection_failed(conn, code)
-            return False
+            elif type(request) is int:
+                if busy_slot is not None:
+                    busy_slot(0.0)
+                if request != NOREQ:
+                    self.connection_failed(conn, request)
+                return False
+            elif not self.handle(request):      # frees the slot
+                return False
+            if conn.parser.buffered < 8:
+                return True     # wait in the poller for the next one
 
     def handle(self, request):
         """Run the gateway on one request; True if the connection stays.
@@ -2345,10 +2602,11 @@ class Server(object):
         self.served += 1
         try:
             self.gateway(request)
-            if not request._finished:
+            if not request.finished:
                 request.finish(0)
-            keep = request.keep_conn and not request._aborted and self.alive
-            if not keep and not request._stdin_done and not request._aborted:
+            lost = request.connection_lost
+            keep = request.keep_conn and not lost and self.alive
+            if not keep and not request.stdin_done and not lost:
                 request.connection.drain = True
         finally:
             if self.busy_slot is not None:
@@ -2359,19 +2617,9 @@ class Server(object):
         return keep
 
     def connection_failed(self, conn, code):
-        """One log line naming the code; answer the request if it can be."""
-        parser = conn.parser
-        answered = ""
-        if code in LIMIT_RESPONSES and parser.request_id:
-            status, headers, body = LIMIT_RESPONSES[code]
-            try:
-                conn.sendall(self.writer.response(parser.request_id, status, headers, body))
-                answered = "; answered %s" % status[:3]
-            except OSError:
-                pass
-            conn.drain = True
-        log.warning("connection from %s: %s (%d): %s%s", conn.peer_text, CODE_NAMES[code], code,
-                    _CODE_REASONS.get(code, ""), answered)
+        """One log line naming the code that ended the connection."""
+        log.warning("connection from %s: %s (%d): %s", conn.peer_text, CODE_NAMES[code], code,
+                    _CODE_REASONS.get(code, ""))
 
 
 
@@ -2437,8 +2685,8 @@ class _HTTPBody(object):
     """Stands in for the Parser on an HTTP connection: hands the request
     body to the Request as STDIN events (Content-Length or chunked)."""
 
-    peek_only = True        # Request.is_aborted must not eat pipelined bytes
     buffered = 0
+    keep_conn = True
 
     def __init__(self, reader, length, chunked, max_body):
         self.reader = reader
@@ -2600,8 +2848,39 @@ def _uri_path(raw):
     return "/" + "/".join(parts) + ("/" if trailing and parts else "")
 
 
+class _HTTPConnection(Connection):
+    """An HTTP connection: the body comes from ``parser`` (an _HTTPBody per
+    request), and ``poll`` only peeks, never taking a pipelined request's
+    bytes."""
+
+    __slots__ = ()
+
+    def read_event(self):
+        if self.error:
+            return self.error
+        return self.parser.read_event(self.sock)
+
+    def poll(self, read=True):
+        if not read or self.error:
+            return
+        try:
+            peek = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            peek = b""
+        if not peek:
+            self.route(self._fail(EOF))     # the client went away
+
+    def end_request(self, request_id):
+        self.requests.pop(request_id, None)
+        return 0
+
+
 class HTTPServer(Server):
     """``--http``: serves the gateway over HTTP/1.1 (development only)."""
+
+    connection_class = _HTTPConnection
 
     def new_connection(self, conn):
         conn.parser = _SocketReader(conn.sock)  # replaced per request, see serve_connection
@@ -2621,7 +2900,8 @@ class HTTPServer(Server):
                     busy_slot(0.0)
                 return keep
             self.handle(request)
-            if not (request.keep_conn and conn.writer.keep_alive) or request._aborted or not self.alive:
+            if (not (request.keep_conn and conn.writer.keep_alive) or request.connection_lost
+                    or not self.alive):
                 return False
             conn.parser = reader
             if not reader.buf:

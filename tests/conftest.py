@@ -110,6 +110,11 @@ def request(request_id=1, env=None, body=b"", role=1, flags=0, split=None):
             + stdin_records(request_id, body, split))
 
 
+def end_reply(request_id, protocol_status, app_status=0):
+    """The END_REQUEST record an application sends."""
+    return rec(3, request_id, struct.pack("!LB3x", app_status, protocol_status))
+
+
 def get_values(*names):
     return rec(9, 0, b"".join(nv(n, "") for n in names))
 
@@ -148,7 +153,8 @@ def run(parser, chunks, eof=True, on_event=None):
 
 
 def end_after_stdin(parser, event):
-    """on_event hook: answer each request once its stdin ended or aborted."""
+    """on_event hook: answer each request once its stdin ended or its input
+    failed (the ABORT_REQUEST event: ABORT, PLEN or CLEN)."""
     if type(event) is tuple and (event[0] == 2 or (event[0] == 5 and event[2] == b"")):
         parser.end_request(event[1])
 
@@ -165,12 +171,27 @@ def ways(data):
             ("trailing", [data + TRAILER], True)]
 
 
+def keeps_connection(data):
+    """Whether every BEGIN_REQUEST in ``data`` asks to keep the connection:
+    only then does the parser read what follows the requests (spec 5.1: a
+    request without FCGI_KEEP_CONN ends the connection once answered)."""
+    i = 0
+    while i + 8 <= len(data):
+        _, rtype, request_id, clen, pad = struct.unpack_from("!BBHHBx", data, i)
+        if rtype == 1 and request_id and i + 11 <= len(data) and not data[i + 10] & 1:
+            return False
+        i += 8 + clen + pad
+    return True
+
+
 def check_three_ways(core, data, expected_events, expected_replies=b"",
                      on_event=end_after_stdin, trailing=True, **kw):
     """Feed ``data`` the three ways and compare with the expected results.
 
     ``trailing=False`` for inputs cut mid-record, where bytes after them
-    would change their meaning.
+    would change their meaning.  The trailer is answered when the parser
+    reads that far: no error stopped it, and the connection is kept (or no
+    request was answered, so none ended it).
     """
     trailer_reply = core.Writer().get_values_result(
         {"FCGI_MAX_CONNS": str(kw.get("max_conns", 1))})
@@ -179,8 +200,9 @@ def check_three_ways(core, data, expected_events, expected_replies=b"",
             continue
         events, replies = run(core.Parser(**kw), chunks, on_event=on_event)
         assert events == expected_events, name
-        if trailing_way and not (expected_events and type(expected_events[-1]) is int
-                             and expected_events[-1] not in (-1, -7)):
+        if trailing_way and (on_event is None or keeps_connection(data)) and not (
+                expected_events and type(expected_events[-1]) is int
+                and expected_events[-1] not in (-1, -7)):
             # The trailer arrives before EOF, so it is answered unless an
             # error stopped the parser first.
             assert replies == expected_replies + trailer_reply, name

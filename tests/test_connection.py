@@ -18,6 +18,7 @@ import types
 import pytest
 
 import fastfcgi_py
+from conftest import begin, get_values, rec, request, end_reply
 from conftest import request as fcgi_request
 
 HELLO = b"Hello, world!"
@@ -331,13 +332,13 @@ def test_Connection_reads_a_request_and_sends_on_the_accepted_socket(core, tmp_p
         conn = core.Connection.accept(lsock)
         conn.parser = core.Parser()
         assert conn.read_request() == core.OK
-        assert conn.parser.params == {"REQUEST_METHOD": "GET"}
+        assert conn.params == {"REQUEST_METHOD": "GET"}
         assert conn.read_event() == (core.FCGI_STDIN, 1, b"abc")
         assert conn.read_event() == (core.FCGI_STDIN, 1, b"")
         conn.sendall(bytearray(b"x" * 3000))        # any buffer
         assert client.recv(65536) == b"x" * 3000
         client.close()
-        conn.parser.end_request(1)
+        conn.end_request(1)
         assert conn.read_request() == core.NOREQ
         conn.close()
 
@@ -418,7 +419,7 @@ def test_Connection_made_from_a_socket_uses_it(core):
     conn = core.Connection(a, core.Parser(), core.Writer(), "peer")
     assert conn.sock is a and conn.fileno() == a.fileno() and conn.peer_text == "peer"
     b.sendall(fcgi_request(7, {"A": "b"}))
-    assert conn.read_request() == core.OK and conn.parser.request_id == 7
+    assert conn.read_request() == core.OK and conn.request_id == 7
     conn.sendall(b"out")
     assert b.recv(10) == b"out"
     conn.close()
@@ -552,3 +553,104 @@ def test_Server_skips_a_stale_event_whose_fd_a_new_connection_took(core, tmp_pat
         for client in clients:
             client.close()
         lsock.close()
+
+
+# -- FU's blocking reader over real sockets (moved from the Parser) -------------------
+
+@pytest.fixture
+def sockpair():
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def connection(core, sock, **kw):
+    return core.Connection(sock, core.Parser(**kw), core.Writer())
+
+
+def test_Connection_read_request_and_stdin_over_a_socket(core, sockpair):
+    app, web = sockpair
+    env = {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "6"}
+    web.sendall(request(1, env, b"abcdef", flags=1, split=4) + get_values("FCGI_MAX_CONNS")
+                + request(1, {"N": "2"}, b"unread", flags=1))
+    conn = connection(core, app, max_conns=3)
+    assert conn.read_request() == core.OK
+    assert (conn.request_id, conn.role, conn.flags, conn.keep_conn,
+            conn.params) == (1, 1, 1, True, env)
+    assert conn.read_event() == (5, 1, b"abcd")
+    assert conn.read_event() == (5, 1, b"ef")
+    assert conn.read_event() == (5, 1, b"")
+    conn.end_request(1)
+    assert conn.read_request() == core.OK
+    assert conn.params == {"N": "2"}
+    # The management reply went out while reading.
+    web.settimeout(5)
+    assert web.recv(100) == core.Writer().get_values_result({"FCGI_MAX_CONNS": "3"})
+    conn.end_request(1)             # its stdin was never read: skipped
+    web.sendall(request(1, {"N": "3"}, b"", flags=0))
+    assert conn.read_request() == core.OK
+    assert conn.params == {"N": "3"} and not conn.keep_conn
+    conn.end_request(1)
+    assert conn.read_request() == core.NOREQ    # spec 5.1: it did not keep the connection
+    assert conn.read_request() == core.NOREQ
+
+
+def test_Connection_read_request_abort_and_unknown_role(core, sockpair):
+    app, web = sockpair
+    web.sendall(begin(1, role=7, flags=1) + begin(2, flags=1) + rec(2, 2)
+                + request(3, {"N": "3"}))
+    conn = connection(core, app)
+    assert conn.read_request() == core.ABORT
+    assert conn.request_id == 2
+    conn.end_request(2)
+    assert conn.read_request() == core.OK
+    assert conn.request_id == 3
+    web.settimeout(5)
+    assert web.recv(100) == end_reply(1, 3)
+
+
+def test_Connection_read_request_while_reading_stdin_raises(core, sockpair):
+    app, web = sockpair
+    web.sendall(request(1, {}, b"abc"))
+    conn = connection(core, app)
+    assert conn.read_request() == core.OK
+    with pytest.raises(RuntimeError):
+        conn.read_request()
+
+
+def test_Connection_read_error_is_IO(core):
+    # A TCP reset: the peer closes with SO_LINGER 0 while we wait for data.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    web = socket.create_connection(listener.getsockname())
+    app, _ = listener.accept()
+    web.sendall(begin(1))
+    web.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    web.close()
+    conn = connection(core, app)
+    try:
+        assert conn.read_request() == core.IO
+        assert conn.error == core.IO
+        assert conn.read_request() == core.IO
+    finally:
+        app.close()
+        listener.close()
+
+
+def test_Connection_write_error_is_SEND(core, sockpair):
+    app, web = sockpair
+    web.sendall(get_values("FCGI_MAX_CONNS"))
+    web.close()                     # the reply has nowhere to go: EPIPE
+    conn = connection(core, app)
+    assert conn.read_request() == core.SEND
+    assert conn.read_request() == core.SEND
+
+
+def test_Connection_read_on_closed_socket_is_IO(core):
+    a, b = socket.socketpair()
+    b.close()
+    fileno_holder = socket.socket(fileno=a.detach())
+    fileno_holder.close()           # fileno() is now -1: the read fails
+    assert connection(core, fileno_holder).read_request() == core.IO

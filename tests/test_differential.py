@@ -155,15 +155,15 @@ def serve_bytes(data):
 
 def read_all_events(module, data):
     app, thread = serve_bytes(data)
-    parser = module.Parser()
+    conn = module.Connection(app, module.Parser(), module.Writer())
     events = []
     try:
         while True:
-            event = parser.read_event(app)
+            event = conn.read_event()
             events.append(event)
             if type(event) is int:
                 break
-            end_after_stdin(parser, event)
+            end_after_stdin(conn, event)
     finally:
         app.close()
         thread.join()
@@ -178,7 +178,7 @@ def read_all_events(module, data):
     begin(1) + rec(4, 1, nv("K", "v")) + b"\x01\x04\x00",
     b"",
 ])
-def test_Parser_read_event_cores_agree_over_a_socket(data):
+def test_Connection_read_event_cores_agree_over_a_socket(data):
     assert read_all_events(fastfcgi, data) == read_all_events(fastfcgi_py, data)
 
 

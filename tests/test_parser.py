@@ -85,14 +85,29 @@ def test_Parser_version_other_than_1_is_PROTO_and_sticky(core):
 
 
 def test_Parser_stays_in_error_after_any_code(core):
-    for data, code in [(rec(5, 1, b"x"), core.PROTO),
-                       (begin() + rec(4, 1, nv("a" * 11, "")) + rec(4, 1, b""), core.PLEN)]:
+    for data, code in [(rec(6, 0, b"x"), core.PROTO),         # STDOUT with id 0
+                       (begin() + rec(4, 1, b"\x05"), core.PROTO)]:
         parser = core.Parser(max_param_size=10)
-        events, _ = run(parser, [data], eof=False)
+        events, _ = run(parser, [data + rec(4, 1, b"")], eof=False)
         assert events == [code]
         parser.feed(request(2))
         assert parser.next_event() == code
         assert parser.next_event() == code
+
+
+def test_Parser_per_request_failures_end_that_request_alone(core):
+    """PLEN, CLEN and ABORT end one request (its records are skipped until
+    it is answered); the kept connection then serves the next one."""
+    big = {"A": "x" * 15}
+    for data, code in [(request(1, big, b"body", flags=1), core.PLEN),
+                       (request(1, {"CONTENT_LENGTH": "x"}, b"body", flags=1), core.CLEN),
+                       (begin(1, flags=1) + params_records(1, {}) + rec(5, 1, b"bo")
+                        + rec(2, 1) + rec(5, 1, b"dy") + rec(5, 1, b""), core.ABORT)]:
+        data += request(1, {"N": "2"}, flags=1)
+        expected = ([params_event({}, flags=1), (5, 1, b"bo")] if code == core.ABORT else [])
+        check_three_ways(core, data, expected + [
+            (2, 1, code), params_event({"N": "2"}, flags=1), (5, 1, b""), core.NOREQ],
+            max_param_size=14)
 
 
 # -- params -----------------------------------------------------------------
@@ -134,7 +149,8 @@ def test_Parser_duplicate_param_last_wins(core):
 def test_Parser_param_size_limit(core, name, value, code):
     env = {name: value}
     data = request(1, env)
-    expected = ([params_event(env), (5, 1, b""), core.NOREQ] if code == 0 else [code])
+    expected = ([params_event(env), (5, 1, b""), core.NOREQ] if code == 0
+                else [(2, 1, code), core.NOREQ])
     check_three_ways(core, data, expected, max_param_size=10)
 
 
@@ -143,7 +159,7 @@ def test_Parser_all_params_size_limit(core):
     data = request(1, env, split=10)
     check_three_ways(core, data, [params_event(env), (5, 1, b""), core.NOREQ],
                      max_params_size=86)
-    check_three_ways(core, data, [core.PLEN], max_params_size=85)
+    check_three_ways(core, data, [(2, 1, core.PLEN), core.NOREQ], max_params_size=85)
 
 
 def test_Parser_param_length_running_past_end_is_PROTO(core):
@@ -157,7 +173,7 @@ def test_Parser_param_length_running_past_end_is_PROTO(core):
 @pytest.mark.parametrize("cl", ["12a", "-2", "-", " 5", "+5", "5 ", "\xb2", "0x5", "1" * 19])
 def test_Parser_invalid_content_length_is_CLEN(core, cl):
     data = request(1, {"CONTENT_LENGTH": cl}, b"12345")
-    check_three_ways(core, data, [core.CLEN])
+    check_three_ways(core, data, [(2, 1, core.CLEN), core.NOREQ])
 
 
 def test_Parser_content_length_minus_one_means_unknown(core):
@@ -177,7 +193,7 @@ def test_Parser_empty_content_length_means_none(core):
 def test_Parser_content_length_over_max_body_is_CLEN_before_the_body(core):
     env = {"CONTENT_LENGTH": "101"}
     data = begin() + params_records(1, env)
-    check_three_ways(core, data, [core.CLEN], max_body=100)
+    check_three_ways(core, data, [(2, 1, core.CLEN), core.NOREQ], max_body=100)
     env = {"CONTENT_LENGTH": "100"}
     check_three_ways(core, request(1, env, b"x" * 100, split=60),
                      [params_event(env), (5, 1, b"x" * 60), (5, 1, b"x" * 40), (5, 1, b""),
@@ -187,19 +203,26 @@ def test_Parser_content_length_over_max_body_is_CLEN_before_the_body(core):
 def test_Parser_body_over_max_body_without_length_is_CLEN(core):
     data = request(1, {}, b"x" * 101, split=50)
     check_three_ways(core, data, [params_event({}), (5, 1, b"x" * 50), (5, 1, b"x" * 50),
-                                  core.CLEN], max_body=100)
+                                  (2, 1, core.CLEN), core.NOREQ], max_body=100)
 
 
-def test_Parser_more_stdin_than_content_length_is_PROTO(core):
+def test_Parser_more_stdin_than_content_length_is_cut_at_content_length(core):
+    """PEP 3333: the application reads at most CONTENT_LENGTH bytes; the
+    rest is dropped, and end_request says how much."""
     env = {"CONTENT_LENGTH": "3"}
-    data = request(1, env, b"abcd", split=2)
-    check_three_ways(core, data, [params_event(env), (5, 1, b"ab"), core.PROTO])
+    data = request(1, env, b"abcdefg", split=2)
+    check_three_ways(core, data, [params_event(env), (5, 1, b"ab"), (5, 1, b"c"), (5, 1, b""),
+                                  core.NOREQ])
+    parser = core.Parser()
+    events, _ = run(parser, [data], eof=False)
+    assert parser.end_request(1) == 4
+    assert parser.end_request(1) == 0       # inactive now
 
 
 def test_Parser_less_stdin_than_content_length_is_ABORT(core):
     env = {"CONTENT_LENGTH": "5", "N": "1"}
     data = request(1, env, b"abc", flags=1) + request(1, {"N": "2"}, flags=1)
-    check_three_ways(core, data, [params_event(env, flags=1), (5, 1, b"abc"), (2, 1),
+    check_three_ways(core, data, [params_event(env, flags=1), (5, 1, b"abc"), (2, 1, core.ABORT),
                                   params_event({"N": "2"}, flags=1), (5, 1, b""), core.NOREQ])
 
 
@@ -240,7 +263,8 @@ def test_Parser_take_stdin_end_leaves_everything_else_to_next_event(core, case):
     before = parser.buffered
     assert parser.take_stdin_end(1) is False
     assert parser.buffered == before
-    expected = {"body-first": (5, 1, b"abc"), "short-body": (2, 1), "aborted": (2, 1),
+    expected = {"body-first": (5, 1, b"abc"), "short-body": (2, 1, core.ABORT),
+                "aborted": (2, 1, core.ABORT),
                 "partial-header": None, "stdin-ended": core.PROTO, "error": core.PROTO}[case]
     assert parser.next_event() == expected
     if case == "error":
@@ -252,13 +276,13 @@ def test_Parser_take_stdin_end_leaves_everything_else_to_next_event(core, case):
 def test_Parser_abort_request(core):
     data = begin(1, flags=1) + params_records(1, {}) + rec(5, 1, b"part") + rec(2, 1) \
         + rec(5, 1, b"late") + request(1, {"N": "2"}, flags=1)
-    check_three_ways(core, data, [params_event({}, flags=1), (5, 1, b"part"), (2, 1),
+    check_three_ways(core, data, [params_event({}, flags=1), (5, 1, b"part"), (2, 1, core.ABORT),
                                   params_event({"N": "2"}, flags=1), (5, 1, b""), core.NOREQ])
 
 
 def test_Parser_abort_before_params(core):
     data = begin(4) + rec(4, 4, nv("a", "b")) + rec(2, 4)
-    check_three_ways(core, data, [(2, 4), core.NOREQ])
+    check_three_ways(core, data, [(2, 4, core.ABORT), core.NOREQ])
 
 
 def test_Parser_unknown_role_kept_connection_lives_on(core):
@@ -302,15 +326,14 @@ def test_Parser_multiplexing_when_enabled(core):
 # -- misplaced records --------------------------------------------------------
 
 @pytest.mark.parametrize("data", [
-    rec(5, 1, b"x"),                                    # stdin of an unknown id
     begin(1) + rec(5, 1, b"x"),                         # stdin before params ended
     begin(1) + params_records(1, {}) + rec(4, 1, nv("a", "b")),  # params after the end
     begin(1) + begin(1),                                # the same id twice
     rec(1, 1, b"\0\1\0"),                               # short BEGIN_REQUEST body
     begin(0),                                           # a request record with id 0
-    rec(6, 1, b"out"),                                  # STDOUT sent to the application
-    rec(3, 1, b"\0" * 8),                               # END_REQUEST sent to the application
-    rec(9, 1, nv("FCGI_MAX_CONNS", "")),                # GET_VALUES with a request id
+    begin(1) + rec(6, 1, b"out"),                       # STDOUT sent to the application
+    begin(1) + rec(3, 1, b"\0" * 8),                    # END_REQUEST sent to the application
+    begin(1) + rec(9, 1, nv("FCGI_MAX_CONNS", "")),     # GET_VALUES with a request id
     rec(9, 0, b"\x05"),                                 # malformed GET_VALUES
     begin(1) + params_records(1, {}) + stdin_records(1, b"") + rec(5, 1, b"x"),  # after end
 ])
@@ -339,7 +362,8 @@ def test_Parser_get_values_answers_only_what_was_asked(core):
 def test_Parser_management_records_in_the_middle_of_a_request(core):
     env = {"K": "v"}
     data = (begin(1) + get_values("FCGI_MAX_REQS") + rec(4, 1, pairs(env))
-            + rec(77, 0, b"?") + rec(4, 1, b"") + rec(200, 5, b"") + stdin_records(1, b"q"))
+            + rec(77, 0, b"?") + rec(4, 1, b"") + rec(200, 1, b"") + rec(200, 5, b"")
+            + stdin_records(1, b"q"))
     expected_replies = (core.Writer().get_values_result({"FCGI_MAX_REQS": "1"})
                         + core.Writer().unknown_type(77) + core.Writer().unknown_type(200))
     check_three_ways(core, data, [params_event(env), (5, 1, b"q"), (5, 1, b""), core.NOREQ],
@@ -398,101 +422,3 @@ def test_Parser_filter_role_data_stream(core):
     check_three_ways(core, data, [params_event(env, role=3), (5, 1, b"in"), (5, 1, b""),
                                   (8, 1, b"da"), (8, 1, b"ta"), (8, 1, b""), core.EOF],
                      on_event=None)
-
-
-# -- the blocking fast path over real sockets ------------------------------------
-
-@pytest.fixture
-def sockpair():
-    a, b = socket.socketpair()
-    yield a, b
-    a.close()
-    b.close()
-
-
-def test_Parser_read_request_and_stdin_over_a_socket(core, sockpair):
-    app, web = sockpair
-    env = {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "6"}
-    web.sendall(request(1, env, b"abcdef", flags=1, split=4) + get_values("FCGI_MAX_CONNS")
-                + request(1, {"N": "2"}, b"unread", flags=1))
-    parser = core.Parser(max_conns=3)
-    assert parser.read_request(app) == core.OK
-    assert (parser.request_id, parser.role, parser.flags, parser.keep_conn,
-            parser.params) == (1, 1, 1, True, env)
-    assert parser.read_event(app) == (5, 1, b"abcd")
-    assert parser.read_event(app) == (5, 1, b"ef")
-    assert parser.read_event(app) == (5, 1, b"")
-    parser.end_request(1)
-    assert parser.read_request(app) == core.OK
-    assert parser.params == {"N": "2"}
-    # The management reply went out while reading.
-    web.settimeout(5)
-    assert web.recv(100) == core.Writer().get_values_result({"FCGI_MAX_CONNS": "3"})
-    parser.end_request(1)           # its stdin was never read: skipped
-    web.sendall(request(1, {"N": "3"}, b"", flags=0))
-    assert parser.read_request(app) == core.OK
-    assert parser.params == {"N": "3"} and not parser.keep_conn
-    parser.end_request(1)
-    web.close()
-    assert parser.read_request(app) == core.NOREQ
-    assert parser.read_request(app) == core.NOREQ
-
-
-def test_Parser_read_request_abort_and_unknown_role(core, sockpair):
-    app, web = sockpair
-    web.sendall(begin(1, role=7, flags=1) + begin(2, flags=1) + rec(2, 2)
-                + request(3, {"N": "3"}))
-    parser = core.Parser()
-    assert parser.read_request(app) == core.ABORT
-    assert parser.request_id == 2
-    parser.end_request(2)
-    assert parser.read_request(app) == core.OK
-    assert parser.request_id == 3
-    web.settimeout(5)
-    assert web.recv(100) == end_reply(1, 3)
-
-
-def test_Parser_read_request_while_reading_stdin_raises(core, sockpair):
-    app, web = sockpair
-    web.sendall(request(1, {}, b"abc"))
-    parser = core.Parser()
-    assert parser.read_request(app) == core.OK
-    with pytest.raises(RuntimeError):
-        parser.read_request(app)
-
-
-def test_Parser_read_error_is_IO(core):
-    # A TCP reset: the peer closes with SO_LINGER 0 while we wait for data.
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    web = socket.create_connection(listener.getsockname())
-    app, _ = listener.accept()
-    web.sendall(begin(1))
-    web.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    web.close()
-    parser = core.Parser()
-    try:
-        assert parser.read_request(app) == core.IO
-        assert parser.error == core.IO
-        assert parser.read_request(app) == core.IO
-    finally:
-        app.close()
-        listener.close()
-
-
-def test_Parser_write_error_is_SEND(core, sockpair):
-    app, web = sockpair
-    web.sendall(get_values("FCGI_MAX_CONNS"))
-    web.close()                     # the reply has nowhere to go: EPIPE
-    parser = core.Parser()
-    assert parser.read_request(app) == core.SEND
-    assert parser.read_request(app) == core.SEND
-
-
-def test_Parser_read_on_closed_socket_is_IO(core):
-    a, b = socket.socketpair()
-    b.close()
-    fileno_holder = socket.socket(fileno=a.detach())
-    fileno_holder.close()           # fileno() is now -1: the read fails
-    assert core.Parser().read_request(fileno_holder) == core.IO

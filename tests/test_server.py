@@ -154,7 +154,7 @@ def test_Server_timeout_covers_a_peer_that_stalls_mid_request(start):
                     begin(1) + params_records(1, env("/hello"))[:20])
     log = server.log()
     assert log.count("over --timeout") == 2, log     # the supervisor's line, the worker's
-    assert "read_request" in log, log
+    assert "next_request" in log, log
     assert_serving(server)
     time.sleep(2.5)                                  # served, then idle: must survive
     assert server.log().count("over --timeout") == 2, server.log()
