@@ -74,6 +74,17 @@ def upload(environ, start_response):
 
 
 @validator
+def chunks(environ, start_response):
+    """?N: N chunks of 100 bytes, each its own write, with Content-Length:
+    the response is complete (to a web server that counts) before the
+    gateway sends END_REQUEST."""
+    count = int(environ.get("QUERY_STRING") or "4")
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(100 * count))])
+    return (b"%-99d\n" % i for i in range(count))
+
+
+@validator
 def download(environ, start_response):
     """Sends the file named by DOWNLOAD_FILE with wsgi.file_wrapper."""
     path = os.environ["DOWNLOAD_FILE"]

@@ -9,6 +9,7 @@ logic are its own, shared rather than copied.
     ApacheFcgid   mod_fcgid, which spawns the application itself
     Caddy         reverse_proxy with the fastcgi transport
     H2O           fastcgi.connect
+    HAProxy       fcgi-app with option keep-conn (HAProxy 2.1+ speaks FastCGI)
     CgiFcgi       libfcgi's cgi-fcgi: one process per request, CGI in and out
     SpawnFcgi     spawn-fcgi starting fastfcgi on a socket it bound
     NginxFrontend servers.Nginx, with the streaming read the others have
@@ -708,6 +709,63 @@ class CgiFcgi(object):
 
     def stop(self):
         pass
+
+
+# -- HAProxy -----------------------------------------------------------------
+
+HAPROXY_BIN = find_binary("haproxy", "/usr/sbin/haproxy")
+
+# HAProxy's own FastCGI client (fcgi-app): kept connections to the
+# application, the next request sent on one as soon as the previous
+# response's body is in (before END_REQUEST).  path-info splits the path as
+# the README wants it: SCRIPT_NAME "", PATH_INFO the whole path.  Logs go
+# to stdout (console.log).  "timeout server" is short enough that a request
+# the application never answers shows up as a 504 inside a test.
+HAPROXY_CONF = """
+global
+    log stdout format raw local0 info
+    maxconn 1000
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 5s
+    timeout client 60s
+    timeout server 30s
+fcgi-app app
+    docroot {tmp}
+    path-info ^()(/.*)$
+    option keep-conn
+    log-stderr global
+backend app
+    use-fcgi-app app
+    server app1 {backend} proto fcgi
+frontend http
+    bind 127.0.0.1:{port}{tls}
+    default_backend app
+"""
+
+
+class HAProxy(WebServer):
+    """HAProxy 2.6 in front of fastfcgi over FastCGI (fcgi-app, keep-conn);
+    HTTPS with our certificate where it has one."""
+
+    name = "haproxy"
+
+    def __init__(self, backend):
+        WebServer.__init__(self)
+        backend = backend[5:] if backend.startswith("unix:") else backend
+        tls = ""
+        if self.tls_port:
+            # HAProxy wants the certificate and its key in one file.
+            cert, key = self.certificate
+            pem = self.write("site.pem", _lines(cert) + _lines(key))
+            tls = "\n    bind 127.0.0.1:%d ssl crt %s" % (self.tls_port, pem)
+        self.conf = HAPROXY_CONF.format(tmp=self.tmp, port=self.port, tls=tls, backend=backend)
+        self.start([HAPROXY_BIN, "-db", "-f", self.write("haproxy.cfg", self.conf)])
+
+    def error_log(self):
+        return _lines(self.path("console.log"))
 
 
 # -- spawn-fcgi --------------------------------------------------------------

@@ -2,8 +2,8 @@
 (mod_fastcgi to a running fastfcgi over TCP and a unix socket, spawning it
 with bin-path, and in the AUTHORIZER role), Apache (mod_proxy_fcgi over TCP,
 with enablereuse, over a unix socket; mod_fcgid spawning it), Caddy and H2O
-(over TCP and a unix socket), libfcgi's cgi-fcgi, and spawn-fcgi behind
-nginx.
+(over TCP and a unix socket), HAProxy's fcgi-app with kept connections (over
+TCP and a unix socket), libfcgi's cgi-fcgi, and spawn-fcgi behind nginx.
 
 Each web server starts once per core (module-scoped fixtures) and gets the
 same checks: GET, a POST body's sha256, request headers, an application 404,
@@ -12,6 +12,7 @@ docs/frontends.md documents, so that the document stays true.
 """
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -24,9 +25,10 @@ import time
 import pytest
 
 from conftest import core_id_or_skip, rec
-from frontends import (CADDY_BIN, CGI_FCGI_BIN, H2O, H2O_BIN, LIGHTTPD_BIN, SPAWN_FCGI_BIN,
-                       ApacheFcgid, ApacheProxy, Caddy, CgiFcgi, Lighttpd, NginxFrontend,
-                       SpawnedApp, SpawnFcgi, apache_missing, fcgid_mode, lighttpd_backend)
+from frontends import (CADDY_BIN, CGI_FCGI_BIN, H2O, H2O_BIN, HAPROXY_BIN, LIGHTTPD_BIN,
+                       SPAWN_FCGI_BIN, ApacheFcgid, ApacheProxy, Caddy, CgiFcgi, HAProxy,
+                       Lighttpd, NginxFrontend, SpawnedApp, SpawnFcgi, apache_missing,
+                       fcgid_mode, lighttpd_backend)
 from servers import NGINX, FastCGIProcess
 
 
@@ -171,6 +173,16 @@ def h2o_unix(stack):
     h2o(stack, "--socket-mode", "666", address="unix:%s/app.sock" % stack.tmp)
 
 
+def haproxy(stack, *args, **kw):
+    need(HAPROXY_BIN, "haproxy")
+    server = stack.serve("--workers", "2", *args, **kw)
+    stack.frontend = HAProxy(server.address)
+
+
+def haproxy_unix(stack):
+    haproxy(stack, address="unix:%s/app.sock" % stack.tmp)
+
+
 def cgi_fcgi(stack):
     need(CGI_FCGI_BIN, "cgi-fcgi (libfcgi-bin)")
     server = stack.serve("--workers", "2")
@@ -200,6 +212,8 @@ STACKS = [("lighttpd-tcp", lighttpd_tcp, "lighttpd"),
           ("caddy-unix", caddy_unix, "caddy"),
           ("h2o", h2o, "h2o"),
           ("h2o-unix", h2o_unix, "h2o"),
+          ("haproxy", haproxy, "haproxy"),
+          ("haproxy-unix", haproxy_unix, "haproxy"),
           ("cgi-fcgi", cgi_fcgi, "cgi-fcgi"),
           ("spawn-fcgi-nginx", spawn_fcgi, "nginx")]
 
@@ -349,8 +363,8 @@ APACHE_MORE = ["CONTEXT_DOCUMENT_ROOT", "CONTEXT_PREFIX", "DOCUMENT_ROOT", "PATH
 
 # What each front end sends, with the configs in frontends.py (measured with
 # the Debian 12 packages: lighttpd 1.4.69, Apache 2.4 with mod_fcgid 2.3.9,
-# Caddy 2.6.2, h2o 2.2.5, nginx 1.22; cgi-fcgi passes on the environment it
-# is given).  None: not sent, or not measured for that front end.
+# Caddy 2.6.2, h2o 2.2.5, HAProxy 2.6.12, nginx 1.22; cgi-fcgi passes on the
+# environment it is given).  None: not sent, or not measured for that front end.
 FACTS = {
     "lighttpd": {
         "SCRIPT_NAME, PATH_INFO": SPLIT, "REQUEST_URI, QUERY_STRING": URI,
@@ -445,6 +459,26 @@ FACTS = {
         "header Proxy: as HTTP_PROXY": "http://proxy.invalid/",
         "header X_Under: as HTTP_X_UNDER": "u",
         "more params": ["REMOTE_PORT", "SERVER_ADDR"],
+    },
+    "haproxy": {
+        # path-info's empty first capture: no SCRIPT_NAME at all (the WSGI
+        # gateway adds it, empty).
+        "SCRIPT_NAME, PATH_INFO": (None, "/params_dump/a b/c"), "REQUEST_URI, QUERY_STRING": URI,
+        "PATH_INFO of /a%2Fb, or the status": "/params_dump/a/b",
+        "PATH_INFO of /a/../b//c/./d": "/params_dump/a/../b//c/./d",
+        "GET: CONTENT_LENGTH, CONTENT_TYPE": ("0", None),
+        "POST: CONTENT_LENGTH, CONTENT_TYPE": POST,
+        "POST: HTTP_CONTENT_LENGTH, HTTP_CONTENT_TYPE": (None, None),
+        "HTTP: REQUEST_SCHEME, HTTPS": (None, None),
+        "TLS: REQUEST_SCHEME, HTTPS, wsgi.url_scheme": (None, "on", "https"),
+        "GATEWAY_INTERFACE": "CGI/1.1",
+        # SERVER_NAME is the Host header as sent, port and all.
+        "Host example.org:8080: SERVER_NAME, SERVER_PORT, HTTP_HOST":
+            ("example.org:8080", "<port>", "example.org:8080"),
+        "chunked POST: status, CONTENT_LENGTH the app sees": (200, "7"),
+        "header Proxy: as HTTP_PROXY": None,
+        "header X_Under: as HTTP_X_UNDER": None,
+        "more params": ["DOCUMENT_ROOT", "REMOTE_PORT", "SCRIPT_FILENAME"],
     },
     "cgi-fcgi": {
         "SCRIPT_NAME, PATH_INFO": SPLIT, "REQUEST_URI, QUERY_STRING": URI,
@@ -688,3 +722,53 @@ def test_lighttpd_authorizer_is_sent_no_stdin_when_there_is_a_body(authorized):
     # responder): an authorizer must not wait for the end of its stdin.
     assert get[-2:] == [4, 5] and seen["GET"][-1] == (5, b"")
     assert 5 not in post and seen["POST"][-1] == (4, b"")
+
+
+# -- HAProxy: the next request before END_REQUEST --------------------------------
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_haproxy_keep_conn_under_concurrent_load_answers_every_request(core_id, transport):
+    """HAProxy's keep-conn sends the next BEGIN_REQUEST on a connection as
+    soon as it has the previous response's body, before its END_REQUEST
+    (streamed responses make that window wide).  Every request must be
+    answered: one read while the previous was finishing and then left
+    waiting would hang until HAProxy's server timeout (504)."""
+    need(HAPROXY_BIN, "haproxy")
+    stack = Stack("haproxy-load", "haproxy", core_id)
+    try:
+        address = "unix:%s/app.sock" % stack.tmp if transport == "unix" else None
+        server = stack.serve("--workers", "2", address=address)
+        stack.frontend = HAProxy(server.address)
+        paths = ["/chunks?5", "/hello", "/chunks?2", "/upload"]
+        failures = []
+        done = []
+
+        def client(n):
+            conn = http.client.HTTPConnection("127.0.0.1", stack.frontend.port, timeout=10)
+            try:
+                for i in range(60):
+                    path = paths[(n + i) % len(paths)]
+                    body = b"x" * (n * 100 + i) if path == "/upload" else None
+                    conn.request("POST" if body is not None else "GET", path, body=body)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    ok = resp.status == 200 and (
+                        json.loads(data)["size"] == len(body) if body is not None
+                        else len(data) in (13, 200, 500))
+                    if not ok:
+                        failures.append((path, resp.status, data[:100]))
+                    done.append(1)
+            except Exception as exc:        # a timeout is the hang this test is about
+                failures.append((n, repr(exc)))
+            finally:
+                conn.close()
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert failures == [], "%s\n%s" % (failures[:5], stack.logs()[-3000:])
+        assert len(done) == 8 * 60
+    finally:
+        problems = stack.stop()
+    assert not problems, problems
