@@ -229,8 +229,6 @@ cdef class Parser:
         public object max_reqs
         public object mpxs_conns
 
-    # A new Parser with this one's limits (Server.new_connection).
-    cdef Parser _fresh(self)
     # Record the sticky code and return it.
     cdef int _fail(self, int code) noexcept
     # Whether a BEGIN_REQUEST now waits for the active request to end.

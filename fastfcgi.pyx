@@ -38,6 +38,7 @@ import math as _math
 import os as _os
 import socket as _socket
 import struct as _struct
+import sys as _sys
 
 import fastfcgi_py as _py
 from fastfcgi_py import (DEFAULT_MAX_PARAM_SIZE, DEFAULT_MAX_PARAMS_SIZE,
@@ -516,9 +517,14 @@ cdef class Parser:
             raise ValueError("limits must not be negative")
         if max_body is not None and max_body < 0:
             raise ValueError("max_body must be None or >= 0")
-        self.max_param_size = max_param_size
-        self.max_params_size = max_params_size
-        self.max_body = max_body
+        # What the limits' setters do, without a Python call each: a
+        # connection makes a Parser.
+        self._c_max_param_size = _c_limit(max_param_size)
+        self._max_param_size = max_param_size
+        self._c_max_params_size = _c_limit(max_params_size)
+        self._max_params_size = max_params_size
+        self._c_max_body = _c_limit(max_body)
+        self._max_body = max_body
         self.max_conns = max_conns
         self.max_reqs = max_reqs
         self.mpxs_conns = bool(mpxs_conns)
@@ -528,21 +534,6 @@ cdef class Parser:
         self._requests = {}
         self._out = []
         self._closing = False
-
-    cdef Parser _fresh(self):
-        # A new Parser with this one's limits, as __init__ would make it
-        # from them (without parsing keywords and checking them again).
-        cdef Parser p = Parser.__new__(Parser)
-        p._max_param_size = self._max_param_size
-        p._max_params_size = self._max_params_size
-        p._max_body = self._max_body
-        p._c_max_param_size = self._c_max_param_size
-        p._c_max_params_size = self._c_max_params_size
-        p._c_max_body = self._c_max_body
-        p.max_conns = self.max_conns
-        p.max_reqs = self.max_reqs
-        p.mpxs_conns = self.mpxs_conns
-        return p
 
     # -- limits: the attribute as given, its C copy for the checks --------
 
@@ -1261,13 +1252,35 @@ cdef class Connection:
     def fileno(self):
         return self._fd if self._sock is None else self._sock.fileno()
 
-    # The demultiplexer, FU's reader and poll: the pure core's code.
+    # The demultiplexer, FU's reader and poll: the pure core's code, but
+    # for the per-request steps below.
     route = _py._Demultiplexer.route
-    end_request = _py._Demultiplexer.end_request
     read_request = _py.Connection.read_request
-    next_request = _py.Connection.next_request
     poll = _py.Connection.poll
     keep_conn = _py.Connection.keep_conn
+
+    def next_request(self):
+        """Block until the next request. See `fastfcgi_py.Connection.next_request`."""
+        # The common event, a request's params, routed here; any other by
+        # the pure core's route.
+        while True:
+            event = self.read_event()
+            if type(event) is tuple and (<tuple>event)[0] == FCGI_PARAMS:
+                return self.request_class(self, (<tuple>event)[1], (<tuple>event)[2],
+                                          (<tuple>event)[3], (<tuple>event)[4])
+            found = self.route(event)
+            if found is not None:
+                return found
+
+    def end_request(self, request_id):
+        """The request's END_REQUEST is sent: forget it. See `fastfcgi_py._Demultiplexer.end_request`."""
+        if type(self.requests) is dict:
+            (<dict>self.requests).pop(request_id, None)
+        else:
+            self.requests.pop(request_id, None)
+        if type(self.parser) is Parser:
+            return (<Parser>self.parser).end_request(request_id)
+        return self.parser.end_request(request_id)
 
     def read_event(self):
         """Block until the parser's next event. See `fastfcgi_py.Connection.read_event`."""
@@ -1464,16 +1477,17 @@ cdef object _peer_address(sockaddr_storage* addr, socklen_t addr_len):
 # Requests and the WSGI gateway  ##############################################
 ##############################################################################
 #
-# The per-request work of fastfcgi_py's Request and WSGIGateway, in C: making
-# the Request, the environ, start_response's checks, and the common answer (a
-# list body) framed with its head and END_REQUEST into one buffer, sent at
-# once.  The rest is the pure core's own code: Request's other methods come
-# from fastfcgi_py._RequestMethods, and the gateway's other bodies, errors
-# and logs from fastfcgi_py.WSGIGateway.  Either falls back to that code
-# whenever the writer or the request is not this core's.
+# Typed twins of the per-request steps the profile shows hot: the Request's
+# state, making it and finishing it; and the three hot steps of
+# fastfcgi_py.WSGIGateway, which takes them from its core: the environ
+# (_wsgi_environ), start_response's checks (_Response), and the common answer,
+# a list body framed with its head and END_REQUEST into one buffer and sent
+# at once (_send_list).  Everything else is the pure core's own code: the
+# Request's other methods come from fastfcgi_py._RequestMethods, the
+# gateway, its policy and the servers are fastfcgi_py's classes.  Each twin
+# falls back to that code whenever the writer or the request is not this
+# core's.
 
-_time = _py.time.time
-_monotonic = _py.time.monotonic
 _RequestError = _py.RequestError
 _ROLE_NAMES = _py.ROLE_NAMES
 _log_excess = _py._log_excess
@@ -1485,7 +1499,10 @@ cdef class _RequestCore:
     @cython.embedsignature(False)
     def __init__(self, connection, request_id, role, flags, params):
         cdef Parser fast
-        connection.requests[request_id] = self      # its events come here
+        if type(connection) is Connection:      # its events come here
+            (<Connection>connection).requests[request_id] = self
+        else:
+            connection.requests[request_id] = self
         self.connection = connection
         self.request_id = request_id
         self.role = role
@@ -1527,6 +1544,23 @@ cdef class _RequestCore:
     def send(self, data, _last=False):
         """Send already framed bytes. See `fastfcgi_py.Request.send`."""
         return self._send(data, _last)
+
+    # fastfcgi_py.Request's read-only state, read for every request.
+
+    @property
+    def finished(self):
+        """True once finish() ran. See `fastfcgi_py.Request.finished`."""
+        return self._finished
+
+    @property
+    def connection_lost(self):
+        """True once the connection can carry nothing more for the request. See `fastfcgi_py.Request.connection_lost`."""
+        return self._gone
+
+    @property
+    def stdin_done(self):
+        """True once all of stdin (and the FILTER data) has arrived. See `fastfcgi_py.Request.stdin_done`."""
+        return self._stdin_done and self._data_done
 
     def finish(self, exit_code=0, _tail=b""):
         """End the request with exit_code as the application status. See `fastfcgi_py.Request.finish`."""
@@ -1657,8 +1691,8 @@ cdef class ErrorStream:
     flush = _py._LineWriter.flush
 
 
-cdef dict _wsgi_environ(dict constant_keys, object request):
-    # fastfcgi_py.WSGIGateway.environ, step for step.
+def _wsgi_environ(dict constant_keys, object request):
+    """The PEP 3333 environ. See `fastfcgi_py._wsgi_environ`."""
     params = (<_RequestCore>request).params if isinstance(request, _RequestCore) else request.params
     cdef dict env = (<dict>params).copy() if type(params) is dict else params.copy()
     if "HTTP_CONTENT_TYPE" in env:
@@ -1691,10 +1725,10 @@ cdef dict _wsgi_environ(dict constant_keys, object request):
     return env
 
 
-cdef bint _send_list(object request, object response, object result) except -1:
-    # WSGIGateway._send's first case, a list body: head, body, terminators
-    # and END_REQUEST framed into one buffer.  False, having done nothing,
-    # when this is not that case or not this core's request and writer.
+def _send_list(object request, object response, object result):
+    """A list body, its head, the stream's end and END_REQUEST in one send. See `fastfcgi_py._send_list`."""
+    # False, having done nothing, when this is not that case or not this
+    # core's request and writer: fastfcgi_py's _send_list then answers.
     cdef _Response r
     cdef _RequestCore req
     cdef long rid
@@ -1724,80 +1758,31 @@ cdef bint _send_list(object request, object response, object result) except -1:
     return True
 
 
-class WSGIGateway(_py.WSGIGateway):
-    """Runs a WSGI application on a Request, the common case in C. See `fastfcgi_py.WSGIGateway`."""
-
-    response_class = _Response
-
-    def __call__(self, request):
-        # fastfcgi_py.WSGIGateway.__call__, compiled.
-        # A subclass may override environ, response_class or _send: then
-        # they are looked up, as in the pure core.
-        cdef bint exact = type(self) is WSGIGateway
-        access_log = self.access_log
-        started = _time() if access_log else 0
-        env = _wsgi_environ(self._constant_keys, request) if exact else self.environ(request)
-        head_only = env.get("REQUEST_METHOD") == "HEAD"
-        response = _Response(request, head_only) if exact else \
-            self.response_class(request, head_only)
-        result = None
-        try:
-            result = self.app(env, response.start_response)
-            if not exact:
-                self._send(request, response, result)
-            elif not _send_list(request, response, result):
-                _py.WSGIGateway._send(self, request, response, result)
-        except _RequestError as exc:
-            response.status = self._request_failed(request, response.head_sent, exc) \
-                or response.status
-        except Exception:
-            response.status = self._app_failed(request, response.head_sent) or response.status
-        finally:
-            if result is not None and hasattr(result, "close"):
-                try:
-                    result.close()
-                except Exception:
-                    self._app_failed(request, response.head_sent)
-        if access_log:
-            self._log_access(request, response.status, started)
-
-    def environ(self, request):
-        """The PEP 3333 environ. See `fastfcgi_py.WSGIGateway.environ`."""
-        return _wsgi_environ(self._constant_keys, request)
-
-    def _send(self, request, response, result):
-        if not _send_list(request, response, result):
-            _py.WSGIGateway._send(self, request, response, result)
-
-
 ##############################################################################
-# Servers on the compiled core  ###############################################
+# The servers on this core  ###################################################
 ##############################################################################
 #
-# fastfcgi_py's servers, subclassed here with this core's Parser, Writer,
-# Connection and Request, so that fastfcgi's servers run on this core.  The
-# loops themselves are the pure core's: compiling them gained nothing
-# measurable, and their Python frames are what a --timeout traceback shows.
+# The gateways and servers are fastfcgi_py's classes, which take the core
+# they run on as ``core=``.  Under fastfcgi's names they are subclasses that
+# only make this module the default core, so that ``fastfcgi.Server(...)``
+# runs the compiled core: nothing else is in them.
+
+_this_core = _sys.modules[__name__]
+
+
+class WSGIGateway(_py.WSGIGateway):
+    """fastfcgi_py.WSGIGateway, on the compiled core unless told otherwise. See `fastfcgi_py.WSGIGateway`."""
+
+    core = _this_core
 
 
 class Server(_py.Server):
-    """fastfcgi_py.Server on the compiled core. See `fastfcgi_py.Server`."""
+    """fastfcgi_py.Server, on the compiled core unless told otherwise. See `fastfcgi_py.Server`."""
 
-    parser_class = Parser
-    writer_class = Writer
-    connection_class = Connection
-    request_class = Request
+    core = _this_core
 
-    def new_connection(self, conn):
-        """Give an accepted Connection its core. See `fastfcgi_py.Server.new_connection`."""
-        # The first connection's parser is made as the pure core makes them
-        # (that reads and checks the limits); later ones are copies of it,
-        # which costs less than parsing its keywords each time.
-        proto = self.__dict__.get("_parser_proto")
-        if proto is None:
-            _py.Server.new_connection(self, conn)
-            if type(conn.parser) is Parser:
-                self._parser_proto = (<Parser>conn.parser)._fresh()
-            return
-        conn.parser = (<Parser>proto)._fresh()
-        conn.writer = self.writer
+
+class HTTPServer(_py.HTTPServer):
+    """fastfcgi_py.HTTPServer, on the compiled core unless told otherwise. See `fastfcgi_py.HTTPServer`."""
+
+    core = _this_core

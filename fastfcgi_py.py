@@ -1368,33 +1368,28 @@ class _RequestMethods(object):
         Raises:
             RequestError: the input ended with a code (once; then the end).
         """
-        conn = self.connection
-        while True:
-            if self._input_error:
-                code, self._input_error = self._input_error, 0
-                raise RequestError(code)
-            if self._stdin_done:
-                return False
-            size = len(self._buffer)
-            conn.route(conn.read_event())
-            if len(self._buffer) != size:
-                return True
+        return self._pull(False)
 
     def _fill_data(self):
         """Pull the next FCGI_DATA chunk (FILTER role); False at the end.
         The rest of stdin is buffered first: the data stream follows it."""
         while self._fill():
             pass
+        return self._pull(True)
+
+    def _pull(self, data):
+        """Route the connection's events until the stdin (or, with
+        ``data``, the FCGI_DATA) buffer grows: True, or False at its end."""
         conn = self.connection
         while True:
             if self._input_error:
                 code, self._input_error = self._input_error, 0
                 raise RequestError(code)
-            if self._data_done:
+            if self._data_done if data else self._stdin_done:
                 return False
-            size = len(self._data_buffer)
+            size = len(self._data_buffer if data else self._buffer)
             conn.route(conn.read_event())
-            if len(self._data_buffer) != size:
+            if len(self._data_buffer if data else self._buffer) != size:
                 return True
 
     def read_data(self, size=None):
@@ -1907,15 +1902,82 @@ class _Response(object):
             request.print_stdout(data)
 
 
+def _wsgi_environ(constant_keys, request):
+    """The PEP 3333 environ of ``request``: the params as sent, plus
+    ``constant_keys`` (the wsgi.* keys that never change) and the rest.
+
+    Two params are moved, not copied: nginx forwards every header as HTTP_*,
+    but RFC 3875 4.1.18 and PEP 3333 want Content-Type and Content-Length
+    only as CONTENT_TYPE and CONTENT_LENGTH.
+    """
+    env = request.params.copy()
+    if "HTTP_CONTENT_TYPE" in env:
+        value = env.pop("HTTP_CONTENT_TYPE")
+        env.setdefault("CONTENT_TYPE", value)
+    if "HTTP_CONTENT_LENGTH" in env:
+        value = env.pop("HTTP_CONTENT_LENGTH")
+        if request.role != FCGI_AUTHORIZER:     # an authorizer gets no body
+            env.setdefault("CONTENT_LENGTH", value)
+    if env.get("CONTENT_LENGTH") == "-1":
+        env["CONTENT_LENGTH"] = ""      # Caddy's "unknown": the stream has the end
+    https = env.get("HTTPS")
+    secure = (https is not None and https.lower() in ("on", "1")) or \
+        env.get("REQUEST_SCHEME") == "https"
+    env.update(constant_keys)
+    env["wsgi.url_scheme"] = "https" if secure else "http"
+    env["wsgi.input"] = InputStream(request)
+    env["wsgi.errors"] = ErrorStream(request)
+    env["fastcgi.request"] = request
+    role = request.role
+    if role == FCGI_RESPONDER:
+        env["fastcgi.role"] = "RESPONDER"
+    else:
+        env["fastcgi.role"] = ROLE_NAMES.get(role, str(role))
+        if role == FCGI_FILTER:
+            env["fastcgi.data"] = request.data
+    if not env.keys() >= _ENVIRON_REQUIRED:     # PEP 3333 wants them, maybe empty
+        for key in _ENVIRON_REQUIRED:
+            env.setdefault(key, "")
+    return env
+
+
+def _send_list(request, response, result):
+    """The common answer: a list body goes out with its head, the stream's
+    end and END_REQUEST in one send.  True once sent; False (nothing done)
+    when ``result`` is not a list or the head is already out."""
+    if type(result) is not list or response.head_sent:
+        return False
+    body = b"".join(result) if len(result) != 1 else result[0]
+    if type(body) is not bytes:
+        raise TypeError("the application returned non-bytes in its body")
+    if response.status is None:
+        raise RuntimeError("the application returned before start_response()")
+    head = response.head()
+    if response.head_only:
+        body = b""
+    request.finish(0, head + body)
+    return True
+
+
 class WSGIGateway(Gateway):
-    """Runs a WSGI application on a Request (``gateway(request)``)."""
+    """Runs a WSGI application on a Request (``gateway(request)``).
+
+    ``core`` is the module whose hot steps run it (the environ, the response
+    object, the common answer): fastfcgi_py's own by default; ``fastfcgi``
+    gives the compiled ones, its WSGIGateway too.
+    """
 
     multiprocess = True
     multithread = False
-    response_class = _Response      # the compiled core plugs its own
+    core = None
 
-    def __init__(self, app, access_log=False):
+    def __init__(self, app, access_log=False, core=None):
         Gateway.__init__(self, app, access_log)
+        core = core or self.core or sys.modules[__name__]
+        self.core = core
+        self.response_class = core._Response
+        self._make_environ = core._wsgi_environ
+        self._send_list = core._send_list
         # The keys that are the same for every request, added in one update.
         self._constant_keys = {
             "wsgi.version": (1, 0), "wsgi.input_terminated": True,
@@ -1923,57 +1985,28 @@ class WSGIGateway(Gateway):
             "wsgi.run_once": False, "wsgi.file_wrapper": FileWrapper}
 
     def environ(self, request):
-        """The PEP 3333 environ: the params as sent, plus the wsgi.* keys.
-
-        Two params are moved, not copied: nginx forwards every header as
-        HTTP_*, but RFC 3875 4.1.18 and PEP 3333 want Content-Type and
-        Content-Length only as CONTENT_TYPE and CONTENT_LENGTH.
-        """
-        env = request.params.copy()
-        if "HTTP_CONTENT_TYPE" in env:
-            value = env.pop("HTTP_CONTENT_TYPE")
-            env.setdefault("CONTENT_TYPE", value)
-        if "HTTP_CONTENT_LENGTH" in env:
-            value = env.pop("HTTP_CONTENT_LENGTH")
-            if request.role != FCGI_AUTHORIZER:     # an authorizer gets no body
-                env.setdefault("CONTENT_LENGTH", value)
-        if env.get("CONTENT_LENGTH") == "-1":
-            env["CONTENT_LENGTH"] = ""      # Caddy's "unknown": the stream has the end
-        https = env.get("HTTPS")
-        secure = (https is not None and https.lower() in ("on", "1")) or \
-            env.get("REQUEST_SCHEME") == "https"
-        env.update(self._constant_keys)
-        env["wsgi.url_scheme"] = "https" if secure else "http"
-        env["wsgi.input"] = InputStream(request)
-        env["wsgi.errors"] = ErrorStream(request)
-        env["fastcgi.request"] = request
-        role = request.role
-        if role == FCGI_RESPONDER:
-            env["fastcgi.role"] = "RESPONDER"
-        else:
-            env["fastcgi.role"] = ROLE_NAMES.get(role, str(role))
-            if role == FCGI_FILTER:
-                env["fastcgi.data"] = request.data
-        if not env.keys() >= _ENVIRON_REQUIRED:     # PEP 3333 wants them, maybe empty
-            for key in _ENVIRON_REQUIRED:
-                env.setdefault(key, "")
-        return env
+        """The PEP 3333 environ: the params as sent, plus the wsgi.* keys
+        (see ``_wsgi_environ``)."""
+        return self._make_environ(self._constant_keys, request)
 
     def __call__(self, request):
         started = time.time() if self.access_log else 0
-        env = self.environ(request)
+        env = self._make_environ(self._constant_keys, request)
         response = self.response_class(request, env.get("REQUEST_METHOD") == "HEAD")
         result = None
         try:
             result = self.app(env, response.start_response)
-            self._send(request, response, result)
+            if not self._send_list(request, response, result):
+                self._send(request, response, result)
         except RequestError as exc:
             response.status = self._request_failed(request, response.head_sent, exc) \
                 or response.status
         except Exception:
             response.status = self._app_failed(request, response.head_sent) or response.status
         finally:
-            if result is not None and hasattr(result, "close"):
+            # PEP 3333: the iterable's close(), if it has one (a list has
+            # none: asking costs an AttributeError).
+            if type(result) is not list and result is not None and hasattr(result, "close"):
                 try:
                     result.close()
                 except Exception:
@@ -1982,17 +2015,9 @@ class WSGIGateway(Gateway):
             self._log_access(request, response.status, started)
 
     def _send(self, request, response, result):
-        if type(result) is list and not response.head_sent:
-            # The common case: one buffer, one send.
-            body = b"".join(result) if len(result) != 1 else result[0]
-            if type(body) is not bytes:
-                raise TypeError("the application returned non-bytes in its body")
-            if response.status is None:
-                raise RuntimeError("the application returned before start_response()")
-            head = response.head()
-            if response.head_only:
-                body = b""
-            request.finish(0, head + body)
+        """Any body but the common case (or the common case the core's
+        _send_list left to this module's)."""
+        if _send_list(request, response, result):
             return
         if isinstance(result, FileWrapper) and not response.head_only:
             fd = result.fileno()
@@ -2346,20 +2371,27 @@ def peer_allowed(allow, peer):
 class Server(object):
     """Serves FastCGI requests from ``listener`` with ``gateway(request)``.
 
-    The core comes in as the class attributes ``parser_class``,
-    ``writer_class``, ``connection_class`` and ``request_class``; the
-    compiled module subclasses Server to plug its own.
+    ``core`` is the module whose protocol classes it runs on: its Parser,
+    Writer, Connection and Request become ``parser_class``,
+    ``writer_class``, ``connection_class`` and ``request_class``.
+    fastfcgi_py's own by default; ``fastfcgi`` gives the compiled ones (its
+    Server too).  A subclass may name its own connection_class.
     """
 
-    parser_class = Parser
-    writer_class = Writer
-    connection_class = Connection
-    request_class = Request
+    core = None
+    connection_class = None
 
-    def __init__(self, gateway, listener, *, max_body=None,
+    def __init__(self, gateway, listener, *, core=None, max_body=None,
                  max_param_size=DEFAULT_MAX_PARAM_SIZE,
                  max_params_size=DEFAULT_MAX_PARAMS_SIZE, allow=None,
                  max_requests=0, max_conns=MAX_KEPT_CONNECTIONS, busy_slot=None):
+        core = core or self.core or sys.modules[__name__]
+        self.core = core
+        self.parser_class = core.Parser
+        self.writer_class = core.Writer
+        self.request_class = core.Request
+        if self.connection_class is None:
+            self.connection_class = core.Connection
         self.gateway = gateway
         self.listener = listener
         self.max_body = max_body
@@ -2981,7 +3013,8 @@ class HTTPServer(Server):
         conn.parser = _HTTPBody(reader, int(length) if length else 0, chunked, self.max_body)
         conn.writer = _HTTPResponse(version, keep, method == "HEAD")
         conn.send_file = conn.writer.send_file
-        return keep, Request(conn, 1, FCGI_RESPONDER, FCGI_KEEP_CONN if keep else 0, params)
+        return keep, self.request_class(conn, 1, FCGI_RESPONDER, FCGI_KEEP_CONN if keep else 0,
+                                        params)
 
 
 ##############################################################################
@@ -3551,7 +3584,7 @@ def select_core():
 
 def core_name(core):
     """ "compiled" when ``core``'s servers really run the compiled parser."""
-    return "compiled" if core.Server.parser_class.__module__ == "fastfcgi" else "pure"
+    return "compiled" if core.Parser.__module__ == "fastfcgi" else "pure"
 
 
 def load_app(spec):
@@ -3705,20 +3738,21 @@ def main(argv=None, core=None):
         log.error("no address: give --fcgi ADDR, or start us with a listening socket on fd 0")
         return 2
     where = format_address(listener.family, listener.getsockname())
-    gateway_class = core.RawGateway if args.raw else core.WSGIGateway
     single = (args.workers == 1 and not args.timeout and not args.max_requests[0]
               and not args.reload)
 
-    server_class = HTTPServer if args.http else core.Server
+    server_class = HTTPServer if args.http else Server
 
     def make_server(listener, busy_slot=None, max_requests=0):
         app = load_app(args.app)
-        return server_class(gateway_class(app, access_log=args.access_log), listener,
-                           max_body=args.max_body, max_param_size=args.max_param_size,
-                           max_params_size=args.max_params_size, allow=allow,
-                           max_requests=max_requests,
-                           max_conns=MAX_KEPT_CONNECTIONS * args.workers,
-                           busy_slot=busy_slot)
+        gateway = (RawGateway(app, access_log=args.access_log) if args.raw else
+                   WSGIGateway(app, access_log=args.access_log, core=core))
+        return server_class(gateway, listener, core=core, max_body=args.max_body,
+                            max_param_size=args.max_param_size,
+                            max_params_size=args.max_params_size, allow=allow,
+                            max_requests=max_requests,
+                            max_conns=MAX_KEPT_CONNECTIONS * args.workers,
+                            busy_slot=busy_slot)
 
     log.info("fastfcgi %s serving %s on %s%s: %d worker(s), %s core, Python %s",
              __version__, args.app, where,

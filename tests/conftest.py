@@ -220,3 +220,20 @@ def core_id_or_skip(core_id):
 def core_id(request):
     """The core id ("c" or "py") for tests that run the server as a process."""
     return core_id_or_skip(request.param)
+
+
+@pytest.fixture
+def start(core_id, tmp_path):
+    """start(*args, app=..., address=...): fastfcgi serving ``app`` (default
+    the integration stack's dispatch:app) on the test's core, ready; all of
+    them are stopped after the test."""
+    from servers import FastCGIProcess
+    started = []
+
+    def start(*args, app="dispatch:app", **kw):
+        server = FastCGIProcess(core_id, app, *args, tmpdir=str(tmp_path), **kw).wait_ready()
+        started.append(server)
+        return server
+    yield start
+    for server in started:
+        server.stop()

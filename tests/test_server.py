@@ -35,17 +35,6 @@ def assert_serving(server):
     assert (response.status, response.body) == (200, b"Hello, world!"), server.log()
 
 
-@pytest.fixture
-def start(core_id, tmp_path):
-    started = []
-
-    def start(*args, app="dispatch:app", **kw):
-        server = FastCGIProcess(core_id, app, *args, tmpdir=str(tmp_path), **kw).wait_ready()
-        started.append(server)
-        return server
-    yield start
-    for server in started:
-        server.stop()
 
 
 # -- signals ----------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The FastCGI spec, exactly, on every connection: raw records to a running
 server (both cores), and what comes back.  Each test names the rule.
 
-The helpers (RawPeer, the ``start`` fixture) take any server address, so the
-same tests can run against every server fastfcgi has.
+The helpers (RawPeer, conftest's ``start`` fixture) take any server address,
+so the same tests can run against every server fastfcgi has.
 """
 
 import json
@@ -15,7 +15,7 @@ import pytest
 
 import fastfcgi_py
 from conftest import begin, end_reply, get_values, params_records, rec, request, stdin_records
-from servers import FastCGIProcess, wait_until
+from servers import wait_until
 
 FCGI_STDOUT, FCGI_STDERR, FCGI_END_REQUEST = 6, 7, 3
 KEEP = 1
@@ -93,19 +93,6 @@ class RawPeer(object):
 
     def close(self):
         self.sock.close()
-
-
-@pytest.fixture
-def start(core_id, tmp_path):
-    started = []
-
-    def start(*args, app="dispatch:app", **kw):
-        server = FastCGIProcess(core_id, app, *args, tmpdir=str(tmp_path), **kw).wait_ready()
-        started.append(server)
-        return server
-    yield start
-    for server in started:
-        assert server.stop() == 0, server.log()
 
 
 def hello(peer, request_id=1, flags=KEEP):

@@ -19,11 +19,20 @@ def test_compiled_core_loaded():
     assert fastfcgi.Parser.__module__ == "fastfcgi"
     assert fastfcgi.Writer.__module__ == "fastfcgi"
     assert fastfcgi.__file__.endswith((".so", ".pyd")), fastfcgi.__file__
-    # The servers of the compiled module really run on the compiled core.
-    assert fastfcgi.Server.parser_class is fastfcgi.Parser
-    assert fastfcgi.Server.writer_class is fastfcgi.Writer
-    assert fastfcgi.Server.request_class is fastfcgi.Request
-    assert issubclass(fastfcgi.WSGIGateway, fastfcgi._py.WSGIGateway)
+    # The servers of the compiled module really run on the compiled core:
+    # fastfcgi_py's classes, with the compiled core as their default.
+    import socket
+    listener = socket.socket()
+    try:
+        server = fastfcgi.Server(fastfcgi.WSGIGateway(None), listener)
+        assert (server.parser_class, server.writer_class, server.connection_class,
+                server.request_class) == (fastfcgi.Parser, fastfcgi.Writer,
+                                          fastfcgi.Connection, fastfcgi.Request)
+        assert server.gateway.response_class is fastfcgi._Response
+        assert fastfcgi.WSGIGateway.__mro__[1] is fastfcgi._py.WSGIGateway
+        assert set(vars(fastfcgi.Server)) <= {"core", "__module__", "__doc__"}
+    finally:
+        listener.close()
 
 
 def test_cores_share_the_constants(core):
@@ -31,9 +40,12 @@ def test_cores_share_the_constants(core):
     assert (core.OK, core.EOF, core.IO, core.PROTO, core.PLEN, core.CLEN, core.ABORT,
             core.NOREQ, core.SEND) == (0, -1, -2, -3, -4, -5, -6, -7, -8)
     for name in fastfcgi_py.__all__:
-        if name not in ("Parser", "Writer", "Connection", "Request", "WSGIGateway",
-                        "Server"):   # the compiled core's own
+        if name not in ("Parser", "Writer", "Connection", "Request",  # the core's own
+                        "WSGIGateway", "Server", "HTTPServer"):  # the core as default
             assert getattr(core, name) is getattr(fastfcgi_py, name), name
+        elif name.endswith(("Gateway", "Server")):
+            assert getattr(core, name).__mro__[1 if core is not fastfcgi_py else 0] \
+                is getattr(fastfcgi_py, name), name
 
 
 def split_records(data):
