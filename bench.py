@@ -662,16 +662,17 @@ def prepare_python(args, say):
             f.write(digest + "\n")
     info["build_dir"] = build_dir
     info["sources_sha256"] = digest
-    # What "compiled" really runs: the Server the CLI picks for the
-    # compiled core, and the Parser and Writer it plugs in.  (Run in the
-    # build dir: "-c" puts the current directory first on sys.path.)
+    # What "compiled" really runs: the core the CLI picks, and the Server,
+    # Parser and Writer a server on that core runs.  (Run in the build dir:
+    # "-c" puts the current directory first on sys.path.)
     probe = _output([python, "-c",
-                     "import os, fastfcgi, fastfcgi_py\n"
+                     "import os, socket, fastfcgi, fastfcgi_py\n"
                      "core = fastfcgi_py.select_core()\n"
-                     "S = core.Server\n"
-                     "print(core.__name__, S.__module__ + '.' + S.__name__,"
-                     " S.parser_class.__module__ + '.' + S.parser_class.__name__,"
-                     " S.writer_class.__module__ + '.' + S.writer_class.__name__,"
+                     "S = fastfcgi_py.Server(fastfcgi_py.WSGIGateway(None, core=core),"
+                     " socket.socket(), core=core)\n"
+                     "name = lambda c: c.__module__ + '.' + c.__name__\n"
+                     "print(core.__name__, name(type(S)), name(S.parser_class),"
+                     " name(S.writer_class),"
                      " os.path.dirname(fastfcgi.__file__) == os.path.dirname("
                      "fastfcgi_py.__file__) == os.getcwd())"],
                     env=_clean_env(PYTHONPATH=build_dir), cwd=build_dir)

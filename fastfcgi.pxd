@@ -91,6 +91,7 @@ cdef extern from *:
     """
     const int MSG_NOSIGNAL
     const int MSG_MORE
+    const int MSG_DONTWAIT
 
 
 # ############################################################################
@@ -112,6 +113,8 @@ cdef enum:
     ABORT = -6
     NOREQ = -7
     SEND = -8
+    # Not a code: Connection._recv found nothing to read (and was not to wait).
+    NOT_YET = 1
 
 cdef enum:
     # Record header and record types (spec 8).
@@ -195,6 +198,7 @@ cdef class _RequestState:
         Py_ssize_t params_cap
         long long content_length     # -1: no CONTENT_LENGTH given
         long long stdin_seen
+        long long data_seen          # FILTER: FCGI_DATA bytes so far
         bint stdin_done
         bint data_done
         bint aborted
@@ -214,6 +218,8 @@ cdef class Parser:
         bint _eof
         bint _receiving              # a read is filling _buf's free end
         Py_ssize_t _lent             # how much of it get_buffer lent
+        int _exports                 # the lent buffer's acquired views
+        object _lender               # get_buffer's _LentBuffer
         int _error                   # sticky code, 0 while healthy
         bint _closing                # a request without KEEP_CONN began
         dict _requests               # active request id -> _RequestState
@@ -233,6 +239,8 @@ cdef class Parser:
     cdef int _fail(self, int code) noexcept
     # Whether a BEGIN_REQUEST now waits for the active request to end.
     cdef bint _holds_next(self) except -1
+    # Whether one is buffered and waits (the ``waiting`` property).
+    cdef bint _waiting(self) except -1
     # Make room for n more bytes at _end (MemoryError).
     cdef int _reserve(self, Py_ssize_t n) except -1
     # Forget consumed bytes; give a large emptied buffer back.
@@ -275,6 +283,7 @@ cdef class Connection:
         # id -> Request, and the class it makes them with.
         public object requests
         public object request_class
+        public object pending
         # FU's reader: the head of the last request read_request gave.
         public object request_id
         public object role
@@ -285,11 +294,12 @@ cdef class Connection:
 
     # The blocking loop: the parser's next event, its replies sent, recv
     # into its buffer; on ``sock`` or, when ``fd`` >= 0, on that fd.
-    cdef object _read_event(self, Parser p, object sock, int fd)
+    # Without ``wait`` and no request begun: None once nothing more came.
+    cdef object _read_event(self, Parser p, object sock, int fd, bint wait)
     # Send the parser's queued replies; OK or SEND.
     cdef int _send_out(self, Parser p, object sock, int fd) except -128
-    # Receive once into the parser's buffer; OK or IO.
-    cdef int _recv(self, Parser p, object sock, int fd) except -128
+    # Receive once into the parser's buffer; OK, IO, or NOT_YET (no wait).
+    cdef int _recv(self, Parser p, object sock, int fd, bint wait) except -128
     # sendall/send_last on the bare fd.
     cdef _send_fd(self, data, int flags)
 

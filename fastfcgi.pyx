@@ -9,16 +9,17 @@
 # order, and the differential tests hold them to it.  Only the machinery
 # differs: a C receive buffer, header arithmetic in C, params decoded by a C
 # loop straight into a dict, and output written into one bytes object.
-# Request and WSGIGateway keep the pure core's code for everything but the
-# per-request steps the profile showed hot (see their section).
+# Connection, Request and the WSGI gateway keep the pure core's code for
+# everything but the per-request steps the profile showed hot (see their
+# sections); the gateways and servers are fastfcgi_py's classes, given this
+# module as their core.
 
 cimport cython
-from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITE, PyBuffer_Release,
+from cpython.buffer cimport (PyBUF_SIMPLE, PyBuffer_FillInfo, PyBuffer_Release,
                              PyObject_CheckBuffer, PyObject_GetBuffer)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.exc cimport PyErr_CheckSignals
-from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.long cimport (PyLong_AsLongAndOverflow,
                            PyLong_AsLongLongAndOverflow,
                            PyLong_AsUnsignedLongLongMask, PyLong_CheckExact)
@@ -466,6 +467,28 @@ cdef class _RequestState:
         return 0
 
 
+@cython.final
+@cython.auto_pickle(False)
+cdef class _LentBuffer:
+    """What Parser.get_buffer gives: a writable buffer on the parser's own
+    receive buffer (asyncio reads straight into it)."""
+
+    cdef Parser parser
+
+    def __len__(self):
+        return self.parser._lent
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        cdef Parser p = self.parser
+        if not p._lent:
+            raise BufferError("nothing is lent: call Parser.get_buffer() first")
+        PyBuffer_FillInfo(view, self, p._buf + p._end, p._lent, 0, flags)
+        p._exports += 1
+
+    def __releasebuffer__(self, Py_buffer* view):
+        self.parser._exports -= 1
+
+
 cdef object _abort(_RequestState state, int code):
     # A per-request failure: its input is over (see fastfcgi_py's Parser).
     state.aborted = True
@@ -576,6 +599,9 @@ cdef class Parser:
             # Only the compiled core has this error: the pure one has no
             # buffer that another thread could pull from under recv().
             raise RuntimeError("Parser.feed() while a read is filling its buffer")
+        if self._exports:
+            raise BufferError("the receive buffer lent by get_buffer() is in use")
+        self._lent = 0          # a buffer get_buffer lent is abandoned
         if self._eof:
             if data:
                 raise RuntimeError("Parser.feed() after EOF")
@@ -598,6 +624,9 @@ cdef class Parser:
         cdef unsigned char* buf
         if self._cap - self._end >= n:
             return 0
+        if self._exports:
+            # get_buffer's buffer is acquired: it must not move under it.
+            raise BufferError("the receive buffer lent by get_buffer() is in use")
         used = self._end - self._start
         if self._start:
             # Consumed bytes go only when their room is needed: the move
@@ -617,8 +646,8 @@ cdef class Parser:
 
     cdef void _compact(self) noexcept:
         cdef unsigned char* buf
-        if self._start != self._end:
-            return
+        if self._start != self._end or self._lent or self._exports:
+            return          # unparsed bytes, or a read is filling the free end
         self._start = self._end = 0
         if self._cap > BUF_SHRINK:
             # A huge feed was consumed: memory stays bounded per connection.
@@ -647,26 +676,46 @@ cdef class Parser:
         """How many requests are active. See `fastfcgi_py.Parser.active`."""
         return len(self._requests)
 
+    @property
+    def waiting(self):
+        """Whether the next request waits, unread, for the active one to end. See `fastfcgi_py.Parser.waiting`."""
+        return self._waiting()
+
+    cdef bint _waiting(self) except -1:
+        cdef const unsigned char* p = self._buf + self._start
+        if (self._error or self._end - self._start < FCGI_HEADER_LEN
+                or p[0] != FCGI_VERSION_1 or p[1] != FCGI_BEGIN_REQUEST
+                or not (p[2] or p[3]) or not self._requests):
+            return False
+        return self._holds_next()
+
     def get_buffer(self, sizehint=-1):
         """asyncio.BufferedProtocol.get_buffer: the receive buffer itself. See `fastfcgi_py.Parser.get_buffer`."""
         cdef Py_ssize_t size = sizehint if sizehint > 0 else RECV_FIRST
         if self._eof:
             raise RuntimeError("Parser.get_buffer() after EOF")
+        if self._receiving:
+            raise RuntimeError("Parser.get_buffer() while a read is filling its buffer")
+        self._lent = 0
         self._reserve(size)
-        # The view lends _buf's free end: valid until buffer_updated (or
-        # the next get_buffer), which is all asyncio keeps it for; feed()
-        # refuses to move the buffer meanwhile.
-        self._receiving = True
+        # _buf's free end is lent for one read, through an object whose
+        # buffer (acquired by recv_into) points into it: while acquired,
+        # the buffer cannot move (_reserve refuses), and each acquisition
+        # points at where the bytes go now.  A read that gives nothing
+        # (asyncio skips buffer_updated then) just abandons the loan.
         self._lent = size
-        return PyMemoryView_FromMemory(<char*>(self._buf + self._end), size, PyBUF_WRITE)
+        if self._lender is None:
+            self._lender = _LentBuffer.__new__(_LentBuffer)
+            (<_LentBuffer>self._lender).parser = self
+        return self._lender
 
     def buffer_updated(self, nbytes):
         """nbytes were written into the buffer get_buffer gave. See `fastfcgi_py.Parser.buffer_updated`."""
-        if not self._receiving:
+        if not self._lent:
             raise RuntimeError("Parser.buffer_updated() without get_buffer()")
         if not 0 <= nbytes <= self._lent:
             raise ValueError("nbytes out of range: %r" % (nbytes,))
-        self._receiving = False
+        self._lent = 0
         self._end += <Py_ssize_t>nbytes
 
     def data_to_send(self):
@@ -741,7 +790,9 @@ cdef class Parser:
             request_id = (p[2] << 8) | p[3]
             if (rtype == FCGI_BEGIN_REQUEST and self._requests and request_id
                     and self._holds_next()):
-                return None     # the next request: read once this one ends
+                # The next request: read once this one ends.  If the peer
+                # closed meanwhile, the active request is left at EOF.
+                return self._fail(EOF) if self._eof else None
             n = (p[4] << 8) | p[5]
             total = FCGI_HEADER_LEN + n + p[6]
             if avail < total:
@@ -890,10 +941,15 @@ cdef class Parser:
 
     cdef object _on_data(self, _RequestState state,
                          const unsigned char* content, Py_ssize_t n):
-        if state.params is None or state.data_done:
+        # Spec 6.4: only a FILTER has a data stream; it follows the params.
+        if state.params is None or state.data_done or state.role != FCGI_FILTER:
             return self._fail(PROTO)
         if not n:
             state.data_done = True
+            return (FCGI_DATA, state.request_id, b"")
+        state.data_seen += n
+        if state.data_seen > self._c_max_body:
+            return _abort(state, CLEN)
         return (FCGI_DATA, state.request_id,
                 PyBytes_FromStringAndSize(<char*>content, n))
 
@@ -1188,6 +1244,7 @@ cdef class Connection:
         self._fd = -1
         self.requests = {}
         self.request_class = Request
+        self.pending = []
         self.request_id = self.role = self.flags = 0
         self._recv_size = RECV_FIRST
 
@@ -1259,12 +1316,16 @@ cdef class Connection:
     poll = _py.Connection.poll
     keep_conn = _py.Connection.keep_conn
 
-    def next_request(self):
-        """Block until the next request. See `fastfcgi_py.Connection.next_request`."""
+    def next_request(self, wait=True):
+        """The next request. See `fastfcgi_py.Connection.next_request`."""
         # The common event, a request's params, routed here; any other by
         # the pure core's route.
+        if self.pending:
+            return self.pending.pop(0)
         while True:
-            event = self.read_event()
+            event = self._read(wait)
+            if event is None:
+                return None
             if type(event) is tuple and (<tuple>event)[0] == FCGI_PARAMS:
                 return self.request_class(self, (<tuple>event)[1], (<tuple>event)[2],
                                           (<tuple>event)[3], (<tuple>event)[4])
@@ -1284,19 +1345,23 @@ cdef class Connection:
 
     def read_event(self):
         """Block until the parser's next event. See `fastfcgi_py.Connection.read_event`."""
+        return self._read(True)
+
+    def _read(self, bint wait):
         if self.error:
             return self.error
         if type(self.parser) is not Parser:
-            return _py.Connection.read_event(self)
+            return _py.Connection._read(self, wait)
         if self._sock is None:
-            return self._read_event(<Parser>self.parser, None, self._fd)
-        return self._read_event(<Parser>self.parser, self._sock, _plain_fd(self._sock))
+            return self._read_event(<Parser>self.parser, None, self._fd, wait)
+        return self._read_event(<Parser>self.parser, self._sock, _plain_fd(self._sock), wait)
 
     def _fail(self, code):
         self.error = code
         return code
 
-    cdef object _read_event(self, Parser p, object sock, int fd):
+    cdef object _read_event(self, Parser p, object sock, int fd, bint wait):
+        cdef int got
         while True:
             event = p._next_event()
             if p._out and self._send_out(p, sock, fd) != OK:
@@ -1304,7 +1369,13 @@ cdef class Connection:
                 return SEND
             if event is not None:
                 return event
-            if self._recv(p, sock, fd) != OK:
+            if p._waiting():
+                raise RuntimeError("read_event(): the next request waits for the active "
+                                   "one to be answered")
+            got = self._recv(p, sock, fd, wait or len(p._requests) > 0)
+            if got == NOT_YET:
+                return None
+            if got != OK:
                 self.error = IO
                 return IO
 
@@ -1343,11 +1414,12 @@ cdef class Connection:
             return SEND
         return OK
 
-    cdef int _recv(self, Parser p, object sock, int fd) except -128:
+    cdef int _recv(self, Parser p, object sock, int fd, bint wait) except -128:
         # Receive once into the parser's buffer (or feed what sock.recv
-        # gave); OK or IO.
+        # gave); OK or IO, or without ``wait`` NOT_YET when nothing came.
         cdef ssize_t r
         cdef int err = 0
+        cdef int flags = 0 if wait else MSG_DONTWAIT
         cdef unsigned char* where
         cdef Py_ssize_t size = self._recv_size
         if fd >= 0:
@@ -1359,7 +1431,7 @@ cdef class Connection:
             try:
                 while True:
                     with nogil:
-                        r = recv(fd, where, <size_t>size, 0)
+                        r = recv(fd, where, <size_t>size, flags)
                         if r < 0:
                             err = errno
                     if r > 0:
@@ -1373,6 +1445,8 @@ cdef class Connection:
                     if err == EINTR:
                         PyErr_CheckSignals()    # a handler's exception propagates
                     elif err == EAGAIN or err == EWOULDBLOCK:
+                        if not wait:
+                            return NOT_YET
                         break                   # timeout socket: sock.recv waits
                     else:
                         return IO
@@ -1381,7 +1455,9 @@ cdef class Connection:
             if sock is None:
                 return IO       # a bare fd is never non-blocking
         try:
-            data = sock.recv(size)
+            data = sock.recv(size) if wait else sock.recv(size, MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return NOT_YET
         except OSError:
             return IO
         if len(data) == size and size < RECV_SIZE:
@@ -1562,6 +1638,11 @@ cdef class _RequestCore:
         """True once all of stdin (and the FILTER data) has arrived. See `fastfcgi_py.Request.stdin_done`."""
         return self._stdin_done and self._data_done
 
+    @property
+    def unread_error(self):
+        """The code that ended the input, if no read raised it yet. See `fastfcgi_py.Request.unread_error`."""
+        return self._input_error
+
     def finish(self, exit_code=0, _tail=b""):
         """End the request with exit_code as the application status. See `fastfcgi_py.Request.finish`."""
         if self._finished:
@@ -1582,9 +1663,7 @@ cdef class _RequestCore:
         conn = self.connection
         self.stdout_bytes += tail_len
         self._send(out, not self.keep_conn and self._stdin_done and self._data_done)
-        if self.keep_conn and not (self._stdin_done and self._data_done) and not self._gone:
-            self.discard_stdin()
-        excess = conn.end_request(self.request_id)
+        excess = conn.end_request(self.request_id)     # spec 3.3: inactive from now
         if excess:
             _log_excess(self, excess)
         return 0

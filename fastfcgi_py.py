@@ -1,12 +1,38 @@
 """fastfcgi_py: a FastCGI application server for Python, in one file.
 
 Standard library only, Python 3.6+.  This module is the whole product in pure
-Python (protocol, Request, WSGI gateway, servers, CLI) and the reference for
-the compiled module ``fastfcgi``, which re-implements only the hot parts
-(``Parser`` and ``Writer``) and imports everything else from here.  Copy this
-file into a project to vendor fastfcgi.
+Python (protocol, connections, Request, gateways, servers, CLI) and the
+reference for the compiled module ``fastfcgi``, which re-implements only the
+hot parts (below) and imports everything else from here.  Copy this file
+into a project to vendor fastfcgi.
 
 Table of contents: ``grep -n '^# .*####' fastfcgi_py.py``.
+
+One request's path, section by section (data-flow order)::
+
+    Servers     Server._accept: Connection.accept, new_connection (a Parser)
+                Server.serve_connection: Connection.next_request
+    Connection  Connection.read_event: recv into the Parser; management
+                replies (GET_VALUES, CANT_MPX_CONN...) sent as they arise
+    Parser      Parser.next_event: records into events; inactive ids
+                ignored, one request at a time, limits (FastCGI 3.3, 5.1)
+    Connection  Connection.route, the demultiplexer: PARAMS make a Request;
+                STDIN, DATA, ABORT go to theirs; a code ends them all
+    Request     Request.__init__: the GET's empty STDIN taken at once
+    Servers     Server.handle: the gateway on the Request
+    Gateways    WSGIGateway.__call__: _wsgi_environ, _Response.start_response,
+                the application, then _send_list (a list body) or _send;
+                Gateway's policy answers errors, limits and aborts
+    Request     read_stdin*, wsgi.input: _pull, Connection.read_event + route
+    Writer      Writer.finish / stdout: the STDOUT records and END_REQUEST
+    Request     Request.finish: Connection.send_last or sendall, then
+                Connection.end_request (the id is inactive again)
+    Servers     serve_connection: the next request, the poller (KEEP_CONN),
+                or close (drained when input was left unread)
+
+The compiled core runs typed twins of the hot steps: Parser, Writer, the
+Connection's read loop, next_request and end_request, the Request's state
+and finish, _wsgi_environ, _Response and _send_list; the rest is this file.
 """
 
 import errno
@@ -283,7 +309,7 @@ class _RequestState(object):
     """Per-request parser state."""
 
     __slots__ = ("role", "flags", "params", "params_buf", "content_length",
-                 "stdin_seen", "stdin_done", "data_done", "aborted", "excess")
+                 "stdin_seen", "data_seen", "stdin_done", "data_done", "aborted", "excess")
 
     def __init__(self, role, flags):
         self.role = role
@@ -292,6 +318,7 @@ class _RequestState(object):
         self.params_buf = bytearray()
         self.content_length = -1    # -1: no CONTENT_LENGTH given
         self.stdin_seen = 0
+        self.data_seen = 0          # FILTER: FCGI_DATA bytes so far
         self.stdin_done = False
         self.data_done = False
         self.aborted = False        # input over: its records are skipped
@@ -316,8 +343,9 @@ class Parser(object):
     Args (keyword-only):
         max_param_size: longest allowed param name or value (PLEN past it).
         max_params_size: most bytes of all params of one request (PLEN).
-        max_body: most stdin bytes of one request, or None for no limit
-            (CLEN past it, or at once when CONTENT_LENGTH says more).
+        max_body: most stdin bytes of one request (and FCGI_DATA bytes of a
+            FILTER), or None for no limit (CLEN past it, or at once when
+            CONTENT_LENGTH says more).
         max_conns, max_reqs, mpxs_conns: what FCGI_GET_VALUES is told
             (spec 4.1).  With mpxs_conns true up to max_reqs requests may be
             active on one connection; otherwise one at a time (see above).
@@ -327,7 +355,7 @@ class Parser(object):
 
     __slots__ = ("max_param_size", "max_params_size", "max_body", "max_conns",
                  "max_reqs", "mpxs_conns", "_buf", "_pos", "_eof", "_error",
-                 "_requests", "_out", "_closing", "_recv_buf", "_receiving")
+                 "_requests", "_out", "_closing", "_recv_buf", "_lent")
 
     def __init__(self, *, max_param_size=DEFAULT_MAX_PARAM_SIZE,
                  max_params_size=DEFAULT_MAX_PARAMS_SIZE, max_body=None,
@@ -350,7 +378,7 @@ class Parser(object):
         self._out = []           # queued management replies
         self._closing = False    # a request without KEEP_CONN began
         self._recv_buf = None    # get_buffer's
-        self._receiving = False  # between get_buffer and buffer_updated
+        self._lent = 0           # the size get_buffer lent, until buffer_updated
 
     # -- feeding ------------------------------------------------------------
 
@@ -360,6 +388,7 @@ class Parser(object):
         Raises:
             RuntimeError: data fed after EOF.
         """
+        self._lent = 0          # a buffer get_buffer lent is abandoned
         if self._eof:
             if data:
                 raise RuntimeError("Parser.feed() after EOF")
@@ -374,27 +403,31 @@ class Parser(object):
         next read, then ``buffer_updated(nbytes)``.  (The compiled core
         hands out its own receive buffer; here it is a scratch buffer.)"""
         size = sizehint if sizehint > 0 else _RECV_FIRST
+        if self._eof:
+            raise RuntimeError("Parser.get_buffer() after EOF")
         buf = self._recv_buf
         if buf is None or len(buf) < size:
             buf = self._recv_buf = bytearray(size)
-        self._receiving = True
-        return buf
+        self._lent = size
+        return memoryview(buf)[:size]
 
     def buffer_updated(self, nbytes):
         """``nbytes`` were written into the buffer ``get_buffer`` gave: as
-        feed() of those bytes (0 is not EOF here: feed b"" for that).
+        feed() of those bytes (0 is not EOF here: feed b"" for that).  A
+        lent buffer that is never updated (asyncio's read found EOF or an
+        error) is simply abandoned: feed() and get_buffer() go on.
 
         Raises:
             RuntimeError: no get_buffer() before it.
             ValueError: more bytes than the buffer holds.
         """
-        if not self._receiving:
+        if not self._lent:
             raise RuntimeError("Parser.buffer_updated() without get_buffer()")
-        if not 0 <= nbytes <= len(self._recv_buf):
+        if not 0 <= nbytes <= self._lent:
             raise ValueError("nbytes out of range: %r" % (nbytes,))
-        self._receiving = False
+        self._lent = 0
         if nbytes:
-            self.feed(self._recv_buf[:nbytes])
+            self._buf += self._recv_buf[:nbytes]
 
     @property
     def error(self):
@@ -416,6 +449,18 @@ class Parser(object):
     def active(self):
         """How many requests are active (begun, not yet ended)."""
         return len(self._requests)
+
+    @property
+    def waiting(self):
+        """True when the next request has arrived and waits, unread, for
+        the active one to end (see the section comment)."""
+        buf = self._buf
+        pos = self._pos
+        if (self._error or len(buf) - pos < 8 or buf[pos + 1] != FCGI_BEGIN_REQUEST
+                or buf[pos] != FCGI_VERSION_1 or not (buf[pos + 2] or buf[pos + 3])
+                or not self._requests or self.mpxs_conns):
+            return False
+        return _input_complete(next(iter(self._requests.values())))
 
     def data_to_send(self):
         """Return (and forget) the queued replies to management records."""
@@ -496,7 +541,9 @@ class Parser(object):
             if (rtype == FCGI_BEGIN_REQUEST and self._requests and request_id
                     and not self.mpxs_conns
                     and _input_complete(next(iter(self._requests.values())))):
-                return None     # the next request: read once this one ends
+                # The next request: read once this one ends.  If the peer
+                # closed meanwhile, the active request is left at EOF.
+                return self._fail(EOF) if self._eof else None
             clen = (buf[pos + 4] << 8) | buf[pos + 5]
             end = pos + 8 + clen
             if avail < 8 + clen + buf[pos + 6]:
@@ -623,10 +670,15 @@ class Parser(object):
         return (FCGI_STDIN, request_id, content)
 
     def _on_data(self, request_id, content, state):
-        if state.params is None or state.data_done:
+        # Spec 6.4: only a FILTER has a data stream; it follows the params.
+        if state.params is None or state.data_done or state.role != FCGI_FILTER:
             return self._fail(PROTO)
         if not content:
             state.data_done = True
+            return (FCGI_DATA, request_id, b"")
+        state.data_seen += len(content)
+        if self.max_body is not None and state.data_seen > self.max_body:
+            return self._abort(request_id, state, CLEN)
         return (FCGI_DATA, request_id, content)
 
     def _on_get_values(self, content):
@@ -907,8 +959,10 @@ _MSG_MORE = getattr(socket, "MSG_MORE", 0x8000 if sys.platform.startswith("linux
 
 class _Demultiplexer(object):
     """The demultiplexer (see the section comment), shared by every
-    transport: it needs ``parser``, ``requests`` (id -> Request) and
-    ``request_class``."""
+    transport: it needs ``parser``, ``requests`` (id -> Request),
+    ``request_class`` and ``pending`` (what ``route`` gave while a request
+    was reading: new requests, failures before params, for the server's
+    next ``next_request``)."""
 
     __slots__ = ()
 
@@ -962,8 +1016,8 @@ class Connection(_Demultiplexer):
     """
 
     __slots__ = ("sock", "parser", "writer", "peer", "send_file", "drain", "registered",
-                 "requests", "request_class", "request_id", "role", "flags", "params",
-                 "error", "_recv_size")
+                 "requests", "request_class", "pending", "request_id", "role", "flags",
+                 "params", "error", "_recv_size")
 
     def __init__(self, sock, parser, writer, peer="", send_file=None, request_class=None):
         self.sock = sock
@@ -975,6 +1029,7 @@ class Connection(_Demultiplexer):
         self.registered = False         # in the Server's poller
         self.requests = {}              # active request id -> Request
         self.request_class = request_class or Request
+        self.pending = []               # route's results no reader took
         self.request_id = self.role = self.flags = 0
         self.params = None
         self.error = 0                  # IO or SEND, sticky, once the socket failed
@@ -1011,23 +1066,40 @@ class Connection(_Demultiplexer):
         Returns:
             An event tuple or a code: as ``Parser.next_event``, plus IO
             (read error) and SEND (write error), both sticky.
+        Raises:
+            RuntimeError: the next request waits for the active one to
+                end: nothing more will come until it is answered.
         """
+        return self._read(True)
+
+    def _read(self, wait):
+        """read_event; with ``wait`` false, None instead of waiting while no
+        request has begun."""
         if self.error:
             return self.error
         parser = self.parser
+        sock = self.sock
         while True:
             event = parser.next_event()
             out = parser.data_to_send()
             if out:
                 try:
-                    self.sock.sendall(out)
+                    sock.sendall(out)
                 except OSError:
                     return self._fail(SEND)
             if event is not None:
                 return event
+            if parser.waiting:
+                raise RuntimeError("read_event(): the next request waits for the active "
+                                   "one to be answered")
             size = self._recv_size
             try:
-                data = self.sock.recv(size)
+                if wait or parser.active:
+                    data = sock.recv(size)
+                else:
+                    data = sock.recv(size, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return None
             except OSError:
                 return self._fail(IO)
             if len(data) == size and size < _RECV_SIZE:
@@ -1044,8 +1116,9 @@ class Connection(_Demultiplexer):
         Returns:
             OK, with the request's head set (see the class); ABORT, PLEN or
             CLEN (``request_id`` set) when that request failed before its
-            params ended: answer it and ``end_request`` it; or a sticky code
-            (NOREQ, EOF, IO, PROTO, SEND).
+            params ended: answer it and ``end_request`` it (whether the
+            connection goes on is then ``parser.keep_conn``); or a sticky
+            code (NOREQ, EOF, IO, PROTO, SEND).
         Raises:
             RuntimeError: a request's stdin is still coming (read it with
                 read_event).
@@ -1062,6 +1135,8 @@ class Connection(_Demultiplexer):
                 self.params = event[4]
                 return OK
             if kind == FCGI_ABORT_REQUEST and event[1] not in self.requests:
+                self.role = self.flags = 0
+                self.params = None
                 return event[2]
             raise RuntimeError("read_request() while request %d is being read" % event[1])
 
@@ -1070,22 +1145,32 @@ class Connection(_Demultiplexer):
         """True when the last request read asked to keep the connection."""
         return bool(self.flags & FCGI_KEEP_CONN)
 
-    def next_request(self):
-        """Block until the next request (the server's reader): what
-        ``route`` returns but None: a new Request, the event of a request
-        that failed before its params, or the code that ended the
-        connection."""
+    def next_request(self, wait=True):
+        """The next request (the server's reader): what ``route`` returns
+        but None: a new Request, the event of a request that failed before
+        its params, or the code that ended the connection.
+
+        With ``wait`` false, only what has arrived is read, unless a request
+        has begun (its params are then waited for): None when there is no
+        request yet (records of ended requests, management records)."""
+        if self.pending:
+            return self.pending.pop(0)
         while True:
-            found = self.route(self.read_event())
+            event = self._read(wait)
+            if event is None:
+                return None
+            found = self.route(event)
             if found is not None:
                 return found
 
     def poll(self, read=True):
-        """Route what the web server sent meanwhile, without blocking: an
-        ABORT_REQUEST, a closed connection, management records (answered).
+        """Route what the web server sent meanwhile, without waiting for
+        input: an ABORT_REQUEST, a closed connection, management records
+        (answered: the one send that may wait, as a response's would).
         With ``read``, one non-blocking read first, unless enough is
         buffered already (what a peer sends while a request runs stays in
-        the kernel, not in our memory)."""
+        the kernel, not in our memory).  New requests and failures before
+        params (a multiplexing parser) wait in ``pending``."""
         parser = self.parser
         if read and not self.error and parser.buffered < _RECV_FIRST:
             try:
@@ -1107,8 +1192,11 @@ class Connection(_Demultiplexer):
                     event = self._fail(SEND)
             if event is None:
                 return
-            if type(self.route(event)) is int:
+            found = self.route(event)
+            if type(found) is int:
                 return
+            if found is not None:
+                self.pending.append(found)
 
     # -- writing -----------------------------------------------------------------
 
@@ -1379,17 +1467,24 @@ class _RequestMethods(object):
 
     def _pull(self, data):
         """Route the connection's events until the stdin (or, with
-        ``data``, the FCGI_DATA) buffer grows: True, or False at its end."""
+        ``data``, the FCGI_DATA) buffer grows: True, or False at its end
+        (and once the request is finished: what it did not read is
+        skipped)."""
         conn = self.connection
         while True:
             if self._input_error:
                 code, self._input_error = self._input_error, 0
                 raise RequestError(code)
-            if self._data_done if data else self._stdin_done:
+            if self._finished or (self._data_done if data else self._stdin_done):
                 return False
             size = len(self._data_buffer if data else self._buffer)
-            conn.route(conn.read_event())
-            if len(self._data_buffer if data else self._buffer) != size:
+            found = conn.route(conn.read_event())
+            if found is not None:
+                if type(found) is int:
+                    self._on_connection_lost(found)
+                else:
+                    conn.pending.append(found)      # another request's: the server's
+            elif len(self._data_buffer if data else self._buffer) != size:
                 return True
 
     def read_data(self, size=None):
@@ -1562,11 +1657,8 @@ class _RequestMethods(object):
         # Without KEEP_CONN, and with the input all read (else the server
         # drains it first), the connection ends here: its last send.
         self.send(out, not self.keep_conn and self._stdin_done and self._data_done)
-        if self.keep_conn and not (self._stdin_done and self._data_done) and not self._gone:
-            # The connection serves on: the stdin the application left must
-            # be read off it first (the parser skips records of ended ids,
-            # but could not tell when they stop).
-            self.discard_stdin()
+        # Spec 3.3: the id is inactive once END_REQUEST is sent, and the
+        # parser skips the stdin the application left.
         excess = conn.end_request(self.request_id)
         if excess:
             _log_excess(self, excess)
@@ -1594,6 +1686,12 @@ class _RequestMethods(object):
         (a write failed, or the web server closed it): not even its
         END_REQUEST."""
         return self._gone
+
+    @property
+    def unread_error(self):
+        """The code that ended the request's input (ABORT, CLEN, PROTO,
+        EOF...) if no read raised it yet, else 0."""
+        return self._input_error
 
     @property
     def is_aborted(self):
@@ -2460,7 +2558,7 @@ class Server(object):
                     continue        # closed in this batch: the fd may be another's now
                 # Moved to the end: the dict's order is least recently used first.
                 del kept[fd]
-                if self.serve_connection(conn):
+                if self.serve_connection(conn, False):
                     kept[fd] = conn
                 else:
                     self._close(conn)
@@ -2596,11 +2694,14 @@ class Server(object):
 
     # -- one connection -----------------------------------------------------
 
-    def serve_connection(self, conn):
-        """Serve the requests that are ready on ``conn``.
+    def serve_connection(self, conn, wait=True):
+        """Serve the requests that are ready on ``conn``: with ``wait``
+        (a new connection) the first is waited for; then, and without it (a
+        kept connection the poller found readable), only what has arrived
+        is read, unless a request has begun.
 
         Returns True to keep the connection for a later request (KEEP_CONN,
-        nothing buffered), False once it must be closed.
+        no request begun), False once it must be closed.
         """
         busy_slot = self.busy_slot
         while True:
@@ -2608,7 +2709,12 @@ class Server(object):
                 # --timeout counts from here: a peer that stalls before its
                 # params are in holds the worker no longer than a slow app.
                 busy_slot(time.monotonic())
-            request = conn.next_request()
+            request = conn.next_request(wait)
+            wait = False
+            if request is None:
+                if busy_slot is not None:
+                    busy_slot(0.0)
+                return True     # nothing more yet: wait in the poller
             if type(request) is tuple:
                 # It failed before its params were complete: answered by
                 # the gateway's policy, and the connection goes on.
@@ -2624,8 +2730,6 @@ class Server(object):
                 return False
             elif not self.handle(request):      # frees the slot
                 return False
-            if conn.parser.buffered < 8:
-                return True     # wait in the poller for the next one
 
     def handle(self, request):
         """Run the gateway on one request; True if the connection stays.
@@ -2638,8 +2742,17 @@ class Server(object):
                 request.finish(0)
             lost = request.connection_lost
             keep = request.keep_conn and not lost and self.alive
-            if not keep and not request.stdin_done and not lost:
-                request.connection.drain = True
+            conn = request.connection
+            if keep:
+                # The parser may have ended the connection meanwhile: a
+                # refused request without KEEP_CONN, a protocol error.
+                keep = conn.parser.keep_conn and not conn.parser.error and not conn.error
+            elif not request.stdin_done and not lost:
+                conn.drain = True
+            if request.unread_error:
+                # What ended its input, which the application never read
+                # (so nothing said it yet): one log line.
+                self.connection_failed(conn, request.unread_error)
         finally:
             if self.busy_slot is not None:
                 self.busy_slot(0.0)
@@ -2719,6 +2832,7 @@ class _HTTPBody(object):
 
     buffered = 0
     keep_conn = True
+    error = 0
 
     def __init__(self, reader, length, chunked, max_body):
         self.reader = reader
@@ -2917,7 +3031,7 @@ class HTTPServer(Server):
     def new_connection(self, conn):
         conn.parser = _SocketReader(conn.sock)  # replaced per request, see serve_connection
 
-    def serve_connection(self, conn):
+    def serve_connection(self, conn, wait=True):
         reader = conn.parser if isinstance(conn.parser, _SocketReader) else conn.parser.reader
         busy_slot = self.busy_slot
         while True:
@@ -2935,6 +3049,12 @@ class HTTPServer(Server):
             if (not (request.keep_conn and conn.writer.keep_alive) or request.connection_lost
                     or not self.alive):
                 return False
+            body = conn.parser
+            while not body.done:
+                # The body the application left comes before the next
+                # request: read it off (at most --max-body).
+                if type(body.read_event(conn.sock)) is int:
+                    return False
             conn.parser = reader
             if not reader.buf:
                 return True

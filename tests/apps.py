@@ -73,6 +73,24 @@ def upload(environ, start_response):
     return _respond(start_response, body, ctype="application/json")
 
 
+class _ReadsInClose(object):
+    """A body whose close() reads the request body: after the response."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __iter__(self):
+        yield b"answered"
+
+    def close(self):
+        self.stream.read()
+
+
+def read_in_close(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "8")])
+    return _ReadsInClose(environ["wsgi.input"])
+
+
 @validator
 def chunks(environ, start_response):
     """?N: N chunks of 100 bytes, each its own write, with Content-Length:

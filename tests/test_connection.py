@@ -18,7 +18,7 @@ import types
 import pytest
 
 import fastfcgi_py
-from conftest import begin, get_values, rec, request, end_reply
+from conftest import begin, end_reply, get_values, params_records, rec, request
 from conftest import request as fcgi_request
 
 HELLO = b"Hello, world!"
@@ -534,12 +534,11 @@ def test_Server_skips_a_stale_event_whose_fd_a_new_connection_took(core, tmp_pat
         assert HELLO in clients[0].recv(65536)
         (old_fd, old_conn), = server._kept.items()
         # Two new connections: the first closes the old one, the second
-        # gets its fd number.  Each half-closes once its request is sent,
-        # so a wrong read would see the end, not block.
+        # gets its fd number.  (A kept connection's event is served without
+        # waiting, so a wrong read would find nothing, not block.)
         for _ in range(2):
             client = connect(lsock)
             client.sendall(fcgi_request(1, {"REQUEST_METHOD": "GET"}, flags=1))
-            client.shutdown(socket.SHUT_WR)
             clients.append(client)
         server._dispatch([(lsock.fileno(), 1), (old_fd, 1)], lsock.fileno())
         assert HELLO in clients[1].recv(65536) and HELLO in clients[2].recv(65536)
@@ -654,3 +653,17 @@ def test_Connection_read_on_closed_socket_is_IO(core):
     fileno_holder = socket.socket(fileno=a.detach())
     fileno_holder.close()           # fileno() is now -1: the read fails
     assert connection(core, fileno_holder).read_request() == core.IO
+
+
+def test_Connection_keeps_what_route_gave_while_a_request_read(core, sockpair):
+    """On a multiplexing parser, a request that comes while another reads
+    its stdin is kept (pending) for the next next_request, not lost."""
+    app, web = sockpair
+    web.sendall(begin(1, flags=1) + params_records(1, {"N": "1"}) + rec(5, 1, b"ab")
+                + request(2, {"N": "2"}, b"", flags=1) + rec(5, 1, b""))
+    conn = core.Connection(app, core.Parser(mpxs_conns=True, max_reqs=2), core.Writer())
+    first = conn.next_request()
+    assert first.params == {"N": "1"}
+    assert first.read_stdin_bytes() == b"ab"        # request 2 arrived meanwhile
+    second = conn.next_request(False)
+    assert (second.request_id, second.params) == (2, {"N": "2"})

@@ -361,3 +361,108 @@ def test_WSGIGateway_cores_agree(behaviour, env, body, flags):
         out[module.__name__] = (serve_wsgi(module, _wsgi_app(behaviour, seen), data), seen)
     assert out["fastfcgi"] == out["fastfcgi_py"]
     assert out["fastfcgi"][0]       # something was answered
+
+
+# -- the connection layer: whole record streams through both cores' servers --
+#
+# Any interleaving of records (several ids, aborts, management records,
+# broken limits, garbage) sent on one connection, served to its end by each
+# core's Server: the web server must get the same bytes, and the log the
+# same lines.
+
+def _echo_app(environ, start_response):
+    """Answers what it was given: the params, stdin, and the FILTER data."""
+    body = environ["wsgi.input"].read()
+    if environ["fastcgi.role"] == "FILTER":
+        body += b"|" + environ["fastcgi.data"].read()
+    params = sorted((k, v) for k, v in environ.items() if isinstance(v, str))
+    out = repr(params).encode("utf-8", "backslashreplace") + b"|" + body
+    start_response("200 OK", [("Content-Length", str(len(out)))])
+    return [out]
+
+
+def serve_connection_to_its_end(module, data, limits):
+    """Every byte ``module``'s Server answers to ``data`` (then the web
+    server's half-close) on one connection, and the log lines."""
+    import logging
+    app, web = socket.socketpair()
+    received = []
+
+    def peer():
+        web.sendall(data)
+        web.shutdown(socket.SHUT_WR)
+        web.settimeout(20)
+        try:
+            while True:
+                got = web.recv(65536)
+                if not got:
+                    break
+                received.append(got)
+        except OSError:
+            pass
+        web.close()
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    log = logging.getLogger("fastfcgi")
+    log.addHandler(handler)
+    thread = threading.Thread(target=peer)
+    thread.start()
+    lsock = socket.socket(socket.AF_UNIX)       # the Server wants a listener
+    try:
+        server = module.Server(module.WSGIGateway(_echo_app), lsock, **limits)
+        conn = module.Connection(app, None, None, "")
+        server.new_connection(conn)
+        while server.serve_connection(conn):
+            pass
+    finally:
+        log.removeHandler(handler)
+        app.close()
+        lsock.close()
+        thread.join(30)
+    return b"".join(received), [line.split("\n")[0] for line in lines]
+
+
+server_limits = st.fixed_dictionaries({}, optional={
+    "max_param_size": st.integers(0, 200),
+    "max_params_size": st.integers(0, 400),
+    "max_body": st.one_of(st.none(), st.integers(0, 60)),
+})
+
+
+@st.composite
+def interleaved_requests(draw):
+    """Requests on one connection, their records interleaved: mostly well
+    formed (so that many are served), with aborts, other ids, management
+    records and now and then a broken record."""
+    streams = []
+    for _ in range(draw(st.integers(1, 4))):
+        rid = draw(st.sampled_from([1, 1, 2, 3]))
+        env = draw(st.dictionaries(names, values, max_size=3))
+        body = draw(small_bytes)
+        flags = draw(st.sampled_from([1, 1, 0]))
+        role = draw(st.sampled_from([1, 1, 1, 2, 3, 7]))
+        records = [begin(rid, role, flags), params_records(rid, env, split=draw(
+            st.sampled_from([None, 3]))), stdin_records(rid, body, split=draw(
+                st.sampled_from([None, 5])))]
+        if role == 3:
+            records.append(rec(8, rid, body[:3]) + rec(8, rid, b""))
+        if draw(st.integers(0, 5)) == 0:
+            records.insert(draw(st.integers(1, len(records))), rec(2, rid))   # ABORT_REQUEST
+        streams.append(records)
+    merged = []
+    while any(streams):
+        pick = draw(st.sampled_from([s for s in streams if s]))
+        merged.append(pick.pop(0))
+        if draw(st.integers(0, 7)) == 0:
+            merged.append(draw(a_record()))         # anything at all
+    return b"".join(merged)
+
+
+@needs_both
+@SETTINGS
+@given(data=interleaved_requests(), limits=server_limits)
+def test_Server_cores_agree_on_interleaved_record_streams(data, limits):
+    compiled = serve_connection_to_its_end(fastfcgi, data, limits)
+    pure = serve_connection_to_its_end(fastfcgi_py, data, limits)
+    assert compiled == pure

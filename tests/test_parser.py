@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from conftest import (begin, check_three_ways, get_values, nv, pairs,
-                      params_records, rec, request, run, stdin_records)
+from conftest import (begin, check_three_ways, end_after_stdin, fastfcgi, get_values, nv, pairs,
+                      params_records, rec, request, run, stdin_records, ways)
 
 GET_ENV = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/x",
            "QUERY_STRING": "a=1", "CONTENT_LENGTH": ""}
@@ -422,3 +422,162 @@ def test_Parser_filter_role_data_stream(core):
     check_three_ways(core, data, [params_event(env, role=3), (5, 1, b"in"), (5, 1, b""),
                                   (8, 1, b"da"), (8, 1, b"ta"), (8, 1, b""), core.EOF],
                      on_event=None)
+
+
+# -- asyncio's buffered protocols: get_buffer / buffer_updated -------------------
+
+def feed_through_buffers(parser, chunks):
+    """As conftest.run, but each chunk written into get_buffer()'s buffer."""
+    events = []
+    for chunk in chunks:
+        lent = parser.get_buffer(len(chunk) + 3)
+        assert len(lent) == len(chunk) + 3
+        with memoryview(lent) as view:  # as recv_into writes into it
+            assert not view.readonly
+            view[:len(chunk)] = chunk
+        parser.buffer_updated(len(chunk))
+        while True:
+            event = parser.next_event()
+            if event is None:
+                break
+            events.append(event)
+            end_after_stdin(parser, event)
+    parser.feed(b"")
+    events.append(parser.next_event())
+    return events
+
+
+def test_Parser_get_buffer_and_buffer_updated_are_feed(core):
+    data = (request(1, {"CONTENT_LENGTH": "9"}, b"abcdefghi", flags=1, split=4)
+            + get_values("FCGI_MAX_REQS") + request(1, {"N": "2"}, flags=1))
+    expected, _ = run(core.Parser(), [data], on_event=end_after_stdin)
+    for _, chunks, _ in ways(data)[:2]:
+        assert feed_through_buffers(core.Parser(), chunks) == expected
+
+
+def test_Parser_buffer_protocol_misuse_raises(core):
+    parser = core.Parser()
+    with pytest.raises(RuntimeError):
+        parser.buffer_updated(1)            # no get_buffer first
+    lent = parser.get_buffer(-1)            # asyncio's "any size"
+    assert len(lent) > 0
+    with pytest.raises(ValueError):
+        parser.buffer_updated(len(lent) + 1)
+    parser.buffer_updated(0)
+    with pytest.raises(RuntimeError):
+        parser.buffer_updated(0)            # once per get_buffer
+    parser.get_buffer(10)                   # a read that found EOF: abandoned
+    parser.feed(b"")
+    with pytest.raises(RuntimeError):
+        parser.buffer_updated(0)
+    with pytest.raises(RuntimeError):
+        parser.get_buffer(10)               # after EOF
+    assert parser.next_event() == core.NOREQ
+
+
+def test_Parser_compiled_lent_buffer_cannot_move_while_a_read_holds_it():
+    """The compiled parser lends its own receive buffer: while a read holds
+    it, nothing may reallocate it.  (The pure parser lends a scratch buffer
+    and copies from it, so it has nothing to protect: a check that cannot
+    apply to Python.)"""
+    if fastfcgi is None:
+        pytest.skip("compiled core not built")
+    parser = fastfcgi.Parser()
+    lent = parser.get_buffer(16)
+    with memoryview(lent) as view:
+        with pytest.raises(BufferError):
+            parser.feed(b"x" * 100000)          # would grow the buffer
+        view[:16] = begin(1)
+    parser.buffer_updated(16)
+    parser.feed(params_records(1, {}) + stdin_records(1, b""))
+    assert parser.next_event() == (4, 1, 1, 0, {})
+
+
+def test_Parser_under_an_asyncio_buffered_protocol(core):
+    """A real event loop reads a real socket straight into the parser."""
+    import asyncio
+    data = (request(1, {"CONTENT_LENGTH": "300000"}, b"z" * 300000, flags=1)
+            + request(1, {"N": "2"}, flags=1))
+    expected, _ = run(core.Parser(), [data], on_event=end_after_stdin)
+
+    class Protocol(asyncio.BufferedProtocol):
+        def __init__(self, done):
+            self.parser = core.Parser()
+            self.events = []
+            self.done = done
+
+        def get_buffer(self, sizehint):
+            return self.parser.get_buffer(sizehint)
+
+        def buffer_updated(self, nbytes):
+            self.parser.buffer_updated(nbytes)
+            self.drain()
+
+        def eof_received(self):
+            self.parser.feed(b"")
+            self.drain()
+
+        def drain(self):
+            while True:
+                event = self.parser.next_event()
+                if event is None:
+                    return
+                self.events.append(event)
+                if type(event) is int:
+                    self.done.set_result(self.events)
+                    return
+                end_after_stdin(self.parser, event)
+
+    async def main():
+        loop = asyncio.get_event_loop()
+        app, web = socket.socketpair()
+        done = loop.create_future()
+        transport, _ = await loop.connect_accepted_socket(lambda: Protocol(done), app)
+        web.setblocking(False)
+        await loop.sock_sendall(web, data)
+        web.shutdown(socket.SHUT_WR)
+        try:
+            return await asyncio.wait_for(done, 10)
+        finally:
+            transport.close()
+            web.close()
+
+    loop = asyncio.new_event_loop()
+    try:
+        events = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    # Joined per request: how the loop's reads cut the body is its own.
+    def joined(events):
+        out, body = [], b""
+        for event in events:
+            if type(event) is tuple and event[0] == 5 and event[2]:
+                body += event[2]
+                continue
+            if body:
+                out.append((5, event[1] if type(event) is tuple else None, body))
+                body = b""
+            out.append(event)
+        return out
+    assert joined(events) == joined(expected)
+
+
+def test_Parser_a_held_request_and_then_EOF_is_EOF(core):
+    """The next request waits unread while the active one's answer is
+    pending (``waiting``); if the peer closes meanwhile, it is EOF."""
+    parser = core.Parser()
+    parser.feed(request(1, GET_ENV, flags=1) + begin(2, flags=1))
+    assert parser.next_event() == params_event(GET_ENV, flags=1)
+    assert parser.next_event() == (5, 1, b"")
+    assert parser.next_event() is None and parser.waiting
+    parser.feed(b"")
+    assert parser.next_event() == core.EOF
+
+
+def test_Parser_data_only_for_the_filter_role(core):
+    data = begin(1) + params_records(1, {}) + rec(8, 1, b"x")
+    check_three_ways(core, data, [params_event({}), core.PROTO], on_event=None)
+    data = (begin(1, role=3) + params_records(1, {}) + stdin_records(1, b"")
+            + rec(8, 1, b"x" * 6) + rec(8, 1, b"x" * 6))
+    check_three_ways(core, data, [params_event({}, role=3), (5, 1, b""), (8, 1, b"x" * 6),
+                                  (2, 1, core.CLEN), core.EOF], max_body=10, on_event=None)

@@ -244,3 +244,88 @@ def test_spec_over_a_limit_before_the_params_is_answered_and_logged(start):
     peer = RawPeer(server.address)
     hello(peer)
     peer.close()
+
+
+# -- what a review of the connection layer found ------------------------------------
+
+def test_spec_3_3_the_id_is_inactive_once_END_REQUEST_is_sent(start):
+    """The web server may reuse the id as soon as it has END_REQUEST, and stop
+    sending the rest of a body the application did not read: the new
+    request is served at once (not PROTO, not a worker waiting for the old
+    body)."""
+    server = start()
+    peer = RawPeer(server.address)
+    peer.send(begin(1, flags=KEEP)
+              + params_records(1, env("/hello", "POST", CONTENT_LENGTH="100000"))
+              + rec(5, 1, b"x" * 1000))
+    status, body, _, _, _ = peer.response(1)
+    assert (status, body) == (200, b"Hello, world!")
+    hello(peer)             # id 1 again, the old body never finished
+    peer.close()
+    assert "PROTO" not in server.log()
+
+
+def test_spec_reading_the_body_after_the_answer_ends_at_once(start):
+    """An application whose close() reads wsgi.input after its response:
+    the read ends (the request is over), the worker serves on."""
+    server = start()
+    peer = RawPeer(server.address)
+    peer.send(request(1, env("/read_in_close", "POST", CONTENT_LENGTH="100000"),
+                      b"y" * 100000, flags=0))
+    status, body, _, _, _ = peer.response(1)
+    assert (status, body) == (200, b"answered")
+    peer.close()
+    peer = RawPeer(server.address, timeout=5)
+    hello(peer)
+    peer.close()
+
+
+def test_spec_5_1_a_refused_request_without_keep_conn_ends_the_connection(start):
+    """CANT_MPX_CONN for a request without FCGI_KEEP_CONN: the connection
+    closes once the first request is answered (spec 5.1), though that one
+    asked to keep it."""
+    server = start()
+    peer = RawPeer(server.address)
+    peer.send(begin(1, flags=KEEP) + params_records(1, env("/upload", "POST", CONTENT_LENGTH="2")))
+    peer.send(request(2, env("/hello"), flags=0))
+    assert peer.record() == (FCGI_END_REQUEST, 2, struct.pack("!LB3x", 0, 1))
+    peer.send(stdin_records(1, b"ab"))
+    status, _, _, _, _ = peer.response(1)
+    assert status == 200
+    assert peer.closed()
+    peer.close()
+
+
+def test_spec_a_stray_record_on_a_kept_connection_does_not_hold_the_worker(start):
+    """A kept connection that brings only records to ignore (a late record
+    of an answered request) is read and left: the one worker serves the
+    next connection at once."""
+    server = start()
+    kept = RawPeer(server.address)
+    hello(kept)
+    kept.send(rec(5, 1, b"late stdin") + rec(2, 1))
+    time.sleep(0.2)
+    other = RawPeer(server.address, timeout=5)
+    hello(other)
+    other.close()
+    hello(kept, 3)          # and the kept one still serves
+    kept.close()
+
+
+def test_spec_6_4_data_records_belong_to_the_filter_role(start):
+    """FCGI_DATA for a RESPONDER is a protocol error (it could otherwise
+    pile up unread); a FILTER's data counts against --max-body."""
+    server = start("--max-body", "1k")
+    peer = RawPeer(server.address)
+    peer.send(begin(1, flags=KEEP) + params_records(1, env("/hello")) + rec(8, 1, b"data")
+              + stdin_records(1, b""))
+    status, _, _, _, _ = peer.response(1)       # it was running: it answers
+    assert status == 200 and peer.closed()
+    peer.close()
+    assert wait_until(lambda: "PROTO (-3)" in server.log(), 5)
+    peer = RawPeer(server.address)
+    peer.send(begin(1, role=3) + params_records(1, env("/filter_upper")) + stdin_records(1, b"")
+              + rec(8, 1, b"d" * 1000) + rec(8, 1, b"d" * 1000))
+    status, _, _, _, _ = peer.response(1)
+    assert status == 413
+    peer.close()
