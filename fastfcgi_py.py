@@ -994,6 +994,11 @@ class _Demultiplexer(object):
         request._on_abort(event[2])
         return None
 
+    def _keep_pending(self, found):
+        if self.pending is None:
+            self.pending = []
+        self.pending.append(found)
+
     def end_request(self, request_id):
         """The request's END_REQUEST is sent: forget it, here and in the
         parser.  Returns the parser's ``end_request`` (stdin bytes dropped
@@ -1029,7 +1034,7 @@ class Connection(_Demultiplexer):
         self.registered = False         # in the Server's poller
         self.requests = {}              # active request id -> Request
         self.request_class = request_class or Request
-        self.pending = []               # route's results no reader took
+        self.pending = None             # route's results no reader took (a list)
         self.request_id = self.role = self.flags = 0
         self.params = None
         self.error = 0                  # IO or SEND, sticky, once the socket failed
@@ -1196,7 +1201,7 @@ class Connection(_Demultiplexer):
             if type(found) is int:
                 return
             if found is not None:
-                self.pending.append(found)
+                self._keep_pending(found)
 
     # -- writing -----------------------------------------------------------------
 
@@ -1483,7 +1488,7 @@ class _RequestMethods(object):
                 if type(found) is int:
                     self._on_connection_lost(found)
                 else:
-                    conn.pending.append(found)      # another request's: the server's
+                    conn._keep_pending(found)       # another request's: the server's
             elif len(self._data_buffer if data else self._buffer) != size:
                 return True
 
@@ -2710,7 +2715,6 @@ class Server(object):
                 # params are in holds the worker no longer than a slow app.
                 busy_slot(time.monotonic())
             request = conn.next_request(wait)
-            wait = False
             if request is None:
                 if busy_slot is not None:
                     busy_slot(0.0)
@@ -2730,6 +2734,9 @@ class Server(object):
                 return False
             elif not self.handle(request):      # frees the slot
                 return False
+            if not conn.parser.buffered:
+                return True     # wait in the poller for the next one
+            wait = False        # only what has arrived, if no request began
 
     def handle(self, request):
         """Run the gateway on one request; True if the connection stays.

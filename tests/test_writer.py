@@ -31,6 +31,9 @@ def test_compiled_core_loaded():
         assert server.gateway.response_class is fastfcgi._Response
         assert fastfcgi.WSGIGateway.__mro__[1] is fastfcgi._py.WSGIGateway
         assert set(vars(fastfcgi.Server)) <= {"core", "__module__", "__doc__"}
+        # The gateway's one typed twin is its __call__ (see fastfcgi.pyx).
+        assert set(vars(fastfcgi.WSGIGateway)) <= {"core", "__module__", "__doc__",
+                                                   "__call__"}
     finally:
         listener.close()
 
