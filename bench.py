@@ -6,6 +6,7 @@ Usage::
     python bench.py core [--repeat N] [--min-time SECONDS] [--json]
     python bench.py e2e [--repeat N] [--duration SECONDS] [--conns 16,64]
                         [--transports tcp,unix] [--backends LIST] [--json] ...
+    python bench.py instructions [--requests N] [--cores LIST] [--modes LIST]
 
 ``core`` times the protocol core alone, on real nginx input from
 ``tests/corpus``, with every contender this interpreter has:
@@ -668,8 +669,7 @@ def prepare_python(args, say):
     probe = _output([python, "-c",
                      "import os, socket, fastfcgi, fastfcgi_py\n"
                      "core = fastfcgi_py.select_core()\n"
-                     "S = fastfcgi_py.Server(fastfcgi_py.WSGIGateway(None, core=core),"
-                     " socket.socket(), core=core)\n"
+                     "S = core.Server(core.WSGIGateway(None), socket.socket())\n"
                      "name = lambda c: c.__module__ + '.' + c.__name__\n"
                      "print(core.__name__, name(type(S)), name(S.parser_class),"
                      " name(S.writer_class),"
@@ -1454,6 +1454,138 @@ def summarize_stacks(path, top=22):
     return "\n".join(out) + "\n"
 
 
+# -- instructions: callgrind's count of a request ---------------------------------
+#
+# A worker's CPU per request, counted rather than timed: one Server on a
+# unix socket serves N requests (nginx's browser GET from tests/corpus, 16
+# at a time, on a new connection each or on 16 kept ones) under valgrind's
+# callgrind, then 3N; the difference of the two totals over 2N is what one
+# request costs in user space, start-up and all fixed costs cancelled.  The
+# same binary, input and hash seed give the same count within about 1%,
+# however busy the machine: to compare commits, run it in a worktree of each.
+
+INSTR_SERVER = """\
+import os, socket, sys
+core_name, n, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+import fastfcgi_py
+core = fastfcgi_py
+if core_name == "compiled":
+    import fastfcgi as core
+    assert core.Parser.__module__ == "fastfcgi", core.__file__
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
+    return [b"Hello, world!"]
+
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(path)
+listener.listen(1024)
+server = core.Server(core.WSGIGateway(app), listener, max_requests=n)
+print("ready", flush=True)
+server.serve_forever()
+"""
+
+INSTR_CLIENT = """\
+import socket, sys
+path, n, keep, stream_path = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "keep", sys.argv[4]
+data = open(stream_path, "rb").read()
+if keep:
+    data = data[:10] + b"\\x01" + data[11:]      # FCGI_KEEP_CONN in BEGIN_REQUEST
+
+def read_response(s):
+    buf = b""
+    while not (len(buf) >= 16 and buf[-16] == 1 and buf[-15] == 3):   # END_REQUEST
+        got = s.recv(65536)
+        if not got:
+            break
+        buf += got
+
+done = 0
+socks = []
+while done < n:
+    batch = min(16, n - done)
+    if not keep or not socks:
+        socks = [socket.socket(socket.AF_UNIX) for _ in range(16)]
+        for s in socks:
+            s.connect(path)
+    for s in socks[:batch]:
+        s.sendall(data)
+    for s in socks[:batch]:
+        read_response(s)
+        if not keep:
+            s.close()
+    done += batch
+"""
+
+
+def count_instructions(args, python, build_dir, core, mode, n, tmp):
+    """callgrind's total for one server run of ``n`` requests."""
+    sock = os.path.join(tmp, "instr.sock")
+    out = os.path.join(tmp, "callgrind.out")
+    for path in (sock, out):
+        if os.path.exists(path):
+            os.unlink(path)
+    server_py = os.path.join(tmp, "instr_server.py")
+    client_py = os.path.join(tmp, "instr_client.py")
+    with open(server_py, "w") as f:
+        f.write(INSTR_SERVER)
+    with open(client_py, "w") as f:
+        f.write(INSTR_CLIENT)
+    env = _clean_env(PYTHONPATH=build_dir, PYTHONHASHSEED="0")
+    server = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
+                               python, server_py, core, str(n), sock],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    try:
+        if server.stdout.readline().strip() != b"ready":
+            raise BenchError("the %s server did not start under valgrind" % core)
+        subprocess.check_call([DEBIAN_PYTHON, client_py, sock, str(n), mode,
+                               os.path.join(CORPUS, GET_FILE)], env=_clean_env())
+        server.wait(300)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    with open(out) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise BenchError("no total in %s" % out)
+
+
+def run_instructions(args):
+    say = sys.stderr.write
+    try:
+        if not shutil.which("valgrind"):
+            _apt_install(["valgrind"], say, "valgrind is missing")
+        args.profile = None
+        py = prepare_python(args, say)
+        tmp = tempfile.mkdtemp(prefix="fastfcgi-instr-")
+        rows = []
+        try:
+            for core in args.cores:
+                for mode in args.modes:
+                    n = args.requests
+                    low = count_instructions(args, py["python"], py["build_dir"], core, mode,
+                                             n, tmp)
+                    high = count_instructions(args, py["python"], py["build_dir"], core, mode,
+                                              3 * n, tmp)
+                    rows.append((core, mode, (high - low) / (2.0 * n)))
+                    say("%s, %s: %.0f instructions a request\n" % (core, mode, rows[-1][2]))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BenchError as exc:
+        say("bench.py instructions: %s\n" % exc)
+        return 2
+    print("source:      %s (%s)" % (HERE, _git_revision()))
+    print("python:      %s (%s)" % (py["python_version"], py["python"]))
+    print("request:     tests/corpus/%s, 16 at a time, hello world, one worker" % GET_FILE)
+    print("%-10s %-26s %s" % ("core", "connections", "instructions/request"))
+    for core, mode, count in rows:
+        print("%-10s %-26s %.0f" % (core, "kept (KEEP_CONN)" if mode == "keep"
+                                    else "one per request", count))
+    return 0
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt("signal %d" % signum)
 
@@ -1640,6 +1772,23 @@ def main(argv=None):
     e2e.add_argument("--json", action="store_true",
                      help="print the results as JSON (progress goes to stderr)")
     e2e.set_defaults(func=run_e2e)
+    instr = modes.add_parser(
+        "instructions", help="callgrind's instruction count of a request, one worker",
+        description="One worker serving nginx's GET on a unix socket under valgrind's "
+                    "callgrind: instructions per request, which do not drift with noise.")
+    instr.add_argument("--requests", type=_positive, default=1000, metavar="N",
+                       help="the runs serve N and 3N requests (default 1000)")
+    instr.add_argument("--cores", type=lambda s: _csv(s, ("compiled", "pure"), "--cores"),
+                       default=["compiled"], metavar="LIST",
+                       help="compiled, pure or both (default compiled)")
+    instr.add_argument("--modes", type=lambda s: _csv(s, ("close", "keep"), "--modes"),
+                       default=["close", "keep"], metavar="LIST",
+                       help="close (a connection per request), keep, or both (default both)")
+    instr.add_argument("--venv", default=BENCH_VENV, metavar="DIR",
+                       help="the venv on %s (as e2e's)" % DEBIAN_PYTHON)
+    instr.add_argument("--rebuild", action="store_true",
+                       help="rebuild the extension even if the sources did not change")
+    instr.set_defaults(func=run_instructions)
     args = parser.parse_args(argv)
     if getattr(args, "repeat", 1) < 1:
         parser.error("--repeat must be at least 1")

@@ -496,6 +496,8 @@ def test_Parser_compiled_lent_buffer_cannot_move_while_a_read_holds_it():
 def test_Parser_under_an_asyncio_buffered_protocol(core):
     """A real event loop reads a real socket straight into the parser."""
     import asyncio
+    if not hasattr(asyncio, "BufferedProtocol"):
+        pytest.skip("asyncio.BufferedProtocol is new in Python 3.7")
     data = (request(1, {"CONTENT_LENGTH": "300000"}, b"z" * 300000, flags=1)
             + request(1, {"N": "2"}, flags=1))
     expected, _ = run(core.Parser(), [data], on_event=end_after_stdin)
