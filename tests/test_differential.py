@@ -324,9 +324,10 @@ def serve_wsgi(module, app, data):
     return thread.received
 
 
-def serve_bytes_collecting(data):
+def serve_bytes_collecting(data, half_close=False):
     """A socket whose peer sends ``data`` and keeps what it reads (it stays
-    open, as a web server waiting for the answer does)."""
+    open, as a web server waiting for the answer does; with ``half_close``
+    it then shuts its sending side, as one that has no more requests)."""
     app, web = socket.socketpair()
 
     class Peer(threading.Thread):
@@ -334,7 +335,9 @@ def serve_bytes_collecting(data):
 
         def run(self):
             web.sendall(data)
-            web.settimeout(10)
+            if half_close:
+                web.shutdown(socket.SHUT_WR)
+            web.settimeout(20)
             try:
                 while True:
                     got = web.recv(65536)
@@ -385,29 +388,12 @@ def serve_connection_to_its_end(module, data, limits):
     """Every byte ``module``'s Server answers to ``data`` (then the web
     server's half-close) on one connection, and the log lines."""
     import logging
-    app, web = socket.socketpair()
-    received = []
-
-    def peer():
-        web.sendall(data)
-        web.shutdown(socket.SHUT_WR)
-        web.settimeout(20)
-        try:
-            while True:
-                got = web.recv(65536)
-                if not got:
-                    break
-                received.append(got)
-        except OSError:
-            pass
-        web.close()
+    app, thread = serve_bytes_collecting(data, half_close=True)
     lines = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())
     log = logging.getLogger("fastfcgi")
     log.addHandler(handler)
-    thread = threading.Thread(target=peer)
-    thread.start()
     lsock = socket.socket(socket.AF_UNIX)       # the Server wants a listener
     try:
         server = module.Server(module.WSGIGateway(_echo_app), lsock, **limits)
@@ -420,7 +406,7 @@ def serve_connection_to_its_end(module, data, limits):
         app.close()
         lsock.close()
         thread.join(30)
-    return b"".join(received), [line.split("\n")[0] for line in lines]
+    return thread.received, [line.split("\n")[0] for line in lines]
 
 
 server_limits = st.fixed_dictionaries({}, optional={
