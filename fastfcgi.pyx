@@ -599,7 +599,9 @@ cdef class Parser:
             # Only the compiled core has this error: the pure one has no
             # buffer that another thread could pull from under recv().
             raise RuntimeError("Parser.feed() while a read is filling its buffer")
-        if self._exports:
+        if self._exports and data:
+            # (EOF moves nothing, so a loop that still holds the lent buffer,
+            # as uvloop does when it reports EOF, may say it.)
             raise BufferError("the receive buffer lent by get_buffer() is in use")
         self._lent = 0          # a buffer get_buffer lent is abandoned
         if self._eof:
@@ -866,9 +868,12 @@ cdef class Parser:
             self._closing = True
         if role != FCGI_RESPONDER and role != FCGI_AUTHORIZER and role != FCGI_FILTER:
             reply = FCGI_UNKNOWN_ROLE
-        elif self._requests and (not self.mpxs_conns
-                                 or len(self._requests) >= self.max_reqs):
+        elif self._requests and not self.mpxs_conns:
             reply = FCGI_CANT_MPX_CONN
+        elif len(self._requests) >= self.max_reqs:
+            # Spec 5.5: a multiplexing application out of a resource (here
+            # the requests one connection may run at once) says OVERLOADED.
+            reply = FCGI_OVERLOADED
         else:
             state = _RequestState.__new__(_RequestState)
             state.request_id = request_id
@@ -1893,5 +1898,11 @@ class Server(_py.Server):
 
 class HTTPServer(_py.HTTPServer):
     """fastfcgi_py.HTTPServer, on the compiled core unless told otherwise. See `fastfcgi_py.HTTPServer`."""
+
+    core = _this_core
+
+
+class AsyncServer(_py.AsyncServer):
+    """fastfcgi_py.AsyncServer, on the compiled core unless told otherwise. See `fastfcgi_py.AsyncServer`."""
 
     core = _this_core

@@ -35,6 +35,7 @@ Connection's read loop, next_request and end_request, the Request's state
 and finish, _wsgi_environ, _Response and _send_list; the rest is this file.
 """
 
+import asyncio
 import errno
 import logging
 import os
@@ -69,6 +70,7 @@ __all__ = [
     "Parser", "Writer", "encode_params", "send_file",
     # request, gateways, servers, client, CLI
     "Request", "RequestError", "Connection", "WSGIGateway", "RawGateway", "FileWrapper",
+    "AsyncRequest", "ASGIGateway", "AsyncRawGateway", "AsyncServer", "asgi_scope",
     "Server", "HTTPServer", "Supervisor", "WORKER_BOOT_ERROR", "parse_address", "bind_listener",
     "tune_listener",
     "Client", "ClientResponse", "main", "client_main", "select_core", "load_app",
@@ -600,9 +602,12 @@ class Parser(object):
             self._closing = True
         if role not in (FCGI_RESPONDER, FCGI_AUTHORIZER, FCGI_FILTER):
             reply = FCGI_UNKNOWN_ROLE
-        elif self._requests and (not self.mpxs_conns
-                                 or len(self._requests) >= self.max_reqs):
+        elif self._requests and not self.mpxs_conns:
             reply = FCGI_CANT_MPX_CONN
+        elif len(self._requests) >= self.max_reqs:
+            # Spec 5.5: a multiplexing application out of a resource (here
+            # the requests one connection may run at once) says OVERLOADED.
+            reply = FCGI_OVERLOADED
         else:
             self._requests[request_id] = _RequestState(role, flags)
             return None
@@ -1477,10 +1482,7 @@ class _RequestMethods(object):
         skipped)."""
         conn = self.connection
         while True:
-            if self._input_error:
-                code, self._input_error = self._input_error, 0
-                raise RequestError(code)
-            if self._finished or (self._data_done if data else self._stdin_done):
+            if self._input_over(data):
                 return False
             size = len(self._data_buffer if data else self._buffer)
             found = conn.route(conn.read_event())
@@ -1491,6 +1493,14 @@ class _RequestMethods(object):
                     conn._keep_pending(found)       # another request's: the server's
             elif len(self._data_buffer if data else self._buffer) != size:
                 return True
+
+    def _input_over(self, data):
+        """Before waiting for more stdin (or FCGI_DATA): True at its end, or
+        once the request is finished; raises the code that ended it, once."""
+        if self._input_error:
+            code, self._input_error = self._input_error, 0
+            raise RequestError(code)
+        return self._finished or (self._data_done if data else self._stdin_done)
 
     def read_data(self, size=None):
         """FILTER role: read up to ``size`` bytes of the FCGI_DATA stream
@@ -1517,37 +1527,46 @@ class _RequestMethods(object):
             RequestError: the web server went away or aborted, or the body
                 broke a limit (``code`` says which).
         """
-        if size is None:
-            while self._fill():
-                pass
-            data, self._buffer = self._buffer, b""
-            return data
-        while len(self._buffer) < size and self._fill():
+        while self._short_of(size) and self._fill():
             pass
-        data = self._buffer[:size]
-        self._buffer = self._buffer[size:]
-        return data
+        return self._take(size)
 
     def read_stdin_line_bytes(self, size=None):
         """One line of stdin including its b"\\n" (at most ``size`` bytes)."""
         start = 0
-        while True:
-            i = self._buffer.find(b"\n", start)
-            if i >= 0:
-                end = i + 1
-                break
-            if size is not None and len(self._buffer) >= size:
-                end = size
-                break
-            start = len(self._buffer)
+        while self._line_end(start, size) is None:
+            start = len(self._buffer)       # searched up to here
             if not self._fill():
-                end = len(self._buffer)
                 break
-        if size is not None:
-            end = min(end, size)
-        data = self._buffer[:end]
-        self._buffer = self._buffer[end:]
+        return self._take_line(start, size)
+
+    # The reads' buffer steps, shared with AsyncRequest's awaiting reads.
+
+    def _short_of(self, size):
+        """Whether more stdin is wanted for a read of ``size`` (None: all)."""
+        return size is None or len(self._buffer) < size
+
+    def _take(self, size):
+        if size is None or size >= len(self._buffer):
+            data, self._buffer = self._buffer, b""
+        else:
+            data = self._buffer[:size]
+            self._buffer = self._buffer[size:]
         return data
+
+    def _line_end(self, start, size):
+        """Where the line ends in the buffer (searched from ``start``), or
+        None while more stdin is needed to tell."""
+        i = self._buffer.find(b"\n", start)
+        if i >= 0:
+            return i + 1 if size is None else min(i + 1, size)
+        if size is not None and len(self._buffer) >= size:
+            return size
+        return None
+
+    def _take_line(self, start, size):
+        end = self._line_end(start, size)
+        return self._take(end if end is not None else size)
 
     def read_stdin(self, size=None):
         """As read_stdin_bytes, decoded with the request's encoding (str)
@@ -2208,12 +2227,21 @@ class RawGateway(Gateway):
 
     def __call__(self, request):
         started = time.time() if self.access_log else 0
-        status = None
         try:
             self.app(request)
-        except RequestError as exc:
+        except Exception as exc:
+            self._end(request, started, exc)
+        else:
+            self._end(request, started)
+
+    def _end(self, request, started, exc=None):
+        """After the application (AsyncRawGateway's too): a failure
+        answered by the policy (called in the ``except``: the traceback is
+        logged), the request finished, the access log."""
+        status = None
+        if isinstance(exc, RequestError):
             status = self._request_failed(request, request.stdout_used, exc)
-        except Exception:
+        elif exc is not None:
             status = self._app_failed(request, request.stdout_used)
         if not request.finished:
             request.finish(0)
@@ -2471,7 +2499,38 @@ def peer_allowed(allow, peer):
     return any(ip in net for net in allow)
 
 
-class Server(object):
+class _ServerBase(object):
+    """What both servers (Server, AsyncServer) take: the core and the
+    limits (see Server)."""
+
+    core = None
+
+    def _configure(self, gateway, listener, core, max_body, max_param_size, max_params_size,
+                   allow, max_requests, max_conns, busy_slot):
+        core = core or self.core or sys.modules[__name__]
+        self.core = core
+        self.parser_class = core.Parser
+        self.writer_class = core.Writer
+        self.gateway = gateway
+        self.listener = listener
+        self.max_body = max_body
+        self.max_param_size = max_param_size
+        self.max_params_size = max_params_size
+        self.allow = allow
+        self.max_requests = max_requests
+        self.max_conns = max_conns
+        self.busy_slot = busy_slot      # callable(seconds or 0.0), see Supervisor
+        self.writer = self.writer_class()
+        self.alive = True
+        self.served = 0
+
+    def connection_failed(self, conn, code):
+        """One log line naming the code that ended the connection."""
+        log.warning("connection from %s: %s (%d): %s", conn.peer_text, CODE_NAMES[code], code,
+                    _CODE_REASONS.get(code, ""))
+
+
+class Server(_ServerBase):
     """Serves FastCGI requests from ``listener`` with ``gateway(request)``.
 
     ``core`` is the module whose protocol classes it runs on: its Parser,
@@ -2488,25 +2547,11 @@ class Server(object):
                  max_param_size=DEFAULT_MAX_PARAM_SIZE,
                  max_params_size=DEFAULT_MAX_PARAMS_SIZE, allow=None,
                  max_requests=0, max_conns=MAX_KEPT_CONNECTIONS, busy_slot=None):
-        core = core or self.core or sys.modules[__name__]
-        self.core = core
-        self.parser_class = core.Parser
-        self.writer_class = core.Writer
-        self.request_class = core.Request
+        self._configure(gateway, listener, core, max_body, max_param_size, max_params_size,
+                        allow, max_requests, max_conns, busy_slot)
+        self.request_class = self.core.Request
         if self.connection_class is None:
-            self.connection_class = core.Connection
-        self.gateway = gateway
-        self.listener = listener
-        self.max_body = max_body
-        self.max_param_size = max_param_size
-        self.max_params_size = max_params_size
-        self.allow = allow
-        self.max_requests = max_requests
-        self.max_conns = max_conns
-        self.busy_slot = busy_slot      # callable(seconds or 0.0), see Supervisor
-        self.writer = self.writer_class()
-        self.alive = True
-        self.served = 0
+            self.connection_class = self.core.Connection
         self._wake_r = self._wake_w = None
         self._kept = {}                 # fd -> Connection, kept for the next request
         self._draining = {}             # fd -> _Draining, half-closed
@@ -2768,11 +2813,894 @@ class Server(object):
             self.alive = False
         return keep
 
-    def connection_failed(self, conn, code):
-        """One log line naming the code that ended the connection."""
-        log.warning("connection from %s: %s (%d): %s", conn.peer_text, CODE_NAMES[code], code,
-                    _CODE_REASONS.get(code, ""))
 
+
+##############################################################################
+# Asyncio server  #############################################################
+##############################################################################
+#
+# ``--asgi`` (and ``--raw`` with an ``async def`` callable) run on asyncio
+# workers under the same Supervisor, on the same Parser, Writer, route and
+# Gateway policy as the blocking server, with multiplexing: a worker runs
+# many requests at once, several on one connection when the web server
+# multiplexes (FCGI_MPXS_CONNS is 1; nginx never does, so behind it each
+# request has its own connection, kept or not).
+#
+# Nothing a peer sends grows memory without bound:
+#   - requests: past ``max_concurrency`` in the worker, or on one connection
+#     (the Parser's max_reqs), a new request gets END_REQUEST with
+#     FCGI_OVERLOADED (spec 5.5); FCGI_MAX_REQS says the bound (spec 4.1);
+#   - stdin: a request whose unread stdin passes _STDIN_HIGH pauses the
+#     reading of its connection until the application has taken it below
+#     _STDIN_LOW (FastCGI has no per-request flow control);
+#   - output: send() and drain() wait while the transport's buffer is over
+#     its high-water mark, so a slow web server slows the application;
+#   - connections: past ``max_conns`` the worker stops accepting (another
+#     worker, or the kernel's backlog, takes them).
+
+_STDIN_HIGH = 262144
+_STDIN_LOW = 65536
+# Requests one asyncio worker runs at once (--max-concurrency).
+DEFAULT_MAX_CONCURRENCY = 100
+# Connections one asyncio worker holds at most.
+ASYNC_MAX_CONNECTIONS = 1024
+_BaseProtocol = getattr(asyncio, "BufferedProtocol", asyncio.Protocol)   # 3.6: Protocol
+
+
+class _AsyncConnection(_Demultiplexer, _BaseProtocol):
+    """A web server's connection on the asyncio loop: a buffered protocol
+    (the transport reads straight into the Parser's buffer) that routes
+    the events to its AsyncRequests and writes what they send."""
+
+    def __init__(self, server, peer):
+        self.server = server
+        self.parser = server.new_parser()
+        self.writer = server.writer
+        self.peer = peer
+        self.requests = {}
+        self.request_class = AsyncRequest
+        self.pending = None
+        self.transport = None
+        self.error = 0                  # the code that ended the connection
+        self.drain = False              # close with a drain (Gateway.reject sets it)
+        self.closing = False            # no new requests: close once they end
+        self.send_file = None
+        self._draining = False
+        self._sink = None               # what a draining connection reads into
+        self._write_paused = False
+        self._write_waiter = None       # a future while the write buffer is full
+        self._stdin_full = set()        # requests over _STDIN_HIGH
+
+    # -- asyncio's protocol calls ------------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        if self._draining or self.error:
+            if self._sink is None:
+                self._sink = bytearray(_RECV_FIRST)
+            return self._sink
+        return self.parser.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes):
+        if not (self._draining or self.error):
+            self.parser.buffer_updated(nbytes)
+            self._process()
+
+    def data_received(self, data):
+        """Python 3.6 (no BufferedProtocol)."""
+        if not (self._draining or self.error):
+            self.parser.feed(data)
+            self._process()
+
+    def eof_received(self):
+        if not (self._draining or self.error):
+            self.parser.feed(b"")
+            self._process()
+        return False        # the transport closes
+
+    def pause_writing(self):
+        self._write_paused = True
+
+    def resume_writing(self):
+        self._write_paused = False
+        self._wake_writers()
+
+    def connection_lost(self, exc):
+        self.server._connection_closed(self)
+        if not self.error:
+            self.error = EOF
+            self.route(EOF)     # every request hears it: nothing can be sent
+        self._wake_writers()
+
+    # -- reading: the parser's events to the requests -------------------------
+
+    def _process(self):
+        parser = self.parser
+        server = self.server
+        while True:
+            event = parser.next_event()
+            out = parser.data_to_send()
+            if out:
+                self.transport.write(out)
+            if event is None:
+                return
+            if type(event) is tuple and event[0] == FCGI_PARAMS and server.overloaded:
+                self._refuse(event[1])
+                continue
+            found = self.route(event)
+            if found is None:
+                continue
+            if type(found) is int:
+                self._ended(found)
+                return
+            if type(found) is tuple:
+                # It failed before its params: the policy answers it.
+                if not server.gateway.reject(self, found[1], found[2]):
+                    self.closing = True
+                    self._close_if_idle()
+            else:
+                server._start(found)
+
+    def _refuse(self, request_id):
+        """Spec 5.5: a request we have no room for gets END_REQUEST with
+        OVERLOADED (the web server may try another application).  One log
+        line a second at most."""
+        server = self.server
+        server.refused += 1
+        now = time.monotonic()
+        if now - server.refused_logged >= 1.0:
+            log.warning("%d request(s) answered FCGI_OVERLOADED (the last from %s): "
+                        "%d running, --max-concurrency %d", server.refused, self.peer_text,
+                        server.running, server.max_concurrency)
+            server.refused = 0
+            server.refused_logged = now
+        self.transport.write(self.writer.end_request(request_id, 0, FCGI_OVERLOADED))
+        self.end_request(request_id)
+
+    def _ended(self, code):
+        """The parser's sticky code: NOREQ (the peer is done, or a request
+        without KEEP_CONN was answered), EOF or PROTO."""
+        self.error = code
+        if code != NOREQ:
+            self.server.connection_failed(self, code)
+            self.transport.close()
+        else:
+            self.closing = True
+            self._close_if_idle()
+
+    def stdin_over_high(self, request):
+        """``request`` holds _STDIN_HIGH unread bytes: stop reading."""
+        if not self._stdin_full:
+            self.transport.pause_reading()
+        self._stdin_full.add(request)
+
+    def stdin_under_low(self, request):
+        self._stdin_full.discard(request)
+        if not self._stdin_full and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    # -- writing ---------------------------------------------------------------------
+
+    def sendall(self, data):
+        """Queue ``data`` on the transport (the Request's send); raises
+        OSError once the connection is gone."""
+        transport = self.transport
+        if self.error and self.error != NOREQ or transport.is_closing():
+            raise ConnectionResetError("the web server closed the connection")
+        transport.write(data)
+
+    send_last = sendall     # the connection closes when its requests are done
+
+    async def wait_writable(self):
+        """Return once the transport takes more (or the connection is gone)."""
+        while self._write_paused and not self.transport.is_closing():
+            if self._write_waiter is None:
+                self._write_waiter = self.server.loop.create_future()
+            await self._write_waiter
+
+    def _wake_writers(self):
+        waiter = self._write_waiter
+        if waiter is not None:
+            self._write_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def poll(self, read=True):
+        """Events arrive by themselves here (the blocking Connection's
+        poll reads them)."""
+
+    # -- the end -----------------------------------------------------------------------
+
+    def end_request(self, request_id):
+        request = self.requests.get(request_id)
+        if request is not None:
+            if not request.stdin_done and not request.connection_lost:
+                self.drain = True       # its input still comes: dropped at the close
+            if request in self._stdin_full:
+                self.stdin_under_low(request)
+        excess = _Demultiplexer.end_request(self, request_id)
+        if not self.parser.keep_conn or not self.server.alive:
+            self.closing = True
+        if self.closing:
+            # After the caller's writes (a reject's drain flag among them).
+            self.server.loop.call_soon(self._close_if_idle)
+        return excess
+
+    def _close_if_idle(self):
+        """Close once no request is active: drained first when input was
+        left unread (see Server._close)."""
+        if self.requests or self.transport is None or self.transport.is_closing():
+            return
+        transport = self.transport
+        if self.drain and self.error in (0, NOREQ) and transport.can_write_eof():
+            # Half-close and read what still comes, so our answer is not
+            # overtaken by a reset; eof_received or the timer closes it.
+            self._draining = True
+            self._stdin_full.clear()
+            transport.write_eof()
+            transport.resume_reading()
+            self.server.loop.call_later(_DRAIN_SECONDS, transport.close)
+            return
+        transport.close()
+
+    def close(self):
+        if self.transport is not None:
+            self.transport.close()
+
+    peer_text = Connection.peer_text
+
+
+class AsyncRequest(Request):
+    """One request on the asyncio server: the Request's API, with its reads,
+    ``drain`` and ``stream_stdout_then_finish`` as coroutines, and an
+    on-stdin callback (Net::Async::FastCGI's request).  Output is written
+    at once (``print_stdout``); ``await drain()`` waits while the web
+    server is slower than the application."""
+
+    __slots__ = ("_waiter", "_on_stdin_read", "task")
+
+    def __init__(self, connection, request_id, role, flags, params):
+        Request.__init__(self, connection, request_id, role, flags, params)
+        self._waiter = None             # a future a read waits on
+        self._on_stdin_read = None
+        self.task = None                # the asyncio task running it
+
+    # -- what the connection delivers ---------------------------------------------
+
+    def _on_stdin(self, chunk):
+        Request._on_stdin(self, chunk)
+        if len(self._buffer) > _STDIN_HIGH:
+            self.connection.stdin_over_high(self)
+        if self._on_stdin_read is not None:
+            self._on_stdin_read(self)
+        self._wake()
+
+    def _on_data(self, chunk):
+        Request._on_data(self, chunk)
+        if len(self._data_buffer) > _STDIN_HIGH:
+            self.connection.stdin_over_high(self)
+        self._wake()
+
+    def _on_abort(self, code):
+        Request._on_abort(self, code)
+        self._wake()
+
+    def _on_connection_lost(self, code):
+        Request._on_connection_lost(self, code)
+        self._wake()
+
+    def _wake(self):
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _changed(self):
+        """Wait for the next event of this request."""
+        if self._waiter is None:
+            self._waiter = self.connection.server.loop.create_future()
+        await self._waiter
+
+    def set_on_stdin_read(self, callback):
+        """Call ``callback(request)`` each time stdin arrives (None: stop).
+        Read it with ``read_stdin*`` as usual; they return at once then."""
+        self._on_stdin_read = callback
+
+    # -- stdin, awaited ----------------------------------------------------------------
+
+    async def _fill(self):
+        return await self._wait_more(False)
+
+    async def _fill_data(self):
+        while await self._fill():
+            pass
+        return await self._wait_more(True)
+
+    async def _wait_more(self, data):
+        """As the blocking ``_pull``: True once the buffer grew, False at
+        its end; raises the code that ended the input."""
+        while True:
+            if self._input_over(data):
+                return False
+            size = len(self._data_buffer if data else self._buffer)
+            await self._changed()
+            if len(self._data_buffer if data else self._buffer) != size:
+                return True
+
+    def _take(self, size):
+        data = Request._take(self, size)
+        if len(self._buffer) < _STDIN_LOW and self in self.connection._stdin_full:
+            self.connection.stdin_under_low(self)
+        return data
+
+    async def read_stdin_bytes(self, size=None):
+        """Up to ``size`` bytes of stdin (all of it when None); b"" at the
+        end.  Raises RequestError as the blocking Request's."""
+        while self._short_of(size) and await self._fill():
+            pass
+        return self._take(size)
+
+    async def read_stdin_line_bytes(self, size=None):
+        """One line of stdin including its b"\\n" (at most ``size`` bytes)."""
+        start = 0
+        while self._line_end(start, size) is None:
+            start = len(self._buffer)
+            if not await self._fill():
+                break
+        return self._take_line(start, size)
+
+    async def read_stdin(self, size=None):
+        """As read_stdin_bytes, decoded unless set_encoding(None)."""
+        return self._decode(await self.read_stdin_bytes(size))
+
+    async def read_stdin_line(self, size=None):
+        """One line of stdin, decoded unless set_encoding(None)."""
+        return self._decode(await self.read_stdin_line_bytes(size))
+
+    async def read_stdin_chunk(self):
+        """What stdin has brought so far, waiting for some if none; b"" at
+        its end (ASGI's http.request messages)."""
+        if not self._buffer:
+            await self._fill()
+        return self._take(None)
+
+    async def read_data(self, size=None):
+        """FILTER role: up to ``size`` bytes of the FCGI_DATA stream."""
+        while (size is None or len(self._data_buffer) < size) and await self._fill_data():
+            pass
+        size = len(self._data_buffer) if size is None else size
+        data = self._data_buffer[:size]
+        self._data_buffer = self._data_buffer[size:]
+        if len(self._data_buffer) < _STDIN_LOW and self in self.connection._stdin_full:
+            self.connection.stdin_under_low(self)
+        return data
+
+    async def discard_stdin(self):
+        """Skip what is left of stdin (and of the FILTER data stream)."""
+        try:
+            while await self._fill():
+                self._take(None)
+            while await self._fill_data():
+                self._data_buffer = b""
+        except RequestError:
+            pass
+
+    # -- output -------------------------------------------------------------------------
+
+    async def drain(self):
+        """Wait while the web server has not taken what was sent."""
+        await self.connection.wait_writable()
+
+    async def stream_stdout_then_finish(self, readfn, exit_code=0):
+        """Send what ``await readfn()`` returns until it returns b"", ""
+        or None (or the web server goes away), then finish with
+        ``exit_code``."""
+        while not self._aborted:
+            data = await readfn()
+            if not data:
+                break
+            self.print_stdout(data)
+            await self.drain()
+        self.finish(exit_code)
+
+    def finish(self, exit_code=0, _tail=b""):
+        Request.finish(self, exit_code, _tail)
+        self._wake()        # a wait for the disconnect ends with the response
+
+    async def wait_disconnect(self):
+        """Return once the web server aborted the request, the connection
+        is lost or the response is complete."""
+        while not (self._aborted or self._finished):
+            await self._changed()
+
+    @property
+    def is_aborted(self):
+        """True once the web server aborted the request or went away."""
+        return self._aborted
+
+
+class AsyncRawGateway(RawGateway):
+    """``--raw`` with an ``async def`` callable: ``await app(request)`` on
+    an AsyncRequest, which it must finish (it is finished with exit code
+    0 if it returns without)."""
+
+    async def __call__(self, request):
+        started = time.time() if self.access_log else 0
+        try:
+            await self.app(request)
+        except Exception as exc:
+            self._end(request, started, exc)
+        else:
+            self._end(request, started)
+
+
+# -- ASGI 3 -----------------------------------------------------------------------------
+#
+# The http scope from the CGI params (ASGI HTTP spec 2.4): the path is
+# SCRIPT_NAME + PATH_INFO, decoded (it includes root_path, which is
+# SCRIPT_NAME); raw_path is REQUEST_URI's path as sent; the headers are the
+# HTTP_* params plus content-type and content-length once each (nginx sends
+# both CONTENT_TYPE and HTTP_CONTENT_TYPE: RFC 3875 4.1.18 wants the former).
+
+_ASGI = {"version": "3.0", "spec_version": "2.4"}
+
+
+def _asgi_headers(params, role):
+    headers = []
+    append = headers.append
+    for key, value in params.items():
+        if key[:5] == "HTTP_" and key != "HTTP_CONTENT_TYPE" and key != "HTTP_CONTENT_LENGTH":
+            append((key[5:].lower().replace("_", "-").encode("latin-1"),
+                    value.encode("latin-1")))
+    content_type = params.get("CONTENT_TYPE") or params.get("HTTP_CONTENT_TYPE")
+    if content_type:
+        append((b"content-type", content_type.encode("latin-1")))
+    length = params.get("CONTENT_LENGTH") or params.get("HTTP_CONTENT_LENGTH")
+    if length and length != "-1" and role != FCGI_AUTHORIZER:
+        append((b"content-length", length.encode("latin-1")))
+    return headers
+
+
+def _address(host, port):
+    if not host:
+        return None
+    try:
+        return (host, int(port or 0))
+    except ValueError:
+        return (host, 0)
+
+
+def asgi_scope(request, state=None):
+    """The ASGI 3 http scope of ``request`` (see the section comment);
+    ``state`` is the lifespan state, copied into the scope."""
+    p = request.params
+    script_name = p.get("SCRIPT_NAME", "")
+    path = script_name + p.get("PATH_INFO", "")
+    uri = p.get("REQUEST_URI", "")
+    raw_path = uri.partition("?")[0]
+    if not path:
+        path = _unquote(raw_path) or "/"
+    https = p.get("HTTPS", "")
+    secure = https.lower() in ("on", "1") or p.get("REQUEST_SCHEME") == "https"
+    version = p.get("SERVER_PROTOCOL", "HTTP/1.1")[5:]
+    scope = {
+        "type": "http",
+        "asgi": _ASGI,
+        "http_version": "2" if version == "2.0" else version or "1.1",
+        "method": p.get("REQUEST_METHOD", "GET"),
+        "scheme": "https" if secure else "http",
+        "path": path.encode("latin-1").decode("utf-8", "replace"),
+        "raw_path": (raw_path or path).encode("latin-1"),
+        "query_string": p.get("QUERY_STRING", "").encode("latin-1"),
+        "root_path": script_name.encode("latin-1").decode("utf-8", "replace"),
+        "headers": _asgi_headers(p, request.role),
+        "client": _address(p.get("REMOTE_ADDR"), p.get("REMOTE_PORT")),
+        "server": _address(p.get("SERVER_ADDR") or p.get("SERVER_NAME"), p.get("SERVER_PORT")),
+        "extensions": {"fastcgi": {"request": request,
+                                   "role": ROLE_NAMES.get(request.role, str(request.role))}},
+    }
+    if state is not None:
+        scope["state"] = dict(state)
+    return scope
+
+
+def _unquote(raw):
+    from urllib.parse import unquote_to_bytes
+    return unquote_to_bytes(raw).decode("latin-1")
+
+
+def _status_line(status):
+    """ "200 OK" for 200: the reason phrase nginx would send."""
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        if type(status) is not int or not 100 <= status <= 999:
+            raise ValueError("invalid ASGI status %r" % (status,))
+        from http import HTTPStatus
+        try:
+            line = "%d %s" % (status, HTTPStatus(status).phrase)
+        except ValueError:
+            line = str(status)
+        _STATUS_LINES[status] = line
+    return line
+
+
+_STATUS_LINES = {200: "200 OK"}
+
+
+class _ASGIResponse(object):
+    """One request's ASGI ``receive`` and ``send`` (bound methods), and
+    what they have done."""
+
+    __slots__ = ("request", "status", "head_bytes", "head_sent", "complete", "head_only",
+                 "body_done")
+
+    def __init__(self, request):
+        self.request = request
+        self.status = None          # the status line, once http.response.start came
+        self.head_bytes = None
+        self.head_sent = False
+        self.complete = False
+        self.head_only = request.params.get("REQUEST_METHOD") == "HEAD"
+        self.body_done = False      # the last http.request went out
+
+    async def receive(self):
+        request = self.request
+        if not self.body_done and not request.is_aborted:
+            try:
+                body = await request.read_stdin_chunk()
+            except RequestError as exc:
+                if exc.code in LIMIT_RESPONSES:
+                    raise           # the gateway answers 413 / 431
+                body = None
+            if body is not None:
+                # A limit broken after this chunk is raised by the next call.
+                more = not request.stdin_done or bool(request._buffer) or \
+                    bool(request.unread_error)
+                self.body_done = not more
+                return {"type": "http.request", "body": body, "more_body": more}
+        # ASGI: after the body, receive waits for the disconnect: an
+        # ABORT_REQUEST, the connection lost, or the response complete.
+        await request.wait_disconnect()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message):
+        kind = message["type"]
+        request = self.request
+        if kind == "http.response.start":
+            if self.status is not None:
+                raise RuntimeError("http.response.start sent twice")
+            status = _status_line(message["status"])
+            headers = [(name.decode("latin-1"), value.decode("latin-1"))
+                       for name, value in message.get("headers", ())]
+            self.head_bytes = request.connection.writer.head(status, headers)
+            self.status = status
+            return
+        if self.complete:
+            raise RuntimeError("%s after the response was complete" % kind)
+        if self.status is None:
+            raise RuntimeError("%s before http.response.start" % kind)
+        if request.is_aborted:
+            # ASGI HTTP spec: send on a closed connection raises an OSError
+            # (RequestError is one).
+            raise _gone_error(request)
+        if kind == "http.response.body":
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+        else:
+            raise ValueError("unknown ASGI message type %r" % (kind,))
+        if self.head_only:
+            body = b""
+        if not self.head_sent:
+            self.head_sent = True
+            body = self.head_bytes + body
+        if not more:
+            self.complete = True
+            request.finish(0, body)
+            return
+        if body:
+            request.print_stdout(body)
+            await request.drain()
+
+
+class ASGIGateway(Gateway):
+    """Runs an ASGI 3 application on an AsyncRequest (``await
+    gateway(request)``), with the policy of every gateway, and its
+    lifespan (``startup``, ``shutdown``)."""
+
+    def __init__(self, app, access_log=False):
+        Gateway.__init__(self, app, access_log)
+        self.state = {}             # the lifespan state, copied into each scope
+        self._lifespan = None       # the lifespan task, while it runs
+        self._to_app = self._from_app = None
+        self._lifespan_receiving = False
+
+    async def __call__(self, request):
+        started = time.time() if self.access_log else 0
+        response = _ASGIResponse(request)
+        status = None
+        try:
+            await self.app(asgi_scope(request, self.state), response.receive, response.send)
+            if not response.complete and not request.finished:
+                raise RuntimeError("the ASGI application returned before its response was "
+                                   "complete" if response.head_sent else
+                                   "the ASGI application returned without a response")
+            status = response.status
+        except RequestError as exc:
+            status = self._request_failed(request, response.head_sent, exc) or response.status
+        except Exception:
+            status = self._app_failed(request, response.head_sent) or response.status
+        if self.access_log:
+            self._log_access(request, status, started)
+
+    # -- lifespan (the ASGI lifespan spec) --------------------------------------
+
+    async def startup(self):
+        """Start the application's lifespan.  An application that raises
+        before it receives the first message does not speak the protocol:
+        it is served without.
+
+        Raises:
+            RuntimeError: startup failed (lifespan.startup.failed, or an
+                exception after the startup message).
+        """
+        self._to_app = asyncio.Queue()
+        self._from_app = asyncio.Queue()
+        scope = {"type": "lifespan", "asgi": _ASGI, "state": self.state}
+        self._lifespan = asyncio.ensure_future(self._run_lifespan(scope))
+        await self._to_app.put({"type": "lifespan.startup"})
+        reply = await self._from_app.get()
+        if reply is None:
+            self._lifespan = None
+            return
+        if reply["type"] == "lifespan.startup.failed":
+            raise RuntimeError("the application's lifespan startup failed: %s"
+                               % (reply.get("message") or "(no message)"))
+        if reply["type"] != "lifespan.startup.complete":
+            raise RuntimeError("unexpected lifespan message %r" % (reply["type"],))
+
+    async def shutdown(self):
+        """End the lifespan: lifespan.shutdown, and wait for its answer."""
+        if self._lifespan is None or self._lifespan.done():
+            return
+        await self._to_app.put({"type": "lifespan.shutdown"})
+        reply = await self._from_app.get()
+        if reply is not None and reply["type"] == "lifespan.shutdown.failed":
+            log.error("the application's lifespan shutdown failed: %s", reply.get("message"))
+
+    async def _run_lifespan(self, scope):
+        try:
+            await self.app(scope, self._lifespan_receive, self._from_app.put)
+        except Exception as exc:
+            if not self._lifespan_receiving:
+                log.info("the application does not use the ASGI lifespan protocol "
+                         "(it raised %s: %s)", type(exc).__name__, exc)
+            else:
+                log.error("lifespan: the application raised\n%s",
+                          traceback.format_exc().rstrip())
+                await self._from_app.put({"type": "lifespan.startup.failed",
+                                          "message": "%s: %s" % (type(exc).__name__, exc)})
+                return
+        await self._from_app.put(None)
+
+    async def _lifespan_receive(self):
+        self._lifespan_receiving = True
+        return await self._to_app.get()
+
+
+class AsyncServer(_ServerBase):
+    """Serves FastCGI from ``listener`` with an async gateway
+    (``await gateway(request)``) on an asyncio loop (see the section
+    comment).  The arguments of Server, plus:
+
+        max_concurrency: requests the worker runs at once (and one
+            connection at most); FCGI_MAX_REQS says it.
+        max_conns: connections the worker holds; FCGI_MAX_CONNS says it
+            times ``workers``.
+        loop: "auto" (uvloop when installed), "asyncio" or "uvloop".
+
+    The loop is made here and the gateway's ``startup`` (the ASGI
+    lifespan) runs in it, so a failing startup fails the worker's boot.
+    """
+
+    core = None
+
+    def __init__(self, gateway, listener, *, core=None, max_body=None,
+                 max_param_size=DEFAULT_MAX_PARAM_SIZE,
+                 max_params_size=DEFAULT_MAX_PARAMS_SIZE, allow=None,
+                 max_requests=0, max_conns=ASYNC_MAX_CONNECTIONS, workers=1,
+                 busy_slot=None, max_concurrency=DEFAULT_MAX_CONCURRENCY, loop="auto"):
+        self._configure(gateway, listener, core, max_body, max_param_size, max_params_size,
+                        allow, max_requests, max_conns, busy_slot)
+        self.workers = workers
+        self.max_concurrency = max_concurrency
+        self.refused = 0            # OVERLOADED answers not logged yet
+        self.refused_logged = 0.0
+        self.connections = set()
+        self._running = {}          # AsyncRequest -> its start (monotonic), oldest first
+        self._accepting = False
+        self._stopped = None
+        self.loop, self.loop_name = _new_loop(loop)
+        asyncio.set_event_loop(self.loop)
+        startup = getattr(gateway, "startup", None)
+        if startup is not None:
+            self.loop.run_until_complete(startup())
+
+    @property
+    def running(self):
+        """How many requests run now."""
+        return len(self._running)
+
+    @property
+    def overloaded(self):
+        return len(self._running) >= self.max_concurrency
+
+    def new_parser(self):
+        return self.parser_class(max_param_size=self.max_param_size,
+                                 max_params_size=self.max_params_size,
+                                 max_body=self.max_body,
+                                 max_conns=self.max_conns * self.workers,
+                                 max_reqs=self.max_concurrency, mpxs_conns=True)
+
+    def stop(self):
+        """Stop gracefully (signal-safe): no new connections; the running
+        requests end, then the worker."""
+        self.alive = False
+        loop = self.loop
+        if self._stopped is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake_main)
+
+    def _wake_main(self):
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def serve_forever(self, parent_pid=None):
+        """Serve until stop() (or the parent process ``parent_pid`` dies),
+        then end the lifespan and close the loop."""
+        loop = self.loop
+        try:
+            loop.run_until_complete(self._serve(parent_pid))
+            shutdown = getattr(self.gateway, "shutdown", None)
+            if shutdown is not None:
+                loop.run_until_complete(shutdown())
+        finally:
+            loop.close()
+
+    async def _serve(self, parent_pid):
+        loop = self.loop
+        self._stopped = loop.create_future()
+        self.listener.setblocking(False)
+        self._start_accepting()
+        while self.alive:
+            if parent_pid is not None and os.getppid() != parent_pid:
+                log.warning("supervisor %d is gone; worker exits", parent_pid)
+                break
+            await asyncio.wait([self._stopped], timeout=1.0)
+        self._stop_accepting()
+        # As Server._linger: kept connections are served a moment longer,
+        # each closed after its answer; the running requests end.
+        deadline = loop.time() + KEPT_LINGER
+        while self._running or (self.connections and loop.time() < deadline):
+            for conn in list(self.connections):
+                if not conn.requests and loop.time() >= deadline:
+                    conn.closing = True
+                    conn._close_if_idle()
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+        await asyncio.sleep(0)      # the transports' close callbacks
+
+    def _start_accepting(self):
+        if not self._accepting and self.alive:
+            self.loop.add_reader(self.listener.fileno(), self._accept)
+            self._accepting = True
+
+    def _stop_accepting(self):
+        if self._accepting:
+            self.loop.remove_reader(self.listener.fileno())
+            self._accepting = False
+
+    def _accept(self):
+        nodelay = self.listener.family != socket.AF_UNIX
+        for _ in range(ACCEPT_BATCH):
+            if len(self.connections) >= self.max_conns:
+                # Full: the kernel's backlog (or another worker) holds the rest.
+                self._stop_accepting()
+                return
+            try:
+                sock, peer = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.error("accept failed: %s", exc)
+                self._stop_accepting()      # e.g. EMFILE: do not spin
+                self.loop.call_later(0.1, self._start_accepting)
+                return
+            if self.allow is not None and not peer_allowed(self.allow, peer):
+                log.warning("connection from %s refused: not in --allow", peer[0])
+                sock.close()
+                continue
+            if nodelay:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _AsyncConnection(self, peer)
+            self.connections.add(conn)
+            self.loop.create_task(self._connect(conn, sock))
+
+    async def _connect(self, conn, sock):
+        try:
+            await self.loop.connect_accepted_socket(lambda: conn, sock)
+        except OSError as exc:
+            log.warning("connection from %s: %s", conn.peer_text, exc)
+            self._connection_closed(conn)
+            sock.close()
+
+    def _connection_closed(self, conn):
+        self.connections.discard(conn)
+        if self.alive and not self._accepting and len(self.connections) < self.max_conns:
+            self._start_accepting()
+
+    # -- requests -------------------------------------------------------------------------
+
+    def _start(self, request):
+        self._running[request] = time.monotonic()
+        if len(self._running) == 1 and self.busy_slot is not None:
+            self.busy_slot(self._running[request])
+        request.task = self.loop.create_task(self._run(request))
+
+    async def _run(self, request):
+        try:
+            await self.gateway(request)
+        finally:
+            if not request.finished:
+                request.keep_conn = False
+                request.finish(1)
+            conn = request.connection
+            if not request.keep_conn:
+                # The policy closes it (a response cut short, a limit), as
+                # the web server asked, or the connection is over.
+                conn.closing = True
+                conn._close_if_idle()
+            if request.unread_error:
+                self.connection_failed(conn, request.unread_error)
+            self._end(request)
+
+    def _end(self, request):
+        running = self._running
+        first = next(iter(running)) is request
+        del running[request]
+        if first and self.busy_slot is not None:
+            # --timeout watches the oldest running request.
+            self.busy_slot(next(iter(running.values())) if running else 0.0)
+        self.served += 1
+        if self.max_requests and self.served >= self.max_requests and self.alive:
+            log.info("served %d requests (--max-requests): worker recycles", self.served)
+            self.stop()
+
+    def describe_stuck(self):
+        """Where the oldest running request's task is (--timeout's log)."""
+        import io
+        for request in self._running:
+            if request.task is not None:
+                out = io.StringIO()
+                request.task.print_stack(file=out)
+                return "the oldest request, %d %s %s:\n%s" % (
+                    request.request_id, request.method, request.params.get("REQUEST_URI", ""),
+                    out.getvalue().rstrip())
+        return ""
+
+
+def _new_loop(choice):
+    """A new event loop, as ``--loop`` chooses (see _loop_name).  Returns
+    (loop, name)."""
+    name = _loop_name(choice)
+    if name == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop(), name
+    return asyncio.new_event_loop(), name
 
 
 ##############################################################################
@@ -3364,9 +4292,12 @@ class Supervisor(object):
             server.stop()
 
         def dump_and_exit(signum, frame):
+            where = "".join(traceback.format_stack(frame)).rstrip()
+            describe = getattr(server, "describe_stuck", None)     # an asyncio worker's tasks
+            if describe is not None:
+                where += "\n" + describe()
             log.error("worker %d: request over --timeout %ss, killed; it was at:\n%s",
-                      os.getpid(), self.timeout,
-                      "".join(traceback.format_stack(frame)).rstrip())
+                      os.getpid(), self.timeout, where)
             logging.shutdown()
             os._exit(1)
 
@@ -3737,6 +4668,28 @@ def load_app(spec):
     return obj
 
 
+def _is_async(app):
+    """Whether ``app`` is an ``async def`` function (or object whose
+    __call__ is one): --raw then runs it on the asyncio server."""
+    import inspect
+    return inspect.iscoroutinefunction(app) or \
+        inspect.iscoroutinefunction(getattr(app, "__call__", None))
+
+
+def _loop_name(choice):
+    """The event loop ``--loop`` names: "uvloop" for auto when it imports.
+    Raises ImportError for "uvloop" without it."""
+    if choice == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop   # noqa: F401
+        return "uvloop"
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return "asyncio"
+
+
 def _size(text):
     """A byte count with an optional k/m/g suffix (powers of 1024)."""
     text = text.strip().lower()
@@ -3775,6 +4728,12 @@ def build_arg_parser():
                       help="the callable receives the fastfcgi Request object")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes (default 1)")
+    p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+                   help="--asgi / async --raw: the event loop (auto: uvloop when installed)")
+    p.add_argument("--max-concurrency", type=int, default=DEFAULT_MAX_CONCURRENCY, metavar="N",
+                   help="--asgi / async --raw: requests one worker runs at once, on all its "
+                        "connections or on one; past it FCGI_OVERLOADED (default %d)"
+                        % DEFAULT_MAX_CONCURRENCY)
     p.add_argument("--max-requests", type=_max_requests, default=(0, 0), metavar="N[:M]",
                    help="recycle a worker after N requests (a random count in N..M)")
     p.add_argument("--max-body", type=_size, default=None, metavar="BYTES",
@@ -3825,8 +4784,16 @@ def main(argv=None, core=None):
         build_arg_parser().print_usage(sys.stderr)
         log.error("no application given (MODULE:CALLABLE)")
         return 2
-    if args.asgi:
-        log.error("--asgi is not available in this version")
+    if args.asgi and args.http:
+        log.error("--http serves WSGI and blocking --raw applications only, not --asgi yet")
+        return 2
+    if args.max_concurrency < 1:
+        log.error("--max-concurrency must be at least 1")
+        return 2
+    try:
+        loop_name = _loop_name(args.loop)
+    except ImportError:
+        log.error("--loop uvloop: uvloop is not installed (pip install uvloop)")
         return 2
     # TERM, INT, HUP wait until their handlers are installed (see
     # _serve_single and Supervisor.run): a stop that comes during start-up
@@ -3872,19 +4839,28 @@ def main(argv=None, core=None):
 
     def make_server(listener, busy_slot=None, max_requests=0):
         app = load_app(args.app)
+        limits = dict(core=core, max_body=args.max_body, max_param_size=args.max_param_size,
+                      max_params_size=args.max_params_size, allow=allow,
+                      max_requests=max_requests, busy_slot=busy_slot)
+        if args.asgi or (args.raw and _is_async(app) and not args.http):
+            gateway = (ASGIGateway(app, access_log=args.access_log) if args.asgi else
+                       AsyncRawGateway(app, access_log=args.access_log))
+            return AsyncServer(gateway, listener, max_conns=ASYNC_MAX_CONNECTIONS,
+                               workers=args.workers, max_concurrency=args.max_concurrency,
+                               loop=loop_name, **limits)
+        if args.raw and _is_async(app):
+            raise TypeError("--http runs blocking --raw applications only; %s is async"
+                            % args.app)
         gateway = (RawGateway(app, access_log=args.access_log) if args.raw else
                    WSGIGateway(app, access_log=args.access_log, core=core))
-        return server_class(gateway, listener, core=core, max_body=args.max_body,
-                            max_param_size=args.max_param_size,
-                            max_params_size=args.max_params_size, allow=allow,
-                            max_requests=max_requests,
-                            max_conns=MAX_KEPT_CONNECTIONS * args.workers,
-                            busy_slot=busy_slot)
+        return server_class(gateway, listener, max_conns=MAX_KEPT_CONNECTIONS * args.workers,
+                            **limits)
 
-    log.info("fastfcgi %s serving %s on %s%s: %d worker(s), %s core, Python %s",
+    log.info("fastfcgi %s serving %s on %s%s: %d worker(s), %s core, Python %s%s",
              __version__, args.app, where,
              " over plain HTTP, FOR DEVELOPMENT ONLY" if args.http else "",
-             args.workers, core_name(core), sys.version.split()[0])
+             args.workers, core_name(core), sys.version.split()[0],
+             ", ASGI on %s" % loop_name if args.asgi else "")
     try:
         if single:
             return _serve_single(make_server, listener)

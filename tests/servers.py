@@ -177,6 +177,22 @@ http {{
 }}
 """
 
+# The README's nginx configuration for an ASGI application: kept connections,
+# the body streamed to the application, the response streamed to the client.
+NGINX_ASGI_CONF = NGINX_CONF.split("    server {{")[0] + """    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            {params}
+            fastcgi_keep_conn on;
+            fastcgi_request_buffering off;
+            fastcgi_buffering off;
+            client_max_body_size 0;
+            fastcgi_pass app_keepalive;
+        }}
+    }}
+}}
+"""
+
 # The README's nginx params for a WSGI application mounted at /: the whole
 # path is PATH_INFO, SCRIPT_NAME is empty.
 NGINX_PARAMS = """
@@ -189,13 +205,13 @@ NGINX_PARAMS = """
 class Nginx(object):
     """A private nginx in front of ``backend`` (host:port or unix:/path)."""
 
-    def __init__(self, backend):
+    def __init__(self, backend, conf_template=None):
         self.tmp = tempfile.mkdtemp(prefix="fastfcgi-nginx-")
         self.port = free_port()
         conf = os.path.join(self.tmp, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(tmp=self.tmp, port=self.port, backend=backend,
-                                      params=NGINX_PARAMS))
+            f.write((conf_template or NGINX_CONF).format(
+                tmp=self.tmp, port=self.port, backend=backend, params=NGINX_PARAMS))
         self.proc = subprocess.Popen([NGINX, "-p", self.tmp, "-c", conf],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         if not wait_until(lambda: accepts("127.0.0.1:%d" % self.port)

@@ -317,9 +317,9 @@ def test_Parser_multiplexing_when_enabled(core):
                                   (5, 1, b"a"), (5, 2, b"b"), (5, 2, b""), (5, 1, b""),
                                   core.EOF],  # request 3 begun, then the peer closed
                      expected_replies=b"", mpxs_conns=True, max_reqs=3)
-    # Over max_reqs: the third is refused.
+    # Over max_reqs: the third is refused, OVERLOADED (spec 5.5).
     check_three_ways(core, begin(1, flags=1) + begin(2, flags=1) + begin(3, flags=1),
-                     [core.EOF], expected_replies=end_reply(3, 1),
+                     [core.EOF], expected_replies=end_reply(3, 2),
                      mpxs_conns=True, max_reqs=2)
 
 

@@ -31,6 +31,7 @@ def test_compiled_core_loaded():
         assert server.gateway.response_class is fastfcgi._Response
         assert fastfcgi.WSGIGateway.__mro__[1] is fastfcgi._py.WSGIGateway
         assert set(vars(fastfcgi.Server)) <= {"core", "__module__", "__doc__"}
+        assert set(vars(fastfcgi.AsyncServer)) <= {"core", "__module__", "__doc__"}
         # The gateway's one typed twin is its __call__ (see fastfcgi.pyx).
         assert set(vars(fastfcgi.WSGIGateway)) <= {"core", "__module__", "__doc__",
                                                    "__call__"}
@@ -44,7 +45,7 @@ def test_cores_share_the_constants(core):
             core.NOREQ, core.SEND) == (0, -1, -2, -3, -4, -5, -6, -7, -8)
     for name in fastfcgi_py.__all__:
         if name not in ("Parser", "Writer", "Connection", "Request",  # the core's own
-                        "WSGIGateway", "Server", "HTTPServer"):  # the core as default
+                        "WSGIGateway", "Server", "HTTPServer", "AsyncServer"):  # the core as default
             assert getattr(core, name) is getattr(fastfcgi_py, name), name
         elif name.endswith(("Gateway", "Server")):
             assert getattr(core, name).__mro__[1 if core is not fastfcgi_py else 0] \

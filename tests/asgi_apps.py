@@ -1,0 +1,231 @@
+"""ASGI 3 applications for the asyncio server's tests: ``app`` dispatches
+/NAME/... to the coroutine NAME below (the same names as the WSGI apps
+where the spec tests share them), and speaks the lifespan protocol."""
+
+import asyncio
+import hashlib
+import json
+import os
+import sys
+import time
+
+STARTED = {}
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await lifespan(scope, receive, send)
+        return
+    path = scope["path"][len(scope["root_path"]):]
+    for prefix in ("/keep", "/stream", "/tls"):
+        if path.startswith(prefix + "/"):
+            path = path[len(prefix):]
+    name = path.split("/")[1] if path.count("/") >= 1 else ""
+    target = ROUTES.get(name)
+    if target is None:
+        await respond(send, b"no such app\n", 404)
+        return
+    await target(scope, receive, send)
+
+
+async def lifespan(scope, receive, send):
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            scope["state"]["greeting"] = "hello from lifespan"
+            STARTED["at"] = time.time()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            sys.stderr.write("lifespan shutdown ran\n")
+            sys.stderr.flush()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def fail_startup(scope, receive, send):
+    """An application whose lifespan startup fails."""
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "the database is down"})
+        return
+    await respond(send, b"never\n")
+
+
+async def no_lifespan(scope, receive, send):
+    """An application that does not speak the lifespan protocol (raises)."""
+    if scope["type"] != "http":
+        raise ValueError("only http here")
+    await respond(send, b"served without lifespan")
+
+
+async def read_body(receive):
+    body = b""
+    while True:
+        message = await receive()
+        assert message["type"] == "http.request", message
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+async def respond(send, body, status=200, ctype=b"text/plain", headers=()):
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+                + list(headers)})
+    await send({"type": "http.response.body", "body": body})
+
+
+def query(scope):
+    return scope["query_string"].decode("latin-1")
+
+
+async def hello(scope, receive, send):
+    await respond(send, b"Hello, world!")
+
+
+async def upload(scope, receive, send):
+    body = await read_body(receive)
+    await respond(send, json.dumps({"size": len(body), "sha256": hashlib.sha256(body).hexdigest()})
+                  .encode(), ctype=b"application/json")
+
+
+async def count_body(scope, receive, send):
+    """Counts the body without keeping it (the big upload)."""
+    size = 0
+    digest = hashlib.md5()
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        digest.update(chunk)
+        if not message.get("more_body"):
+            break
+    await respond(send, json.dumps({"size": size, "md5": digest.hexdigest()}).encode())
+
+
+async def chunks(scope, receive, send):
+    count = int(query(scope) or "10")
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    for i in range(count):
+        await send({"type": "http.response.body", "body": b"%099d\n" % i, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def download(scope, receive, send):
+    """?SIZE bytes, streamed in 64 KiB pieces."""
+    size = int(query(scope))
+    piece = b"x" * 65536
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream"),
+                            (b"content-length", str(size).encode())]})
+    while size > 0:
+        chunk = piece[:size]
+        size -= len(chunk)
+        await send({"type": "http.response.body", "body": chunk, "more_body": size > 0})
+
+
+async def sleep(scope, receive, send):
+    """?MS: sleep, then answer with the query (interleaving tests)."""
+    await asyncio.sleep(int(query(scope).split("-")[0]) / 1000)
+    await respond(send, query(scope).encode())
+
+
+async def scope_dump(scope, receive, send):
+    def plain(value):
+        if isinstance(value, bytes):
+            return value.decode("latin-1")
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    shown = {k: plain(v) for k, v in scope.items() if k not in ("extensions", "state")}
+    shown["state"] = dict(scope.get("state", {}))
+    shown["extensions"] = sorted(scope.get("extensions", {}))
+    shown["fastcgi_role"] = scope["extensions"]["fastcgi"]["role"]
+    await respond(send, json.dumps(shown).encode(), ctype=b"application/json")
+
+
+async def wait_disconnect(scope, receive, send):
+    """Reads the body, then waits for http.disconnect and logs when it came."""
+    await read_body(receive)
+    started = time.monotonic()
+    message = await receive()
+    sys.stderr.write("wait_disconnect: %s after %.3fs\n" % (message["type"],
+                                                            time.monotonic() - started))
+    sys.stderr.flush()
+
+
+async def read_later(scope, receive, send):
+    """Reads its body only once the file named in the query exists (the
+    stdin bound: the worker must not hold what it has not read)."""
+    flag = query(scope)
+    while not os.path.exists(flag):
+        await asyncio.sleep(0.02)
+    await count_body(scope, receive, send)
+
+
+async def read_in_close(scope, receive, send):
+    """Answers, then reads: receive gives http.disconnect at once."""
+    await respond(send, b"answered")
+    message = await receive()
+    assert message["type"] == "http.disconnect", message
+
+
+async def fail_before_head(scope, receive, send):
+    raise RuntimeError("boom before the head")
+
+
+async def fail_after_head(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+    raise RuntimeError("boom after the head")
+
+
+async def no_response(scope, receive, send):
+    return
+
+
+async def sse(scope, receive, send):
+    """Server-sent events: the first goes out at once, the last once the
+    test creates the file named in the query (so the test knows the first
+    came before the application finished)."""
+    flag = query(scope)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/event-stream"),
+                            (b"cache-control", b"no-cache")]})
+    await send({"type": "http.response.body", "body": b"data: first\n\n", "more_body": True})
+    deadline = time.monotonic() + 20
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await send({"type": "http.response.body", "body": b"data: last\n\n"})
+
+
+async def filter_upper(scope, receive, send):
+    """FILTER role: the FCGI_DATA stream, upper-cased (the Request itself)."""
+    request = scope["extensions"]["fastcgi"]["request"]
+    await read_body(receive)
+    data = await request.read_data()
+    await respond(send, data.upper())
+
+
+async def pid(scope, receive, send):
+    await respond(send, str(os.getpid()).encode())
+
+
+ROUTES = {name: globals()[name] for name in [
+    "hello", "upload", "count_body", "chunks", "download", "sleep", "wait_disconnect",
+    "read_later", "read_in_close", "fail_before_head", "fail_after_head", "no_response",
+    "sse", "filter_upper", "pid"]}
+ROUTES["scope"] = scope_dump
+
+
+async def raw_echo(request):
+    """An async --raw application (the AsyncRequest itself)."""
+    body = await request.read_stdin_bytes()
+    request.print_stdout("Status: 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+    request.print_stdout("%s %s %d\n" % (request.method, request.path, len(body)))
+    request.print_stdout(body.upper())
+    await request.drain()
+    request.finish(0)

@@ -1,0 +1,361 @@
+"""--asgi: the asyncio server and the ASGI 3 gateway, on both cores, over
+real sockets: raw FastCGI records (multiplexed), and the bounds on what a
+peer can make a worker hold."""
+
+import json
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from conftest import begin, get_values, params_records, rec, request, stdin_records
+from servers import FastCGIProcess, wait_until
+from test_spec import KEEP, RawPeer, env
+
+FCGI_STDOUT, FCGI_END_REQUEST = 6, 3
+ASGI = "asgi_apps:app"
+
+
+@pytest.fixture
+def asgi(start):
+    """start() for the ASGI test application on the asyncio server."""
+    def start_asgi(*args, app=ASGI, **kw):
+        return start("--asgi", *args, app=app, **kw)
+    return start_asgi
+
+
+def responses(peer, ids):
+    """Read records until every id in ``ids`` has its END_REQUEST: {id:
+    (status, body, app status, protocol status)}, and the order the ids
+    ended in."""
+    stdout = {i: b"" for i in ids}
+    done = {}
+    order = []
+    while len(done) < len(ids):
+        record = peer.record()
+        assert record is not None, "closed; done: %r" % sorted(done)
+        rtype, rid, content = record
+        if rtype == FCGI_STDOUT:
+            stdout[rid] += content
+        elif rtype == FCGI_END_REQUEST:
+            app_status, protocol_status = struct.unpack("!LB3x", content)
+            head, _, body = stdout[rid].partition(b"\r\n\r\n")
+            status = int(head[8:11]) if head.startswith(b"Status: ") else None
+            done[rid] = (status, body, app_status, protocol_status)
+            order.append(rid)
+    return done, order
+
+
+def worker_pid(server):
+    peer = RawPeer(server.address)
+    peer.send(request(1, env("/pid"), flags=0))
+    status, body, _, _, _ = peer.response(1)
+    peer.close()
+    return int(body)
+
+
+def rss_kib(pid, field="VmRSS"):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+
+
+# -- the scope, the body, the response -------------------------------------------------
+
+def test_asgi_scope_from_the_params(asgi):
+    """ASGI HTTP spec: path includes root_path (SCRIPT_NAME), raw_path is
+    REQUEST_URI's path as sent, headers come from HTTP_* with content-type
+    and content-length once each; the lifespan state is copied in."""
+    server = asgi()
+    assert "ASGI on " in server.log()
+    peer = RawPeer(server.address)
+    params = env("/scope/caf\xc3\xa9", "POST", SCRIPT_NAME="/app", PATH_INFO="/scope/caf\xc3\xa9",
+                 REQUEST_URI="/app/scope/caf%C3%A9?a=1&b=%20", QUERY_STRING="a=1&b=%20",
+                 CONTENT_TYPE="text/plain", HTTP_CONTENT_TYPE="text/plain",
+                 CONTENT_LENGTH="3", HTTP_CONTENT_LENGTH="3", HTTP_X_CUSTOM_THING="v",
+                 HTTPS="on", REMOTE_PORT="5555", SERVER_PORT="8443", SERVER_PROTOCOL="HTTP/2.0")
+    peer.send(request(1, params, b"abc", flags=KEEP))
+    status, body, _, _, _ = peer.response(1)
+    scope = json.loads(body)
+    assert status == 200
+    assert scope["type"] == "http" and scope["asgi"]["version"] == "3.0"
+    assert scope["path"] == "/app/scope/caf\u00e9"
+    assert scope["root_path"] == "/app"
+    assert scope["raw_path"] == "/app/scope/caf%C3%A9"
+    assert scope["query_string"] == "a=1&b=%20"
+    assert scope["method"] == "POST" and scope["scheme"] == "https"
+    assert scope["http_version"] == "2"
+    assert scope["client"] == ["127.0.0.1", 5555] and scope["server"] == ["test", 8443]
+    headers = scope["headers"]
+    assert sorted(headers) == sorted([["x-custom-thing", "v"], ["content-type", "text/plain"],
+                                      ["content-length", "3"]])
+    assert scope["state"] == {"greeting": "hello from lifespan"}
+    assert scope["fastcgi_role"] == "RESPONDER"
+    peer.close()
+
+
+@pytest.mark.parametrize("split", [None, 1000])
+def test_asgi_body_streams_in_and_the_response_streams_out(asgi, split):
+    server = asgi()
+    peer = RawPeer(server.address)
+    body = os.urandom(300000)
+    peer.send(request(1, env("/upload", "POST", CONTENT_LENGTH=str(len(body))), body,
+                      flags=KEEP, split=split))
+    status, answer, app_status, _, _ = peer.response(1)
+    assert (status, json.loads(answer)["size"], app_status) == (200, len(body), 0)
+    peer.send(request(2, env("/chunks?50"), flags=KEEP))
+    status, answer, _, _, _ = peer.response(2)
+    assert (status, len(answer)) == (200, 5000)
+    peer.send(request(3, env("/hello", "HEAD"), flags=KEEP))
+    status, answer, _, _, _ = peer.response(3)
+    assert (status, answer) == (200, b"")            # HEAD: no body
+    peer.close()
+
+
+def test_asgi_get_values_tell_the_bounds_enforced(asgi):
+    """Spec 4.1: FCGI_MPXS_CONNS=1, FCGI_MAX_REQS the --max-concurrency bound."""
+    server = asgi("--max-concurrency", "7", "--workers", "2")
+    peer = RawPeer(server.address)
+    peer.send(get_values("FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS"))
+    rtype, rid, content = peer.record()
+    assert (rtype, rid) == (10, 0)
+    pairs = {}
+    i = 0
+    while i < len(content):
+        n, v = content[i], content[i + 1]
+        pairs[content[i + 2:i + 2 + n]] = content[i + 2 + n:i + 2 + n + v]
+        i += 2 + n + v
+    assert pairs == {b"FCGI_MAX_CONNS": b"2048", b"FCGI_MAX_REQS": b"7",
+                     b"FCGI_MPXS_CONNS": b"1"}
+    peer.close()
+
+
+# -- multiplexing ---------------------------------------------------------------------------
+
+def test_asgi_100_interleaved_requests_on_one_connection(asgi):
+    """Records of 100 requests interleaved on one connection; each runs at
+    once (the slow ones do not hold the quick ones), and each gets its own
+    answer."""
+    server = asgi()
+    peer = RawPeer(server.address, timeout=30)
+    ids = list(range(1, 101))
+    delays = {i: (300 if i % 10 == 0 else i % 7) for i in ids}
+    out = b"".join(begin(i, flags=KEEP) for i in ids)
+    out += b"".join(params_records(i, env("/sleep?%d-%d" % (delays[i], i))) for i in reversed(ids))
+    out += b"".join(rec(5, i, b"") for i in ids)
+    peer.send(out)
+    done, order = responses(peer, ids)
+    assert {i: done[i] for i in ids} == {
+        i: (200, ("%d-%d" % (delays[i], i)).encode(), 0, 0) for i in ids}
+    # The ten slow ones (300 ms) end after all the quick ones.
+    assert set(order[-10:]) == {i for i in ids if i % 10 == 0}
+    hello_after = request(1, env("/hello"), flags=KEEP)
+    peer.send(hello_after)
+    assert peer.response(1)[:2] == (200, b"Hello, world!")
+    peer.close()
+
+
+def test_asgi_over_the_bound_is_overloaded_and_memory_stays_flat(asgi):
+    """Spec 5.5: past --max-concurrency a request gets END_REQUEST with
+    FCGI_OVERLOADED at once, and a peer that keeps trying costs nothing."""
+    server = asgi("--max-concurrency", "4")
+    pid = worker_pid(server)
+    peer = RawPeer(server.address, timeout=30)
+    held = [begin(i, flags=KEEP) + params_records(i, env("/upload", "POST", CONTENT_LENGTH="10"))
+            for i in range(1, 5)]
+    peer.send(b"".join(held))           # four requests wait for their bodies
+    time.sleep(0.2)
+    peer.send(request(5, env("/hello"), flags=KEEP))
+    assert peer.record() == (FCGI_END_REQUEST, 5, struct.pack("!LB3x", 0, 2))
+    before = rss_kib(pid)
+    for round_ in range(20):
+        burst = b"".join(request(i, env("/hello", HTTP_X="y" * 2000), b"z" * 3000, flags=KEEP)
+                         for i in range(5, 505))
+        peer.send(burst)
+        for i in range(5, 505):
+            assert peer.record() == (FCGI_END_REQUEST, i, struct.pack("!LB3x", 0, 2))
+    grown = rss_kib(pid) - before
+    assert grown < 4096, "worker RSS grew %d KiB" % grown
+    # The four held requests complete.
+    peer.send(b"".join(stdin_records(i, b"0123456789") for i in range(1, 5)))
+    done, _ = responses(peer, [1, 2, 3, 4])
+    assert all(done[i][0] == 200 and json.loads(done[i][1])["size"] == 10 for i in done)
+    peer.close()
+    assert "FCGI_OVERLOADED" not in server.log()    # one connection: the parser's answer
+
+
+def test_asgi_over_the_worker_bound_on_other_connections_is_overloaded_and_logged(asgi):
+    server = asgi("--max-concurrency", "2")
+    first = RawPeer(server.address)
+    first.send(b"".join(begin(i, flags=KEEP) + params_records(
+        i, env("/upload", "POST", CONTENT_LENGTH="1")) for i in (1, 2)))
+    time.sleep(0.2)
+    second = RawPeer(server.address)
+    second.send(request(1, env("/hello"), flags=KEEP))
+    assert second.record() == (FCGI_END_REQUEST, 1, struct.pack("!LB3x", 0, 2))
+    assert wait_until(lambda: "FCGI_OVERLOADED" in server.log(), 5)
+    first.send(stdin_records(1, b"a") + stdin_records(2, b"b"))
+    done, _ = responses(first, [1, 2])
+    assert [done[i][0] for i in (1, 2)] == [200, 200]
+    second.send(request(1, env("/hello"), flags=KEEP))    # room again
+    assert second.response(1)[:2] == (200, b"Hello, world!")
+    first.close()
+    second.close()
+
+
+def test_asgi_a_request_that_does_not_read_its_body_pauses_its_connection(asgi, tmp_path):
+    """A request whose unread stdin passes the high-water mark stops the
+    reading of its connection: the worker holds a bounded amount however
+    much the peer has to send; once the application reads, it all comes."""
+    server = asgi()
+    pid = worker_pid(server)
+    before = rss_kib(pid)
+    flag = str(tmp_path / "read-now")
+    size = 64 << 20
+    peer = RawPeer(server.address, timeout=60)
+    peer.send(begin(1, flags=KEEP) + params_records(
+        1, env("/read_later?" + flag, "POST", CONTENT_LENGTH=str(size))))
+    sent = [0]
+
+    def send_body():
+        piece = rec(5, 1, b"s" * 65528)
+        while sent[0] < size:
+            left = size - sent[0]
+            peer.sock.sendall(piece if left >= 65528 else rec(5, 1, b"s" * left))
+            sent[0] += min(left, 65528)
+        peer.sock.sendall(rec(5, 1, b""))
+    thread = threading.Thread(target=send_body)
+    thread.start()
+    stalled = []
+    while len(stalled) < 10:            # one second without progress
+        last = sent[0]
+        time.sleep(0.1)
+        stalled = stalled + [last] if sent[0] == last else []
+    assert sent[0] < 16 << 20, "the worker took %d bytes it was not asked for" % sent[0]
+    assert rss_kib(pid) - before < 8192
+    open(flag, "w").close()             # the application reads now
+    status, body, _, _, _ = peer.response(1)
+    thread.join(30)
+    assert (status, json.loads(body)["size"]) == (200, size)
+    assert rss_kib(pid, "VmHWM") - before < 16384
+    peer.send(request(3, env("/hello"), flags=KEEP))
+    assert peer.response(3)[:2] == (200, b"Hello, world!")
+    peer.close()
+
+
+# -- aborts, errors -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["ABORT_REQUEST", "connection closed"])
+def test_asgi_abort_is_http_disconnect_within_a_second(asgi, how):
+    """The web server aborts the request, or closes the connection: the
+    application's receive() gives http.disconnect (the issue's bound: within
+    a second); after an abort, END_REQUEST alone (spec 5.4) and the kept
+    connection serves on."""
+    server = asgi()
+    peer = RawPeer(server.address)
+    peer.send(request(1, env("/wait_disconnect", "POST", CONTENT_LENGTH="2"), b"ab", flags=KEEP))
+    time.sleep(0.2)
+    if how == "connection closed":
+        peer.close()
+        assert wait_until(lambda: "wait_disconnect: http.disconnect after" in server.log(), 5)
+        return
+    started = time.monotonic()
+    peer.send(rec(2, 1))
+    status, body, _, protocol_status, _ = peer.response(1)
+    assert time.monotonic() - started < 1.0
+    assert (status, body, protocol_status) == (None, b"", 0)
+    assert wait_until(lambda: "wait_disconnect: http.disconnect after" in server.log(), 5)
+    peer.send(request(3, env("/hello"), flags=KEEP))
+    assert peer.response(3)[:2] == (200, b"Hello, world!")
+    peer.close()
+
+
+@pytest.mark.parametrize("path, status, app_status, closes", [
+    ("/fail_before_head", 500, 1, False),
+    ("/no_response", 500, 1, False),
+    ("/fail_after_head", 200, 1, True),
+])
+def test_asgi_application_errors(asgi, path, status, app_status, closes):
+    """An exception before the head: 500 and the traceback in the log; once
+    the head is out, the response is cut short (non-zero app status, the
+    connection closes so the web server sees it)."""
+    server = asgi()
+    peer = RawPeer(server.address)
+    peer.send(request(1, env(path), flags=KEEP))
+    got_status, _, got_app_status, _, _ = peer.response(1)
+    assert (got_status, got_app_status) == (status, app_status)
+    if closes:
+        assert peer.closed()
+    else:
+        peer.send(request(1, env("/hello"), flags=KEEP))
+        assert peer.response(1)[:2] == (200, b"Hello, world!")
+    peer.close()
+    assert wait_until(lambda: path[1:] in server.log() or "returned without" in server.log(), 5)
+    assert "Traceback" in server.log() or "returned without" in server.log()
+
+
+def test_asgi_limits_are_answered(asgi):
+    server = asgi("--max-body", "1k", "--max-param-size", "100")
+    peer = RawPeer(server.address)
+    peer.send(request(1, env("/upload", "POST"), b"x" * 5000, flags=KEEP, split=1000))
+    assert peer.response(1)[0] == 413
+    peer.close()
+    peer = RawPeer(server.address)
+    peer.send(request(1, env("/hello", HTTP_X="y" * 101), flags=KEEP))
+    assert peer.response(1)[0] == 431
+    peer.close()
+    peer = RawPeer(server.address)
+    peer.send(request(1, env("/hello"), flags=0))
+    assert peer.response(1)[:2] == (200, b"Hello, world!")
+    peer.close()
+
+
+# -- lifespan, signals ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_asgi_lifespan_startup_failure_is_one_clear_error_and_exit_1(core_id, tmp_path, workers):
+    server = FastCGIProcess(core_id, "asgi_apps:fail_startup", "--asgi", "--workers", workers,
+                            tmpdir=str(tmp_path))
+    try:
+        assert server.proc.wait(20) == 1
+        log = server.log()
+        assert "the database is down" in log, log
+    finally:
+        server.stop()
+
+
+def test_asgi_without_lifespan_support_is_served(asgi):
+    server = asgi(app="asgi_apps:no_lifespan")
+    peer = RawPeer(server.address)
+    peer.send(request(1, env("/"), flags=0))
+    assert peer.response(1)[:2] == (200, b"served without lifespan")
+    peer.close()
+    assert "does not use the ASGI lifespan protocol" in server.log()
+
+
+def test_asgi_term_finishes_running_requests_and_runs_lifespan_shutdown(asgi):
+    server = asgi()
+    peer = RawPeer(server.address)
+    peer.send(request(1, env("/sleep?500-a"), flags=KEEP))
+    time.sleep(0.1)
+    server.signal(signal.SIGTERM)
+    assert peer.response(1)[:2] == (200, b"500-a")
+    peer.close()
+    assert server.proc.wait(10) == 0
+    assert "lifespan shutdown ran" in server.log()
+
+
+def test_asgi_async_raw_application(start):
+    """--raw with an async def callable runs on the asyncio server, with
+    the AsyncRequest (await read_stdin_bytes, print_stdout, drain)."""
+    server = start("--raw", app="asgi_apps:raw_echo")
+    peer = RawPeer(server.address)
+    peer.send(request(1, env("/echo", "POST", CONTENT_LENGTH="5"), b"hello", flags=0))
+    status, body, _, _, _ = peer.response(1)
+    assert (status, body) == (200, b"POST /echo 5\nHELLO")
+    peer.close()
