@@ -2965,10 +2965,14 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
         self.error = code
         if code != NOREQ:
             self.server.connection_failed(self, code)
-            self.transport.close()
-        else:
-            self.closing = True
-            self._close_if_idle()
+        if code == EOF:
+            self.transport.close()      # the peer is gone
+            return
+        # Nothing more is read; the running requests still answer (PROTO:
+        # as the blocking server's), then the connection closes.
+        self.closing = True
+        self.transport.pause_reading()
+        self._close_if_idle()
 
     def stdin_over_high(self, request):
         """``request`` holds _STDIN_HIGH unread bytes: stop reading."""
@@ -2987,7 +2991,7 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
         """Queue ``data`` on the transport (the Request's send); raises
         OSError once the connection is gone."""
         transport = self.transport
-        if self.error and self.error != NOREQ or transport.is_closing():
+        if transport.is_closing():
             raise ConnectionResetError("the web server closed the connection")
         transport.write(data)
 
@@ -3431,7 +3435,12 @@ class ASGIGateway(Gateway):
         except RequestError as exc:
             status = self._request_failed(request, response.head_sent, exc) or response.status
         except Exception:
-            status = self._app_failed(request, response.head_sent) or response.status
+            if not request.is_aborted:
+                status = self._app_failed(request, response.head_sent) or response.status
+        if request.is_aborted and not request.finished:
+            # The web server aborted it or went away, and the application
+            # stopped (frameworks raise their ClientDisconnect): one line.
+            self._request_failed(request, response.head_sent, _gone_error(request))
         if self.access_log:
             self._log_access(request, status, started)
 

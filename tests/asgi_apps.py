@@ -58,11 +58,16 @@ async def no_lifespan(scope, receive, send):
     await respond(send, b"served without lifespan")
 
 
+class ClientDisconnect(Exception):
+    """As Starlette's: the body ended with http.disconnect."""
+
+
 async def read_body(receive):
     body = b""
     while True:
         message = await receive()
-        assert message["type"] == "http.request", message
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
         body += message.get("body", b"")
         if not message.get("more_body"):
             return body
