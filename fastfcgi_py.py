@@ -3690,15 +3690,23 @@ class AsyncServer(_ServerBase):
             self.stop()
 
     def describe_stuck(self):
-        """Where the oldest running request's task is (--timeout's log)."""
-        import io
+        """Where the oldest running request awaits (--timeout's log): its
+        task's chain of awaits, innermost last."""
         for request in self._running:
-            if request.task is not None:
-                out = io.StringIO()
-                request.task.print_stack(file=out)
-                return "the oldest request, %d %s %s:\n%s" % (
+            task = request.task
+            if task is not None:
+                coro = task.get_coro() if hasattr(task, "get_coro") else task._coro
+                lines = []
+                while coro is not None:
+                    frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+                    if frame is None:
+                        break
+                    lines.append('  File "%s", line %d, in %s' % (
+                        frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+                    coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+                return "the oldest request, %d %s %s, awaits at:\n%s" % (
                     request.request_id, request.method, request.params.get("REQUEST_URI", ""),
-                    out.getvalue().rstrip())
+                    "\n".join(lines))
         return ""
 
 

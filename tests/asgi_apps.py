@@ -215,6 +215,11 @@ async def filter_upper(scope, receive, send):
     await respond(send, data.upper())
 
 
+async def stuck(scope, receive, send):
+    """Awaits for ever (--timeout)."""
+    await asyncio.sleep(3600)
+
+
 async def pid(scope, receive, send):
     await respond(send, str(os.getpid()).encode())
 
@@ -222,7 +227,7 @@ async def pid(scope, receive, send):
 ROUTES = {name: globals()[name] for name in [
     "hello", "upload", "count_body", "chunks", "download", "sleep", "wait_disconnect",
     "read_later", "read_in_close", "fail_before_head", "fail_after_head", "no_response",
-    "sse", "filter_upper", "pid"]}
+    "sse", "filter_upper", "stuck", "pid"]}
 ROUTES["scope"] = scope_dump
 
 

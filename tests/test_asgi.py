@@ -359,3 +359,16 @@ def test_asgi_async_raw_application(start):
     status, body, _, _, _ = peer.response(1)
     assert (status, body) == (200, b"POST /echo 5\nHELLO")
     peer.close()
+
+
+def test_asgi_timeout_logs_the_oldest_request_task_and_replaces_the_worker(asgi):
+    server = asgi("--timeout", "1")
+    first = worker_pid(server)
+    peer = RawPeer(server.address, timeout=20)
+    peer.send(request(1, env("/stuck"), flags=KEEP))
+    assert peer.closed()                # the worker was killed
+    peer.close()
+    log = server.log()
+    assert "over --timeout" in log
+    assert "the oldest request, 1 GET /stuck" in log and "asgi_apps.py" in log, log
+    assert wait_until(lambda: worker_pid(server) != first, 10)
