@@ -70,7 +70,7 @@ __all__ = [
     "Parser", "Writer", "encode_params", "send_file",
     # request, gateways, servers, client, CLI
     "Request", "RequestError", "Connection", "WSGIGateway", "RawGateway", "FileWrapper",
-    "AsyncRequest", "ASGIGateway", "AsyncRawGateway", "AsyncServer", "asgi_scope",
+    "Offload", "AsyncRequest", "ASGIGateway", "AsyncRawGateway", "AsyncServer", "asgi_scope",
     "Server", "HTTPServer", "Supervisor", "WORKER_BOOT_ERROR", "parse_address", "bind_listener",
     "tune_listener",
     "Client", "ClientResponse", "main", "client_main", "select_core", "load_app",
@@ -1827,9 +1827,10 @@ class Gateway(object):
     ``gateway.reject(connection, request_id, code)`` answers a request that
     failed before its params were complete."""
 
-    def __init__(self, app, access_log=False):
+    def __init__(self, app, access_log=False, offload=None):
         self.app = app
         self.access_log = access_log
+        self.offload = offload      # an Offload: files the web server sends itself
 
     def reject(self, conn, request_id, code):
         """Answer a request that failed before its params (ABORT, PLEN,
@@ -1911,6 +1912,58 @@ class Gateway(object):
                  p.get("REQUEST_METHOD", "-"), p.get("REQUEST_URI", p.get("PATH_INFO", "")),
                  p.get("SERVER_PROTOCOL", "-"), (status or "-")[:3],
                  request.stdout_bytes, (time.time() - started) * 1000)
+
+
+class Offload(object):
+    """``--offload-files``: a file under one of ``maps``' directories is not
+    sent by us; the response carries ``header`` instead and the web server
+    sends the file itself (no byte of it passes through the worker).
+
+    ``header`` is X-Accel-Redirect (nginx: the value is a URI in an
+    ``internal`` location, so each map is DIR=URI-PREFIX), or X-Sendfile /
+    X-LIGHTTPD-send-file (Apache's mod_xsendfile, lighttpd: the value is the
+    file's path, and each map names a directory the web server may send
+    from).  Files elsewhere are sent by sendfile(2) as usual.
+    """
+
+    def __init__(self, header, maps):
+        from urllib.parse import quote
+        self._quote = quote
+        self.header = header
+        self.by_uri = header.lower() == "x-accel-redirect"
+        self.maps = []
+        for item in maps:
+            directory, _, prefix = item.partition("=")
+            if self.by_uri and not prefix:
+                raise ValueError("%s needs DIR=URI-PREFIX (the nginx internal location), "
+                                 "got %r" % (header, item))
+            self.maps.append((os.path.join(os.path.realpath(directory), ""),
+                              prefix.rstrip("/") + "/"))
+        if not self.maps:
+            raise ValueError("--offload-files needs at least one --offload-map DIR[=URI]")
+
+    def value_for(self, path):
+        """The header's value that hands ``path`` over, or None (not under
+        a mapped directory)."""
+        real = os.path.realpath(path)
+        for directory, prefix in self.maps:
+            if real.startswith(directory):
+                if self.by_uri:
+                    return prefix + self._quote(real[len(directory):])
+                return real
+        return None
+
+    def head(self, writer, status, headers, path):
+        """The response head that hands ``path`` over: the application's
+        headers without its Content-Length (the web server sets its own),
+        plus the header; None when ``path`` is not for the web server."""
+        value = self.value_for(path)
+        if value is None:
+            return None
+        log.debug("offloaded to the web server: %s (%s: %s)", path, self.header, value)
+        return writer.head(status, [(name, v) for name, v in headers
+                                    if name.lower() != "content-length"]
+                           + [(self.header, value)])
 
 
 class FileWrapper(object):
@@ -2093,8 +2146,8 @@ class WSGIGateway(Gateway):
     multithread = False
     core = None
 
-    def __init__(self, app, access_log=False, core=None):
-        Gateway.__init__(self, app, access_log)
+    def __init__(self, app, access_log=False, core=None, offload=None):
+        Gateway.__init__(self, app, access_log, offload)
         core = core or self.core or sys.modules[__name__]
         self.core = core
         self.response_class = core._Response
@@ -2142,6 +2195,9 @@ class WSGIGateway(Gateway):
         if _send_list(request, response, result):
             return
         if isinstance(result, FileWrapper) and not response.head_only:
+            if self.offload is not None and not response.head_sent and self._offload(
+                    request, response, result):
+                return
             fd = result.fileno()
             if fd is not None:
                 self._send_file(request, response, result, fd)
@@ -2162,6 +2218,25 @@ class WSGIGateway(Gateway):
             raise _gone_error(request)
         tail = b"" if response.head_sent else response.head()
         request.finish(0, tail)
+
+    def _offload(self, request, response, wrapper):
+        """--offload-files: a whole real file under a mapped directory goes
+        as the header alone.  True once answered."""
+        path = getattr(wrapper.filelike, "name", None)
+        if not isinstance(path, str) or wrapper.fileno() is None:
+            return False
+        try:
+            if wrapper.filelike.tell() != 0:
+                return False        # a part of the file: sent by us
+        except (AttributeError, OSError):
+            return False
+        head = self.offload.head(request.connection.writer, response.status,
+                                 response.headers, path)
+        if head is None:
+            return False
+        response.head_sent = True
+        request.finish(0, head)
+        return True
 
     def _send_file(self, request, response, wrapper, fd):
         if not response.head_sent:
@@ -2870,6 +2945,8 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
         self._write_paused = False
         self._write_waiter = None       # a future while the write buffer is full
         self._stdin_full = set()        # requests over _STDIN_HIGH
+        self._held = None               # writes waiting for a file being sent
+        self._file_sent = None
 
     # -- asyncio's protocol calls ------------------------------------------------
 
@@ -2923,7 +3000,7 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
             event = parser.next_event()
             out = parser.data_to_send()
             if out:
-                self.transport.write(out)
+                self._write(out)
             if event is None:
                 return
             if type(event) is tuple and event[0] == FCGI_PARAMS and server.overloaded:
@@ -2956,7 +3033,7 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
                         server.running, server.max_concurrency)
             server.refused = 0
             server.refused_logged = now
-        self.transport.write(self.writer.end_request(request_id, 0, FCGI_OVERLOADED))
+        self._write(self.writer.end_request(request_id, 0, FCGI_OVERLOADED))
         self.end_request(request_id)
 
     def _ended(self, code):
@@ -2990,12 +3067,101 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
     def sendall(self, data):
         """Queue ``data`` on the transport (the Request's send); raises
         OSError once the connection is gone."""
-        transport = self.transport
-        if transport.is_closing():
+        if self.transport.is_closing():
             raise ConnectionResetError("the web server closed the connection")
-        transport.write(data)
+        self._write(data)
 
     send_last = sendall     # the connection closes when its requests are done
+
+    def _write(self, data):
+        if self._held is not None:
+            self._held.append(data)     # after the file being sent (send_file_records)
+        else:
+            self.transport.write(data)
+
+    async def send_file_records(self, request_id, fd, offset=0, count=None):
+        """As the module's ``send_file``, on this connection: STDOUT
+        records whose content goes from ``fd`` to the socket by sendfile(2)
+        (no copy through Python).  What other requests send meanwhile waits
+        behind it, so records never interleave.  Returns the bytes of the
+        file sent, or SEND."""
+        while self._held is not None:           # another file is on its way
+            await self._file_sent
+        transport = self.transport
+        self._held = []
+        self._file_sent = self.server.loop.create_future()
+        sock = None
+        try:
+            await self._flushed()
+            # The transport's own fd is its loop's; a duplicate is ours to
+            # wait on.
+            sock = os.dup(transport.get_extra_info("socket").fileno())
+            if count is None:
+                count = max(os.fstat(fd).st_size - offset, 0)
+            sent = 0
+            while count > 0:
+                size = min(count, _CHUNK)
+                pad = -size & 7
+                await self._raw_send(sock, _header.pack(1, FCGI_STDOUT, request_id, size, pad))
+                left = size
+                while left:
+                    try:
+                        n = os.sendfile(sock, fd, offset, left)
+                    except BlockingIOError:
+                        await self._raw_writable(sock)
+                        continue
+                    if n == 0:          # the file is shorter than promised
+                        await self._raw_send(sock, bytes(left))
+                        count = left = 0
+                        break
+                    offset += n
+                    left -= n
+                    sent += n
+                if pad:
+                    await self._raw_send(sock, _PAD[:pad])
+                count -= size
+            return sent
+        except OSError:
+            return SEND
+        finally:
+            if sock is not None:
+                os.close(sock)
+            held, self._held = self._held, None
+            self._file_sent.set_result(None)
+            if not transport.is_closing():
+                for data in held:
+                    transport.write(data)
+
+    async def _flushed(self):
+        """Wait until the transport has written all it holds."""
+        transport = self.transport
+        if transport.get_write_buffer_size():
+            transport.set_write_buffer_limits(high=0)     # resume_writing once empty
+            try:
+                while transport.get_write_buffer_size() and not transport.is_closing():
+                    self._write_paused = True
+                    await self.wait_writable()
+            finally:
+                transport.set_write_buffer_limits()
+        if transport.is_closing():
+            raise ConnectionResetError("the web server closed the connection")
+
+    async def _raw_send(self, sock, data):
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(sock, view):]
+            except BlockingIOError:
+                await self._raw_writable(sock)
+
+    async def _raw_writable(self, sock):
+        loop = self.server.loop
+        ready = loop.create_future()
+        loop.add_writer(sock, ready.set_result, None)
+        try:
+            await ready
+        finally:
+            loop.remove_writer(sock)
 
     async def wait_writable(self):
         """Return once the transport takes more (or the connection is gone)."""
@@ -3198,6 +3364,19 @@ class AsyncRequest(Request):
         """Wait while the web server has not taken what was sent."""
         await self.connection.wait_writable()
 
+    async def send_file(self, fd, offset=0, count=None):
+        """Send a file region as STDOUT content by sendfile(2); returns the
+        bytes sent (0 if the web server went away)."""
+        if self._aborted:
+            return 0
+        self._stdout_used = True
+        sent = await self.connection.send_file_records(self.request_id, fd, offset, count)
+        if sent < 0:
+            self._aborted = self._gone = True
+            return 0
+        self.stdout_bytes += sent
+        return sent
+
     async def stream_stdout_then_finish(self, readfn, exit_code=0):
         """Send what ``await readfn()`` returns until it returns b"", ""
         or None (or the web server goes away), then finish with
@@ -3303,7 +3482,8 @@ def asgi_scope(request, state=None):
         "headers": _asgi_headers(p, request.role),
         "client": _address(p.get("REMOTE_ADDR"), p.get("REMOTE_PORT")),
         "server": _address(p.get("SERVER_ADDR") or p.get("SERVER_NAME"), p.get("SERVER_PORT")),
-        "extensions": {"fastcgi": {"request": request,
+        "extensions": {"http.response.pathsend": {},
+                       "fastcgi": {"request": request,
                                    "role": ROLE_NAMES.get(request.role, str(request.role))}},
     }
     if state is not None:
@@ -3338,12 +3518,14 @@ class _ASGIResponse(object):
     """One request's ASGI ``receive`` and ``send`` (bound methods), and
     what they have done."""
 
-    __slots__ = ("request", "status", "head_bytes", "head_sent", "complete", "head_only",
-                 "body_done")
+    __slots__ = ("request", "status", "headers", "head_bytes", "head_sent", "complete",
+                 "head_only", "body_done", "offload")
 
-    def __init__(self, request):
+    def __init__(self, request, offload=None):
         self.request = request
+        self.offload = offload
         self.status = None          # the status line, once http.response.start came
+        self.headers = None
         self.head_bytes = None
         self.head_sent = False
         self.complete = False
@@ -3381,6 +3563,7 @@ class _ASGIResponse(object):
                        for name, value in message.get("headers", ())]
             self.head_bytes = request.connection.writer.head(status, headers)
             self.status = status
+            self.headers = headers
             return
         if self.complete:
             raise RuntimeError("%s after the response was complete" % kind)
@@ -3393,6 +3576,9 @@ class _ASGIResponse(object):
         if kind == "http.response.body":
             body = message.get("body", b"")
             more = message.get("more_body", False)
+        elif kind == "http.response.pathsend":
+            await self._send_path(message["path"])
+            return
         else:
             raise ValueError("unknown ASGI message type %r" % (kind,))
         if self.head_only:
@@ -3409,13 +3595,34 @@ class _ASGIResponse(object):
             await request.drain()
 
 
+    async def _send_path(self, path):
+        """The http.response.pathsend extension: the file at ``path`` (the
+        ASGI spec: absolute), by sendfile(2) inside STDOUT records."""
+        request = self.request
+        head = self.offload and self.offload.head(request.connection.writer, self.status,
+                                                  self.headers, path)
+        if head:
+            self.head_sent = self.complete = True
+            request.finish(0, head)
+            return
+        with open(path, "rb") as f:
+            self.head_sent = True
+            request.print_stdout(self.head_bytes)
+            if not self.head_only:
+                await request.send_file(f.fileno())
+        self.complete = True
+        if request.is_aborted:
+            raise _gone_error(request)
+        request.finish(0)
+
+
 class ASGIGateway(Gateway):
     """Runs an ASGI 3 application on an AsyncRequest (``await
     gateway(request)``), with the policy of every gateway, and its
     lifespan (``startup``, ``shutdown``)."""
 
-    def __init__(self, app, access_log=False):
-        Gateway.__init__(self, app, access_log)
+    def __init__(self, app, access_log=False, offload=None):
+        Gateway.__init__(self, app, access_log, offload)
         self.state = {}             # the lifespan state, copied into each scope
         self._lifespan = None       # the lifespan task, while it runs
         self._to_app = self._from_app = None
@@ -3423,7 +3630,7 @@ class ASGIGateway(Gateway):
 
     async def __call__(self, request):
         started = time.time() if self.access_log else 0
-        response = _ASGIResponse(request)
+        response = _ASGIResponse(request, self.offload)
         status = None
         try:
             await self.app(asgi_scope(request, self.state), response.receive, response.send)
@@ -4771,6 +4978,15 @@ def build_arg_parser():
     p.add_argument("--socket-mode", type=lambda s: int(s, 8), default=None, metavar="MODE",
                    help="file mode of a unix socket, octal (e.g. 660)")
     p.add_argument("--backlog", type=int, default=1024, help="listen backlog (default 1024)")
+    p.add_argument("--offload-files", metavar="HEADER",
+                   help="let the web server send files: X-Accel-Redirect (nginx), X-Sendfile "
+                        "(Apache mod_xsendfile, lighttpd) or X-LIGHTTPD-send-file; a "
+                        "wsgi.file_wrapper body or an ASGI pathsend of a file under an "
+                        "--offload-map directory becomes that header alone")
+    p.add_argument("--offload-map", action="append", default=[], metavar="DIR[=URI]",
+                   help="with --offload-files: a directory the web server may send from; "
+                        "for X-Accel-Redirect, =URI is the nginx internal location that "
+                        "serves it (repeatable)")
     p.add_argument("--access-log", action="store_true", help="log one line per request")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
@@ -4812,6 +5028,13 @@ def main(argv=None, core=None):
     except ImportError:
         log.error("--loop uvloop: uvloop is not installed (pip install uvloop)")
         return 2
+    offload = None
+    if args.offload_files:
+        try:
+            offload = Offload(args.offload_files, args.offload_map)
+        except ValueError as exc:
+            log.error("--offload-files: %s", exc)
+            return 2
     # TERM, INT, HUP wait until their handlers are installed (see
     # _serve_single and Supervisor.run): a stop that comes during start-up
     # is then graceful too.
@@ -4860,8 +5083,8 @@ def main(argv=None, core=None):
                       max_params_size=args.max_params_size, allow=allow,
                       max_requests=max_requests, busy_slot=busy_slot)
         if args.asgi or (args.raw and _is_async(app) and not args.http):
-            gateway = (ASGIGateway(app, access_log=args.access_log) if args.asgi else
-                       AsyncRawGateway(app, access_log=args.access_log))
+            gateway = (ASGIGateway(app, access_log=args.access_log, offload=offload)
+                       if args.asgi else AsyncRawGateway(app, access_log=args.access_log))
             return AsyncServer(gateway, listener, max_conns=ASYNC_MAX_CONNECTIONS,
                                workers=args.workers, max_concurrency=args.max_concurrency,
                                loop=loop_name, **limits)
@@ -4869,7 +5092,7 @@ def main(argv=None, core=None):
             raise TypeError("--http runs blocking --raw applications only; %s is async"
                             % args.app)
         gateway = (RawGateway(app, access_log=args.access_log) if args.raw else
-                   WSGIGateway(app, access_log=args.access_log, core=core))
+                   WSGIGateway(app, access_log=args.access_log, core=core, offload=offload))
         return server_class(gateway, listener, max_conns=MAX_KEPT_CONNECTIONS * args.workers,
                             **limits)
 

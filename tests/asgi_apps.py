@@ -215,6 +215,17 @@ async def filter_upper(scope, receive, send):
     await respond(send, data.upper())
 
 
+async def pathsend(scope, receive, send):
+    """The file named in the query, by the http.response.pathsend extension."""
+    from urllib.parse import unquote
+    path = unquote(query(scope))
+    assert "http.response.pathsend" in scope["extensions"]
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream"),
+                            (b"content-length", str(os.path.getsize(path)).encode())]})
+    await send({"type": "http.response.pathsend", "path": path})
+
+
 async def stuck(scope, receive, send):
     """Awaits for ever (--timeout)."""
     await asyncio.sleep(3600)
@@ -227,7 +238,7 @@ async def pid(scope, receive, send):
 ROUTES = {name: globals()[name] for name in [
     "hello", "upload", "count_body", "chunks", "download", "sleep", "wait_disconnect",
     "read_later", "read_in_close", "fail_before_head", "fail_after_head", "no_response",
-    "sse", "filter_upper", "stuck", "pid"]}
+    "sse", "filter_upper", "pathsend", "stuck", "pid"]}
 ROUTES["scope"] = scope_dump
 
 

@@ -8,8 +8,8 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import (JSONResponse, PlainTextResponse, RedirectResponse,
-                                 StreamingResponse)
+from starlette.responses import (FileResponse, JSONResponse, PlainTextResponse,
+                                 RedirectResponse, StreamingResponse)
 from starlette.routing import Mount, Route
 
 import asgi_apps
@@ -52,6 +52,11 @@ async def redirect(request):
     return RedirectResponse("/starlette/hello", status_code=302)
 
 
+async def file(request):
+    """FileResponse: by http.response.pathsend where the server offers it."""
+    return FileResponse(__file__, media_type="text/x-python")
+
+
 async def teapot(request):
     return PlainTextResponse("short and stout", status_code=418, headers={"X-Teapot": "yes"})
 
@@ -59,7 +64,7 @@ async def teapot(request):
 starlette_app = Starlette(routes=[
     Route("/hello", hello), Route("/echo", echo, methods=["GET", "POST", "PUT"]),
     Route("/form", form, methods=["POST"]), Route("/stream", stream),
-    Route("/cookie", cookie), Route("/redirect", redirect), Route("/teapot", teapot),
+    Route("/cookie", cookie), Route("/redirect", redirect), Route("/teapot", teapot), Route("/file", file),
 ])
 
 fastapi_app = FastAPI(openapi_url=None)

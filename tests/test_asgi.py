@@ -372,3 +372,28 @@ def test_asgi_timeout_logs_the_oldest_request_task_and_replaces_the_worker(asgi)
     assert "over --timeout" in log
     assert "the oldest request, 1 GET /stuck" in log and "asgi_apps.py" in log, log
     assert wait_until(lambda: worker_pid(server) != first, 10)
+
+
+def test_asgi_pathsend_sends_files_by_sendfile_between_other_responses(asgi, tmp_path):
+    """http.response.pathsend: the file goes by sendfile(2) inside STDOUT
+    records; on a multiplexed connection the other requests' records wait
+    behind it, so every response arrives whole."""
+    server = asgi()
+    files = {}
+    for i, size in [(1, 3 << 20), (3, 100001), (5, 0)]:
+        path = tmp_path / ("f%d" % i)
+        path.write_bytes(os.urandom(size))
+        files[i] = path
+    peer = RawPeer(server.address, timeout=30)
+    out = b""
+    for i in (1, 3, 5):
+        out += request(i, env("/pathsend?%s" % files[i]), flags=KEEP)
+        out += request(i + 1, env("/chunks?20"), flags=KEEP)
+    peer.send(out)
+    done, _ = responses(peer, [1, 2, 3, 4, 5, 6])
+    for i in (1, 3, 5):
+        assert done[i][:3] == (200, files[i].read_bytes(), 0)
+        assert done[i + 1][:2] == (200, b"".join(b"%099d\n" % n for n in range(20)))
+    peer.send(request(1, env("/pathsend?/no/such/file"), flags=KEEP))
+    assert peer.response(1)[0] == 500
+    peer.close()

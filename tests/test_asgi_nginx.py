@@ -21,7 +21,8 @@ pytest.importorskip("httpx")
 
 # What the application decides; nginx adds Date, Server, Connection and may
 # change the framing (Content-Length or chunked).
-APP_HEADERS = ("content-type", "content-length", "set-cookie", "location", "x-teapot")
+APP_HEADERS = ("content-type", "content-length", "set-cookie", "location", "x-teapot",
+               "etag", "last-modified")
 
 
 @pytest.fixture(scope="module", params=[("c", "tcp"), ("py", "unix")], ids=["c-tcp", "py-unix"])
@@ -65,6 +66,7 @@ CASES = [
     ("GET", "/starlette/cookie", None, {}),
     ("GET", "/starlette/redirect", None, {}),
     ("GET", "/starlette/teapot", None, {}),
+    ("GET", "/starlette/file", None, {}),
     ("GET", "/starlette/nowhere", None, {}),
     ("HEAD", "/starlette/hello", None, {}),
     ("GET", "/fastapi/items/42?q=search", None, {}),
