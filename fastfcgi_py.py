@@ -70,7 +70,7 @@ __all__ = [
     "Parser", "Writer", "encode_params", "send_file",
     # request, gateways, servers, client, CLI
     "Request", "RequestError", "Connection", "WSGIGateway", "RawGateway", "FileWrapper",
-    "Offload", "AsyncRequest", "ASGIGateway", "AsyncRawGateway", "AsyncServer", "asgi_scope",
+    "Offload", "HTTPRequest", "request_headers", "AsyncRequest", "ASGIGateway", "AsyncRawGateway", "AsyncServer", "asgi_scope",
     "Server", "HTTPServer", "Supervisor", "WORKER_BOOT_ERROR", "parse_address", "bind_listener",
     "tune_listener",
     "Client", "ClientResponse", "main", "client_main", "select_core", "load_app",
@@ -1634,6 +1634,17 @@ class _RequestMethods(object):
             self._stderr_used = True
             self.send(self.connection.writer.stderr(self.request_id, data))
 
+    def as_http_request(self):
+        """The request as a plain ``HTTPRequest`` (its whole body read)."""
+        return HTTPRequest(self, self.read_stdin_bytes())
+
+    def send_http_response(self, status, headers=(), body=b""):
+        """Answer with a plain response and finish: ``status`` an int or
+        "200 OK", ``headers`` (name, value) str pairs, ``body`` bytes or
+        str (encoded with the request's encoding)."""
+        status = _status_line(status) if type(status) is int else status
+        self.finish(0, self.connection.writer.head(status, headers) + self._encode(body))
+
     def stdout_with_close(self):
         """A file-like stdout whose close() finishes the request."""
         return _Stream(self, FCGI_STDOUT, close_finishes=True)
@@ -1727,6 +1738,36 @@ class _RequestMethods(object):
         if not self._aborted and self._stdin_done and self._data_done:
             self.connection.poll()
         return self._aborted
+
+
+class HTTPRequest(object):
+    """A plain HTTP request, what ``Request.as_http_request()`` gives
+    (Net::Async::FastCGI's HTTP::Request): ``method``, ``uri`` (as sent,
+    with the query), ``path`` (decoded), ``query_string``, ``protocol``,
+    ``headers`` ((lower-case name, value) str pairs) and ``body`` (bytes)."""
+
+    __slots__ = ("method", "uri", "path", "query_string", "protocol", "headers", "body")
+
+    def __init__(self, request, body):
+        self.method = request.method
+        self.path = request.path
+        self.query_string = request.query_string
+        self.uri = request.params.get("REQUEST_URI") or (
+            self.path + ("?" + self.query_string if self.query_string else ""))
+        self.protocol = request.protocol
+        self.headers = request_headers(request.params, request.role)
+        self.body = body
+
+    def header(self, name, default=None):
+        """The first header called ``name`` (any case), or ``default``."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return default
+
+    def __repr__(self):
+        return "<HTTPRequest %s %s, %d body bytes>" % (self.method, self.uri, len(self.body))
 
 
 def _log_excess(request, excess):
@@ -2114,6 +2155,25 @@ def _wsgi_environ(constant_keys, request):
         for key in _ENVIRON_REQUIRED:
             env.setdefault(key, "")
     return env
+
+
+def request_headers(params, role=FCGI_RESPONDER):
+    """The HTTP request headers the web server forwarded, from the params:
+    (lower-case name, value) str pairs, the HTTP_* params and then
+    content-type and content-length once each (nginx sends both the CGI and
+    the HTTP_ copy; RFC 3875 4.1.18 wants the CGI one)."""
+    headers = []
+    append = headers.append
+    for key, value in params.items():
+        if key[:5] == "HTTP_" and key != "HTTP_CONTENT_TYPE" and key != "HTTP_CONTENT_LENGTH":
+            append((key[5:].lower().replace("_", "-"), value))
+    content_type = params.get("CONTENT_TYPE") or params.get("HTTP_CONTENT_TYPE")
+    if content_type:
+        append(("content-type", content_type))
+    length = params.get("CONTENT_LENGTH") or params.get("HTTP_CONTENT_LENGTH")
+    if length and length != "-1" and role != FCGI_AUTHORIZER:   # an authorizer gets no body
+        append(("content-length", length))
+    return headers
 
 
 def _send_list(request, response, result):
@@ -3322,6 +3382,10 @@ class AsyncRequest(Request):
                 break
         return self._take_line(start, size)
 
+    async def as_http_request(self):
+        """The request as a plain ``HTTPRequest`` (its whole body read)."""
+        return HTTPRequest(self, await self.read_stdin_bytes())
+
     async def read_stdin(self, size=None):
         """As read_stdin_bytes, decoded unless set_encoding(None)."""
         return self._decode(await self.read_stdin_bytes(size))
@@ -3432,19 +3496,8 @@ _ASGI = {"version": "3.0", "spec_version": "2.4"}
 
 
 def _asgi_headers(params, role):
-    headers = []
-    append = headers.append
-    for key, value in params.items():
-        if key[:5] == "HTTP_" and key != "HTTP_CONTENT_TYPE" and key != "HTTP_CONTENT_LENGTH":
-            append((key[5:].lower().replace("_", "-").encode("latin-1"),
-                    value.encode("latin-1")))
-    content_type = params.get("CONTENT_TYPE") or params.get("HTTP_CONTENT_TYPE")
-    if content_type:
-        append((b"content-type", content_type.encode("latin-1")))
-    length = params.get("CONTENT_LENGTH") or params.get("HTTP_CONTENT_LENGTH")
-    if length and length != "-1" and role != FCGI_AUTHORIZER:
-        append((b"content-length", length.encode("latin-1")))
-    return headers
+    return [(name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in request_headers(params, role)]
 
 
 def _address(host, port):
@@ -3704,6 +3757,65 @@ class ASGIGateway(Gateway):
     async def _lifespan_receive(self):
         self._lifespan_receiving = True
         return await self._to_app.get()
+
+
+class _AsyncView(object):
+    """A blocking Request as the ASGI gateway sees an AsyncRequest (for the
+    development server, one request at a time): its awaits block."""
+
+    def __init__(self, request):
+        self._request = request
+
+    def __getattr__(self, name):
+        return getattr(self._request, name)
+
+    def __setattr__(self, name, value):
+        if name == "_request":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._request, name, value)     # the policy's keep_conn = False
+
+    async def read_stdin_chunk(self):
+        request = self._request
+        if not request._buffer:
+            request._fill()
+        return request._take(None)
+
+    async def wait_disconnect(self):
+        request = self._request
+        while not (request.is_aborted or request.finished):
+            await asyncio.sleep(0.05)
+
+    async def drain(self):
+        pass
+
+    async def send_file(self, fd, offset=0, count=None):
+        return self._request.send_file(fd, offset, count)
+
+
+class BlockingASGIGateway(object):
+    """An ASGI gateway for a blocking server (``--http --asgi``, for
+    development): each request runs to its end on this gateway's own loop;
+    the lifespan's startup runs at once, its shutdown at exit."""
+
+    def __init__(self, app, access_log=False, offload=None, loop="auto"):
+        import atexit
+        self.gateway = ASGIGateway(app, access_log, offload)
+        self.loop = _new_loop(loop)[0]
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.gateway.startup())
+        atexit.register(self.close)
+
+    def __call__(self, request):
+        self.loop.run_until_complete(self.gateway(_AsyncView(request)))
+
+    def reject(self, conn, request_id, code):
+        return self.gateway.reject(conn, request_id, code)
+
+    def close(self):
+        if not self.loop.is_closed():
+            self.loop.run_until_complete(self.gateway.shutdown())
+            self.loop.close()
 
 
 class AsyncServer(_ServerBase):
@@ -5017,9 +5129,6 @@ def main(argv=None, core=None):
         build_arg_parser().print_usage(sys.stderr)
         log.error("no application given (MODULE:CALLABLE)")
         return 2
-    if args.asgi and args.http:
-        log.error("--http serves WSGI and blocking --raw applications only, not --asgi yet")
-        return 2
     if args.max_concurrency < 1:
         log.error("--max-concurrency must be at least 1")
         return 2
@@ -5082,6 +5191,10 @@ def main(argv=None, core=None):
         limits = dict(core=core, max_body=args.max_body, max_param_size=args.max_param_size,
                       max_params_size=args.max_params_size, allow=allow,
                       max_requests=max_requests, busy_slot=busy_slot)
+        if args.asgi and args.http:
+            gateway = BlockingASGIGateway(app, access_log=args.access_log, offload=offload,
+                                          loop=loop_name)
+            return server_class(gateway, listener, **limits)
         if args.asgi or (args.raw and _is_async(app) and not args.http):
             gateway = (ASGIGateway(app, access_log=args.access_log, offload=offload)
                        if args.asgi else AsyncRawGateway(app, access_log=args.access_log))

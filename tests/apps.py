@@ -288,3 +288,11 @@ def exc_info_app(environ, start_response):
         start_response("503 Service Unavailable", [("Content-Type", "text/plain")],
                        sys.exc_info())
     return [b"unavailable"]
+
+
+def raw_http(request):
+    """--raw: Net::Async::FastCGI's as_http_request / send_http_response."""
+    http = request.as_http_request()
+    request.send_http_response(201, [("Content-Type", "text/plain")],
+                               "%s %s %s %s %r" % (http.method, http.uri, http.header("X-Thing"),
+                                                   http.protocol, http.body))

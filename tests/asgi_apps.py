@@ -250,3 +250,11 @@ async def raw_echo(request):
     request.print_stdout(body.upper())
     await request.drain()
     request.finish(0)
+
+
+async def raw_http(request):
+    """async --raw: as_http_request (awaited) and send_http_response."""
+    http = await request.as_http_request()
+    request.send_http_response(201, [("Content-Type", "text/plain")],
+                               "%s %s %s %s %r" % (http.method, http.uri, http.header("X-Thing"),
+                                                   http.protocol, http.body))

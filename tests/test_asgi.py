@@ -397,3 +397,16 @@ def test_asgi_pathsend_sends_files_by_sendfile_between_other_responses(asgi, tmp
     peer.send(request(1, env("/pathsend?/no/such/file"), flags=KEEP))
     assert peer.response(1)[0] == 500
     peer.close()
+
+
+@pytest.mark.parametrize("app", ["apps:raw_http", "asgi_apps:raw_http"])
+def test_as_http_request_and_send_http_response(start, app):
+    """Net::Async::FastCGI's pair, on the blocking Request and the async one:
+    a plain request object in, a status / headers / body response out."""
+    server = start("--raw", app=app)
+    peer = RawPeer(server.address)
+    peer.send(request(1, env("/x", "PUT", REQUEST_URI="/x?q=1", QUERY_STRING="q=1",
+                             HTTP_X_THING="thing", CONTENT_LENGTH="4"), b"data", flags=0))
+    status, body, app_status, _, _ = peer.response(1)
+    assert (status, body, app_status) == (201, b"PUT /x?q=1 thing HTTP/1.1 b'data'", 0)
+    peer.close()

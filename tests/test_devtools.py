@@ -19,7 +19,7 @@ from servers import ROOT, TESTS, FastCGIProcess, Nginx, free_port, send_then_sta
 
 
 @contextlib.contextmanager
-def running_http(core_id, tmp_path, *options):
+def running_http(core_id, tmp_path, *options, app="dispatch:app"):
     """``--http`` on a free port: yields (host, port, log path)."""
     address = "127.0.0.1:%d" % free_port()
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]))
@@ -29,7 +29,7 @@ def running_http(core_id, tmp_path, *options):
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-c",
                                  "import sys, fastfcgi_py; sys.exit(fastfcgi_py.main())",
-                                 "--http", address] + list(options) + ["dispatch:app"],
+                                 "--http", address] + list(options) + [app],
                                 stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=TESTS)
     host, port = address.split(":")
     try:
@@ -87,6 +87,32 @@ def test_http_keep_alive_head_and_errors(http_server):
     status, _, body = http_get(host, port, "GET", "/fail_before_head", conn=conn)
     assert status == 500
     conn.close()
+
+
+def test_http_serves_asgi_applications_with_their_lifespan(core_id, tmp_path):
+    """--http --asgi: the development server runs an ASGI application (one
+    request at a time), its lifespan startup first and shutdown at exit."""
+    with running_http(core_id, tmp_path, "--asgi", app="asgi_apps:app") as (host, port, log):
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        status, _, body = http_get(host, port, "GET", "/scope/x?a=1", conn=conn)
+        scope = json.loads(body)
+        assert (status, scope["path"], scope["query_string"], scope["state"]) == \
+            (200, "/scope/x", "a=1", {"greeting": "hello from lifespan"})
+        status, _, body = http_get(host, port, "POST", "/upload", conn=conn, body=b"z" * 100000)
+        assert (status, json.loads(body)["size"]) == (200, 100000)
+        status, _, body = http_get(host, port, "GET", "/chunks?30", conn=conn)
+        assert (status, len(body)) == (200, 3000)
+        path = str(tmp_path / "file.bin")
+        with open(path, "wb") as f:
+            f.write(os.urandom(70000))
+        status, _, body = http_get(host, port, "GET", "/pathsend?" + path, conn=conn)
+        with open(path, "rb") as f:
+            assert (status, body) == (200, f.read())
+        status, _, _ = http_get(host, port, "GET", "/fail_before_head", conn=conn)
+        assert status == 500
+        conn.close()
+    with open(log) as f:
+        assert "lifespan shutdown ran" in f.read()
 
 
 def test_http_chunked_request_body(http_server):
