@@ -468,8 +468,14 @@ DEBIAN_PYTHON = "/usr/bin/python3"
 # ".venv*/" in .gitignore covers it.
 BENCH_VENV = os.path.join(HERE, ".venv-bench")
 BUILD_SOURCES = ("fastfcgi.pyx", "fastfcgi.pxd", "fastfcgi_py.py", "setup.py")
-E2E_BACKENDS = ("compiled", "pure", "uwsgi", "flup")
-KEEPALIVE_BACKENDS = ("compiled", "pure")      # uWSGI closes every FastCGI connection
+E2E_BACKENDS = ("compiled", "pure", "uwsgi", "flup",
+                "asgi-compiled", "asgi-pure", "uvicorn", "granian")
+# uWSGI closes every FastCGI connection; uvicorn and granian are HTTP
+# servers, behind nginx's proxy_pass to an upstream with keepalive only.
+KEEPALIVE_BACKENDS = ("compiled", "pure", "asgi-compiled", "asgi-pure", "uvicorn", "granian")
+HTTP_BACKENDS = ("uvicorn", "granian")
+FASTFCGI_BACKENDS = ("compiled", "pure", "asgi-compiled", "asgi-pure")
+ASGI_BACKENDS = ("asgi-compiled", "uvicorn", "granian")     # --asgi's default
 TRANSPORTS = ("tcp", "unix")
 
 # The application every backend serves: examples/hello.py's, 13-byte body.
@@ -479,6 +485,20 @@ def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"),
                               ("Content-Length", str(len(body)))])
     return [body]
+'''
+
+# --asgi: the same response from an ASGI 3 application.
+ASGI_HELLO_APP = '''\
+START = {"type": "http.response.start", "status": 200,
+         "headers": [(b"content-type", b"text/plain"), (b"content-length", b"13")]}
+BODY = {"type": "http.response.body", "body": b"Hello, world!"}
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send(START)
+    await send(BODY)
 '''
 
 FASTFCGI_RUNNER = "import sys, fastfcgi_py; sys.exit(fastfcgi_py.main())"
@@ -612,7 +632,11 @@ def prepare_python(args, say):
             _run(cmd, say, "venv")
     env = _clean_env()
     wanted = []
-    for package, module in (("Cython>=3.0", "Cython"), ("flup", "flup.server.fcgi_fork")):
+    packages = [("Cython>=3.0", "Cython"), ("flup", "flup.server.fcgi_fork")]
+    if set(getattr(args, "backends", ())) & set(ASGI_BACKENDS + ("asgi-pure",)):
+        packages += [("uvloop", "uvloop"), ("uvicorn", "uvicorn"), ("httptools", "httptools"),
+                     ("granian", "granian")]
+    for package, module in packages:
         if _output([python, "-c", "import %s" % module], env=env) != "":
             wanted.append(package)
     if args.profile and not os.path.exists(os.path.join(venv, "bin", "py-spy")):
@@ -625,8 +649,9 @@ def prepare_python(args, say):
         [python, "-c", "import sys; print(sys.version.split()[0])"], env=env)
     info["cython"] = _output([python, "-c", "import Cython; print(Cython.__version__)"],
                              env=env)
-    info["flup"] = _output([python, "-c", "from importlib.metadata import version; "
-                            "print(version('flup'))"], env=env)
+    for name in ("flup", "uvicorn", "granian", "uvloop"):
+        info[name] = _output([python, "-c", "from importlib.metadata import version; "
+                              "print(version(%r))" % name], env=env)
 
     # The snapshot: sources copied once, so concurrent edits cannot make
     # the two cores differ; rebuilt only when they changed.
@@ -896,6 +921,23 @@ def backend_command(target, python, tmp):
     if target.backend in ("compiled", "pure"):
         extra = {"FASTFCGI_PURE": "1"} if target.backend == "pure" else {}
         return [python, "-c", FASTFCGI_RUNNER, "--fcgi", address, "bench_hello:app"], extra
+    if target.backend in ("asgi-compiled", "asgi-pure"):
+        extra = {"FASTFCGI_PURE": "1"} if target.backend == "asgi-pure" else {}
+        return [python, "-c", FASTFCGI_RUNNER, "--fcgi", address, "--asgi", "--loop", "uvloop",
+                "bench_hello_asgi:app"], extra
+    if target.backend in HTTP_BACKENDS:
+        if address.startswith("unix:"):
+            bind = ["--uds", address[5:]]
+        else:
+            host, _, port = address.rpartition(":")
+            bind = ["--host", host, "--port", port]
+        if target.backend == "uvicorn":
+            return [python, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools",
+                    "--no-access-log", "--lifespan", "off", "--log-level", "warning",
+                    "--workers", "1"] + bind + ["bench_hello_asgi:app"], {}
+        return [python, "-m", "granian", "--interface", "asgi", "--loop", "uvloop",
+                "--workers", "1", "--no-ws", "--log-level", "warning",
+                "--no-access-log"] + bind + ["bench_hello_asgi:app"], {}
     if target.backend == "uwsgi":
         socket_arg = address[5:] if address.startswith("unix:") else address
         return ["uwsgi", "--plugin", "python3", "--fastcgi-socket", socket_arg,
@@ -910,14 +952,14 @@ def backend_command(target, python, tmp):
 def start_backend(target, python, build_dir, tmp, say):
     cmd, extra = backend_command(target, python, tmp)
     pythonpath = tmp
-    if target.backend in ("compiled", "pure"):
+    if target.backend in FASTFCGI_BACKENDS:
         pythonpath = build_dir + os.pathsep + tmp
     env = _clean_env(PYTHONPATH=pythonpath, **extra)
     target.proc = Proc(target.key, cmd, env, tmp, os.path.join(tmp, target.key + ".log"))
     target.proc.start()
     _wait_ready(target.proc, target.address)
     say("  %-26s pid %-7d %s\n" % (target.key, target.proc.pid, target.address))
-    if target.backend in ("compiled", "pure"):
+    if target.backend in FASTFCGI_BACKENDS:
         # The start-up line names the core; it must be the one we asked for.
         deadline = time.monotonic() + 5.0
         while True:
@@ -930,7 +972,7 @@ def start_backend(target, python, build_dir, tmp, say):
             raise BenchError("%s: no start-up line naming the core:\n%s"
                              % (target.key, target.proc.log_text(20)))
         target.core_line = lines[0].strip()
-        if "%s core" % target.backend not in target.core_line:
+        if "%s core" % target.backend.split("-")[-1] not in target.core_line:
             raise BenchError("%s: the start-up line names another core: %s"
                              % (target.key, target.core_line))
 
@@ -989,6 +1031,13 @@ def nginx_config(targets, tmp, pool, workers=1):
         out.append("    server {")
         out.append("        listen 127.0.0.1:%d;" % t.port)
         out.append("        location / {")
+        if t.backend in HTTP_BACKENDS:
+            out.append("            proxy_http_version 1.1;")
+            out.append('            proxy_set_header Connection "";')
+            out.append("            proxy_pass http://%s;" % name)
+            out.append("        }")
+            out.append("    }")
+            continue
         out.append(FASTCGI_PARAMS.rstrip("\n").replace("        ", "            "))
         if t.keepalive:
             out.append("            fastcgi_keep_conn on;")
@@ -1132,7 +1181,9 @@ def make_targets(args):
     targets = []
     for transport in args.transports:
         for backend in args.backends:
-            targets.append(Target(backend, transport, False))
+            if backend not in HTTP_BACKENDS and not (args.asgi and backend in KEEPALIVE_BACKENDS
+                                                     and args.keepalive):
+                targets.append(Target(backend, transport, False))
         if args.keepalive:
             for backend in args.backends:
                 if backend in KEEPALIVE_BACKENDS:
@@ -1203,6 +1254,8 @@ def _cell(rows, backend, transport, conns, keepalive=False):
 
 def evaluate_targets(args, rows):
     """The PASS/FAIL lines: (title, ratio or None, wanted, status)."""
+    if args.asgi:
+        return evaluate_asgi_targets(args, rows)
     checks = []
 
     def check(title, fast, slow, wanted):
@@ -1232,6 +1285,34 @@ def evaluate_targets(args, rows):
                 check("compiled+keepalive >= 1.5x uWSGI's best, %s, %d conns"
                       % (transport, conns), rps("compiled", transport, conns, True),
                       max(best) if best else None, 1.5)
+    return checks
+
+
+def evaluate_asgi_targets(args, rows):
+    """--asgi's targets: fastfcgi's asyncio worker (compiled, kept
+    connections) >= 1.3x uvicorn's req/s at <= 0.6x its backend CPU per
+    request, and ahead of granian on both (issue 16)."""
+    checks = []
+
+    def check(title, ratio, wanted):
+        if ratio is None:
+            checks.append((title, None, wanted, "N/A"))
+        else:
+            checks.append((title, ratio, wanted, "PASS" if ratio >= wanted else "FAIL"))
+
+    for transport in args.transports:
+        for conns in args.conns:
+            ours = _cell(rows, "asgi-compiled", transport, conns, True)
+            for peer, rps_wanted, cpu_wanted in (("uvicorn", 1.3, 1 / 0.6),
+                                                 ("granian", 1.0, 1.0)):
+                theirs = _cell(rows, peer, transport, conns, True)
+                both = ours is not None and theirs is not None
+                check("asgi-compiled req/s vs %s, %s, %d conns" % (peer, transport, conns),
+                      ours["rps"] / theirs["rps"] if both else None, rps_wanted)
+                check("%s's backend us/req over asgi-compiled's, %s, %d conns"
+                      % (peer, transport, conns),
+                      theirs["backend_cpu_us_per_req"] / ours["backend_cpu_us_per_req"]
+                      if both and ours["backend_cpu_us_per_req"] else None, cpu_wanted)
     return checks
 
 
@@ -1286,6 +1367,8 @@ def run_e2e(args):
             f.write(HELLO_APP)
         with open(os.path.join(tmp, "bench_flup.py"), "w") as f:
             f.write(FLUP_RUNNER)
+        with open(os.path.join(tmp, "bench_hello_asgi.py"), "w") as f:
+            f.write(ASGI_HELLO_APP)
 
         targets = make_targets(args)
         ports = set()
@@ -1618,6 +1701,7 @@ def describe_e2e(args, tools, py, targets, command):
             py["python_version"], py["python"], DEBIAN_PYTHON),
         "cython": py["cython"],
         "flup": py["flup"],
+        "uvicorn": py["uvicorn"], "granian": py["granian"], "uvloop": py["uvloop"],
         "nginx": _first_line(_output([tools["nginx"], "-v"])),
         "wrk": _first_line(_output(["wrk", "--version"])).split(" Copyright")[0],
         "compiled_server": "%s with %s, %s" % (py["compiled_server"], py["compiled_parser"],
@@ -1654,6 +1738,8 @@ def e2e_header_text(info):
              "cython %s, flup %s, %s, %s%s" % (
                  info["cython"], info["flup"], info["nginx"], info["wrk"],
                  ", " + info["uwsgi"] if "uwsgi" in info else ""),
+             "uvicorn %s, granian %s, uvloop %s" % (info["uvicorn"], info["granian"],
+                                                     info["uvloop"]),
              "wrk:         %s" % info["wrk_command"]]
     for key, entry in info["backends"].items():
         extra = entry.get("startup") or (
@@ -1670,7 +1756,7 @@ def e2e_table_text(info, rows, checks, ratios, notes):
            "(13 B), medians of %d runs of %ds" % (workers, "s" if workers > 1 else "",
                                                   info["settings"]["repeat"],
                                                   info["settings"]["duration_s"])]
-    row = "%-10s %-9s %5s %-9s %9s %7s %8s %8s %14s %5s %12s %6s %6s"
+    row = "%-13s %-9s %5s %-9s %9s %7s %8s %8s %14s %5s %12s %6s %6s"
     out.append(row % ("backend", "transport", "conns", "keepalive", "req/s", "spread",
                       "p99 ms", "p50 ms", "backend us/req", "sys%", "nginx us/req",
                       "nginx%", "errors"))
@@ -1701,7 +1787,7 @@ def e2e_table_text(info, rows, checks, ratios, notes):
     out.append("")
     out.append("targets (ratios of median req/s):")
     for title, ratio, wanted, status in checks:
-        out.append("  %-4s %-56s %s" % (status, title,
+        out.append("  %-4s %-64s %s" % (status, title,
                                         "%.2fx (want >= %.2fx)" % (ratio, wanted)
                                         if ratio is not None else "n/a"))
     if ratios:
@@ -1753,8 +1839,14 @@ def main(argv=None):
                      default=list(TRANSPORTS), metavar="LIST",
                      help="tcp, unix or both (default tcp,unix)")
     e2e.add_argument("--backends", type=lambda s: _csv(s, E2E_BACKENDS, "--backends"),
-                     default=list(E2E_BACKENDS), metavar="LIST",
-                     help="some of %s (default all)" % ",".join(E2E_BACKENDS))
+                     default=None, metavar="LIST",
+                     help="some of %s (default compiled,pure,uwsgi,flup; with --asgi %s)"
+                     % (",".join(E2E_BACKENDS), ",".join(ASGI_BACKENDS)))
+    e2e.add_argument("--asgi", action="store_true",
+                     help="ASGI hello world: fastfcgi --asgi (asgi-compiled, asgi-pure) "
+                          "against uvicorn (uvloop, httptools) and granian behind the same "
+                          "nginx (proxy_pass, keepalive upstream); default backends "
+                          "asgi-compiled,uvicorn,granian")
     e2e.add_argument("--no-keepalive", dest="keepalive", action="store_false",
                      help="skip the fastcgi_keep_conn runs of the fastfcgi backends")
     e2e.add_argument("--keepalive-pool", type=int, default=64, metavar="N",
@@ -1795,6 +1887,8 @@ def main(argv=None):
     if args.mode == "e2e" and (args.duration <= 0 or args.threads < 1
                                or args.keepalive_pool < 1):
         parser.error("--duration, --threads and --keepalive-pool must be positive")
+    if args.mode == "e2e" and args.backends is None:
+        args.backends = list(ASGI_BACKENDS if args.asgi else E2E_BACKENDS[:4])
     return args.func(args)
 
 
