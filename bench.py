@@ -1481,7 +1481,7 @@ def run_profiles(args, targets, nginx, say):
     conns = args.conns[0]
     found = {}
     for t in targets:
-        if t.backend not in ("compiled", "pure"):
+        if t.backend not in FASTFCGI_BACKENDS:
             continue
         key = "%s-c%d" % (t.key, conns)
         path = os.path.join(outdir, key + ".txt")

@@ -2162,18 +2162,8 @@ def request_headers(params, role=FCGI_RESPONDER):
     (lower-case name, value) str pairs, the HTTP_* params and then
     content-type and content-length once each (nginx sends both the CGI and
     the HTTP_ copy; RFC 3875 4.1.18 wants the CGI one)."""
-    headers = []
-    append = headers.append
-    for key, value in params.items():
-        if key[:5] == "HTTP_" and key != "HTTP_CONTENT_TYPE" and key != "HTTP_CONTENT_LENGTH":
-            append((key[5:].lower().replace("_", "-"), value))
-    content_type = params.get("CONTENT_TYPE") or params.get("HTTP_CONTENT_TYPE")
-    if content_type:
-        append(("content-type", content_type))
-    length = params.get("CONTENT_LENGTH") or params.get("HTTP_CONTENT_LENGTH")
-    if length and length != "-1" and role != FCGI_AUTHORIZER:   # an authorizer gets no body
-        append(("content-length", length))
-    return headers
+    return [(name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in _asgi_headers(params, role)]
 
 
 def _send_list(request, response, result):
@@ -3496,8 +3486,28 @@ _ASGI = {"version": "3.0", "spec_version": "2.4"}
 
 
 def _asgi_headers(params, role):
-    return [(name.encode("latin-1"), value.encode("latin-1"))
-            for name, value in request_headers(params, role)]
+    """request_headers' pairs as ASGI wants them (latin-1 bytes)."""
+    headers = []
+    append = headers.append
+    names = _HEADER_NAMES
+    for key, value in params.items():
+        if key[:5] == "HTTP_" and key != "HTTP_CONTENT_TYPE" and key != "HTTP_CONTENT_LENGTH":
+            name = names.get(key)
+            if name is None:
+                name = key[5:].lower().replace("_", "-").encode("latin-1")
+                if len(names) < 512:        # the names a web server forwards repeat
+                    names[key] = name
+            append((name, value.encode("latin-1")))
+    content_type = params.get("CONTENT_TYPE") or params.get("HTTP_CONTENT_TYPE")
+    if content_type:
+        append((b"content-type", content_type.encode("latin-1")))
+    length = params.get("CONTENT_LENGTH") or params.get("HTTP_CONTENT_LENGTH")
+    if length and length != "-1" and role != FCGI_AUTHORIZER:   # an authorizer gets no body
+        append((b"content-length", length.encode("latin-1")))
+    return headers
+
+
+_HEADER_NAMES = {}      # HTTP_USER_AGENT -> b"user-agent", for the names seen most
 
 
 def _address(host, port):
