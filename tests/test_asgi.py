@@ -4,6 +4,7 @@ peer can make a worker hold."""
 
 import json
 import os
+import platform
 import signal
 import socket
 import struct
@@ -17,6 +18,7 @@ from servers import FastCGIProcess, wait_until
 from test_spec import KEEP, RawPeer, env
 
 FCGI_STDOUT, FCGI_END_REQUEST = 6, 3
+PYPY = platform.python_implementation() == "PyPy"
 ASGI = "asgi_apps:app"
 
 
@@ -172,10 +174,12 @@ def test_asgi_over_the_bound_is_overloaded_and_memory_stays_flat(asgi):
     time.sleep(0.2)
     peer.send(request(5, env("/hello"), flags=KEEP))
     assert peer.record() == (FCGI_END_REQUEST, 5, struct.pack("!LB3x", 0, 2))
-    before = rss_kib(pid)
-    for round_ in range(20):
-        burst = b"".join(request(i, env("/hello", HTTP_X="y" * 2000), b"z" * 3000, flags=KEEP)
-                         for i in range(5, 505))
+    burst = b"".join(request(i, env("/hello", HTTP_X="y" * 2000), b"z" * 3000, flags=KEEP)
+                     for i in range(5, 505))
+    before = None
+    for round_ in range(25):
+        if round_ == 5:             # warmed up (PyPy's JIT, allocator pools)
+            before = rss_kib(pid)
         peer.send(burst)
         for i in range(5, 505):
             assert peer.record() == (FCGI_END_REQUEST, i, struct.pack("!LB3x", 0, 2))
@@ -242,7 +246,8 @@ def test_asgi_a_request_that_does_not_read_its_body_pauses_its_connection(asgi, 
     status, body, _, _, _ = peer.response(1)
     thread.join(30)
     assert (status, json.loads(body)["size"]) == (200, size)
-    assert rss_kib(pid, "VmHWM") - before < 16384
+    # PyPy's GC frees the chunks read later than CPython's refcounts do.
+    assert rss_kib(pid, "VmHWM") - before < (16384 if not PYPY else 49152)
     peer.send(request(3, env("/hello"), flags=KEEP))
     assert peer.response(3)[:2] == (200, b"Hello, world!")
     peer.close()
