@@ -6,6 +6,7 @@ was expected but did not import, the "c" tests skip and
 ``test_compiled_core_loaded`` fails, so a broken build cannot pass quietly.
 """
 
+import contextlib
 import os
 import platform
 import struct
@@ -222,18 +223,29 @@ def core_id(request):
     return core_id_or_skip(request.param)
 
 
+@contextlib.contextmanager
+def starting(core_id, tmp_path, options=()):
+    """The ``start`` fixture's function, with ``options`` before the
+    test's own (the spec tests add --asgi)."""
+    from servers import FastCGIProcess
+    started = []
+
+    def start(*args, app="dispatch:app", **kw):
+        server = FastCGIProcess(core_id, app, *(tuple(options) + args), tmpdir=str(tmp_path),
+                                **kw).wait_ready()
+        started.append(server)
+        return server
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
+
+
 @pytest.fixture
 def start(core_id, tmp_path):
     """start(*args, app=..., address=...): fastfcgi serving ``app`` (default
     the integration stack's dispatch:app) on the test's core, ready; all of
     them are stopped after the test."""
-    from servers import FastCGIProcess
-    started = []
-
-    def start(*args, app="dispatch:app", **kw):
-        server = FastCGIProcess(core_id, app, *args, tmpdir=str(tmp_path), **kw).wait_ready()
-        started.append(server)
-        return server
-    yield start
-    for server in started:
-        server.stop()
+    with starting(core_id, tmp_path) as start:
+        yield start

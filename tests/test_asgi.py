@@ -184,7 +184,9 @@ def test_asgi_over_the_bound_is_overloaded_and_memory_stays_flat(asgi):
         for i in range(5, 505):
             assert peer.record() == (FCGI_END_REQUEST, i, struct.pack("!LB3x", 0, 2))
     grown = rss_kib(pid) - before
-    assert grown < 4096, "worker RSS grew %d KiB" % grown
+    # 10,000 refused requests, 50 MB of records: what stays is noise (and,
+    # on PyPy, garbage its GC has not collected yet).
+    assert grown < (4096 if not PYPY else 16384), "worker RSS grew %d KiB" % grown
     # The four held requests complete.
     peer.send(b"".join(stdin_records(i, b"0123456789") for i in range(1, 5)))
     done, _ = responses(peer, [1, 2, 3, 4])

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import fastfcgi_py
-from conftest import begin, end_reply, get_values, params_records, rec, request, stdin_records
+from conftest import starting, begin, end_reply, get_values, params_records, rec, request, stdin_records
 from servers import wait_until
 
 FCGI_STDOUT, FCGI_STDERR, FCGI_END_REQUEST = 6, 7, 3
@@ -102,16 +102,18 @@ def server_kind(request):
 
 
 @pytest.fixture
-def start(start, server_kind):
+def start(core_id, tmp_path, server_kind):
     """conftest's start(), serving the same test applications as WSGI
     (tests/apps.py) or as ASGI on the asyncio server (tests/asgi_apps.py)."""
     if server_kind == "wsgi":
-        return start
-
-    def start_asgi(*args, app="dispatch:app", **kw):
-        assert app == "dispatch:app"
-        return start("--asgi", *args, app="asgi_apps:app", **kw)
-    return start_asgi
+        with starting(core_id, tmp_path) as start:
+            yield start
+        return
+    with starting(core_id, tmp_path, ["--asgi"]) as start:
+        def start_asgi(*args, app="dispatch:app", **kw):
+            assert app == "dispatch:app"
+            return start(*args, app="asgi_apps:app", **kw)
+        yield start_asgi
 
 
 def hello(peer, request_id=1, flags=KEEP):
