@@ -2997,6 +2997,7 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
         self._stdin_full = set()        # requests over _STDIN_HIGH
         self._held = None               # writes waiting for a file being sent
         self._file_sent = None
+        self._reading_paused = False
 
     # -- asyncio's protocol calls ------------------------------------------------
 
@@ -3028,25 +3029,31 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
         return False        # the transport closes
 
     def pause_writing(self):
+        # The web server does not take our output: stop reading its input
+        # too, so the answers to what it sends cannot pile up.
         self._write_paused = True
+        self._update_reading()
 
     def resume_writing(self):
         self._write_paused = False
         self._wake_writers()
+        self._update_reading()
 
     def connection_lost(self, exc):
         self.server._connection_closed(self)
         if not self.error:
             self.error = EOF
-            self.route(EOF)     # every request hears it: nothing can be sent
+        self.route(EOF)         # every request hears it: nothing can be sent
         self._wake_writers()
+        if self._file_sent is not None and not self._file_sent.done():
+            self._file_sent.set_result(None)
 
     # -- reading: the parser's events to the requests -------------------------
 
     def _process(self):
         parser = self.parser
         server = self.server
-        while True:
+        while not (self._draining or self.transport.is_closing()):
             event = parser.next_event()
             out = parser.data_to_send()
             if out:
@@ -3098,32 +3105,48 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
         # Nothing more is read; the running requests still answer (PROTO:
         # as the blocking server's), then the connection closes.
         self.closing = True
-        self.transport.pause_reading()
+        self._update_reading()
         self._close_if_idle()
 
     def stdin_over_high(self, request):
         """``request`` holds _STDIN_HIGH unread bytes: stop reading."""
-        if not self._stdin_full:
-            self.transport.pause_reading()
         self._stdin_full.add(request)
+        self._update_reading()
 
     def stdin_under_low(self, request):
+        """``request`` took its stdin below _STDIN_LOW, or waits for more."""
         self._stdin_full.discard(request)
-        if not self._stdin_full and not self.transport.is_closing():
-            self.transport.resume_reading()
+        self._update_reading()
+
+    def _update_reading(self):
+        """Read while no request holds too much unread stdin and the web
+        server takes our output (a draining connection always reads)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        wanted = self._draining or not (self._stdin_full or self._write_paused or
+                                        (self.error and self.error != NOREQ))
+        if wanted == self._reading_paused:
+            self._reading_paused = not wanted
+            if wanted:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
 
     # -- writing ---------------------------------------------------------------------
 
     def sendall(self, data):
         """Queue ``data`` on the transport (the Request's send); raises
         OSError once the connection is gone."""
-        if self.transport.is_closing():
+        if self._draining or self.transport.is_closing():
             raise ConnectionResetError("the web server closed the connection")
         self._write(data)
 
     send_last = sendall     # the connection closes when its requests are done
 
     def _write(self, data):
+        if self._draining or self.transport.is_closing():
+            return                      # half-closed, or gone: nothing more goes out
         if self._held is not None:
             self._held.append(data)     # after the file being sent (send_file_records)
         else:
@@ -3135,20 +3158,20 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
         (no copy through Python).  What other requests send meanwhile waits
         behind it, so records never interleave.  Returns the bytes of the
         file sent, or SEND."""
+        if count is None:
+            count = max(os.fstat(fd).st_size - offset, 0)     # a bad fd: the caller's error
         while self._held is not None:           # another file is on its way
             await self._file_sent
         transport = self.transport
         self._held = []
         self._file_sent = self.server.loop.create_future()
         sock = None
+        sent = 0
         try:
             await self._flushed()
             # The transport's own fd is its loop's; a duplicate is ours to
             # wait on.
             sock = os.dup(transport.get_extra_info("socket").fileno())
-            if count is None:
-                count = max(os.fstat(fd).st_size - offset, 0)
-            sent = 0
             while count > 0:
                 size = min(count, _CHUNK)
                 pad = -size & 7
@@ -3172,12 +3195,15 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
                 count -= size
             return sent
         except OSError:
+            # Maybe mid-record: the stream cannot go on, for any request.
+            transport.abort()
             return SEND
         finally:
             if sock is not None:
                 os.close(sock)
             held, self._held = self._held, None
-            self._file_sent.set_result(None)
+            if not self._file_sent.done():
+                self._file_sent.set_result(None)
             if not transport.is_closing():
                 for data in held:
                     transport.write(data)
@@ -3214,11 +3240,17 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
             loop.remove_writer(sock)
 
     async def wait_writable(self):
-        """Return once the transport takes more (or the connection is gone)."""
-        while self._write_paused and not self.transport.is_closing():
-            if self._write_waiter is None:
-                self._write_waiter = self.server.loop.create_future()
-            await self._write_waiter
+        """Return once the transport takes more (or the connection is gone);
+        while a file is being sent, once it is."""
+        while not self.transport.is_closing():
+            if self._held is not None:
+                await self._file_sent       # what we wrote waits in _held
+            elif self._write_paused:
+                if self._write_waiter is None:
+                    self._write_waiter = self.server.loop.create_future()
+                await self._write_waiter
+            else:
+                return
 
     def _wake_writers(self):
         waiter = self._write_waiter
@@ -3260,7 +3292,7 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
             self._draining = True
             self._stdin_full.clear()
             transport.write_eof()
-            transport.resume_reading()
+            self._update_reading()
             self.server.loop.call_later(_DRAIN_SECONDS, transport.close)
             return
         transport.close()
@@ -3279,13 +3311,14 @@ class AsyncRequest(Request):
     at once (``print_stdout``); ``await drain()`` waits while the web
     server is slower than the application."""
 
-    __slots__ = ("_waiter", "_on_stdin_read", "task")
+    __slots__ = ("_waiter", "_on_stdin_read", "task", "_input_broken")
 
     def __init__(self, connection, request_id, role, flags, params):
         Request.__init__(self, connection, request_id, role, flags, params)
         self._waiter = None             # a future a read waits on
         self._on_stdin_read = None
         self.task = None                # the asyncio task running it
+        self._input_broken = False      # the connection's input is over (PROTO, EOF...)
 
     # -- what the connection delivers ---------------------------------------------
 
@@ -3309,6 +3342,7 @@ class AsyncRequest(Request):
 
     def _on_connection_lost(self, code):
         Request._on_connection_lost(self, code)
+        self._input_broken = True
         self._wake()
 
     def _wake(self):
@@ -3345,6 +3379,9 @@ class AsyncRequest(Request):
         while True:
             if self._input_over(data):
                 return False
+            if self in self.connection._stdin_full:
+                # It asks for more than it holds: the rest must be read.
+                self.connection.stdin_under_low(self)
             size = len(self._data_buffer if data else self._buffer)
             await self._changed()
             if len(self._data_buffer if data else self._buffer) != size:
@@ -3405,8 +3442,10 @@ class AsyncRequest(Request):
     async def discard_stdin(self):
         """Skip what is left of stdin (and of the FILTER data stream)."""
         try:
+            self._take(None)
             while await self._fill():
                 self._take(None)
+            self._data_buffer = b""
             while await self._fill_data():
                 self._data_buffer = b""
         except RequestError:
@@ -3449,8 +3488,8 @@ class AsyncRequest(Request):
 
     async def wait_disconnect(self):
         """Return once the web server aborted the request, the connection
-        is lost or the response is complete."""
-        while not (self._aborted or self._finished):
+        is lost (or can bring nothing more) or the response is complete."""
+        while not (self._aborted or self._finished or self._input_broken):
             await self._changed()
 
     @property
@@ -3603,10 +3642,11 @@ class _ASGIResponse(object):
             except RequestError as exc:
                 if exc.code in LIMIT_RESPONSES:
                     raise           # the gateway answers 413 / 431
-                body = None
+                return {"type": "http.disconnect"}      # aborted, or the input broke
             if body is not None:
                 # A limit broken after this chunk is raised by the next call.
-                more = not request.stdin_done or bool(request._buffer) or \
+                # (A FILTER's data stream is not the body: read_data has it.)
+                more = not request._stdin_done or bool(request._buffer) or \
                     bool(request.unread_error)
                 self.body_done = not more
                 return {"type": "http.request", "body": body, "more_body": more}
@@ -3662,6 +3702,8 @@ class _ASGIResponse(object):
         """The http.response.pathsend extension: the file at ``path`` (the
         ASGI spec: absolute), by sendfile(2) inside STDOUT records."""
         request = self.request
+        if self.head_sent:
+            raise RuntimeError("http.response.pathsend after http.response.body")
         head = self.offload and self.offload.head(request.connection.writer, self.status,
                                                   self.headers, path)
         if head:
@@ -3916,6 +3958,7 @@ class AsyncServer(_ServerBase):
         while self.alive:
             if parent_pid is not None and os.getppid() != parent_pid:
                 log.warning("supervisor %d is gone; worker exits", parent_pid)
+                self.alive = False
                 break
             await asyncio.wait([self._stopped], timeout=1.0)
         self._stop_accepting()

@@ -409,11 +409,91 @@ def test_asgi_pathsend_sends_files_by_sendfile_between_other_responses(asgi, tmp
 @pytest.mark.parametrize("app", ["apps:raw_http", "asgi_apps:raw_http"])
 def test_as_http_request_and_send_http_response(start, app):
     """Net::Async::FastCGI's pair, on the blocking Request and the async one:
-    a plain request object in, a status / headers / body response out."""
+    a plain request object in, a status / headers / body response out.  A
+    body past the stdin high-water mark is read whole too (the read that
+    waits for more lifts the pause)."""
     server = start("--raw", app=app)
     peer = RawPeer(server.address)
     peer.send(request(1, env("/x", "PUT", REQUEST_URI="/x?q=1", QUERY_STRING="q=1",
-                             HTTP_X_THING="thing", CONTENT_LENGTH="4"), b"data", flags=0))
+                             HTTP_X_THING="thing", CONTENT_LENGTH="4"), b"data", flags=KEEP))
     status, body, app_status, _, _ = peer.response(1)
     assert (status, body, app_status) == (201, b"PUT /x?q=1 thing HTTP/1.1 b'data'", 0)
+    big = b"b" * 400000
+    peer.send(request(1, env("/x", "PUT", CONTENT_LENGTH=str(len(big))), big, flags=0,
+                      split=65528))
+    status, body, _, _, _ = peer.response(1)
+    assert status == 201 and body.endswith(b"b" * 100 + b"'") and len(body) > 400000
     peer.close()
+
+
+def test_asgi_a_protocol_error_is_http_disconnect_and_the_worker_serves_on(asgi):
+    """A malformed record on the connection: the running request's receive()
+    gives http.disconnect (its input is over), and the worker serves on."""
+    server = asgi()
+    peer = RawPeer(server.address)
+    peer.send(request(1, env("/wait_disconnect", "POST", CONTENT_LENGTH="2"), b"ab", flags=KEEP))
+    time.sleep(0.2)
+    peer.send(b"\x02" + b"\x00" * 7)            # version 2: PROTO
+    assert wait_until(lambda: "wait_disconnect: http.disconnect after" in server.log(), 5)
+    assert wait_until(lambda: "PROTO (-3)" in server.log(), 5)
+    peer.close()
+    other = RawPeer(server.address)
+    other.send(request(1, env("/hello"), flags=0))
+    assert other.response(1)[:2] == (200, b"Hello, world!")
+    other.close()
+
+
+def test_asgi_filter_role(asgi):
+    """FILTER (spec 6.4): the body is stdin, the file to filter comes as
+    FCGI_DATA; an ASGI application reads it through the AsyncRequest."""
+    server = asgi()
+    peer = RawPeer(server.address)
+    data = b"filter me " * 50000
+    peer.send(begin(1, role=3) + params_records(1, env("/filter_upper"))
+              + stdin_records(1, b"") + b"".join(rec(8, 1, data[i:i + 65528])
+                                                 for i in range(0, len(data), 65528))
+              + rec(8, 1, b""))
+    status, body, _, _, _ = peer.response(1)
+    assert (status, body) == (200, data.upper())
+    peer.close()
+
+
+def test_asgi_a_request_behind_a_refused_one_is_not_served_on_a_closing_connection(asgi):
+    """431 for the first request: the connection is half-closed and
+    drained; what came behind it is dropped, without an error."""
+    server = asgi("--max-param-size", "100")
+    peer = RawPeer(server.address)
+    peer.send(request(1, env("/hello", HTTP_X="y" * 101), flags=0)
+              + request(2, env("/hello"), flags=KEEP))
+    assert peer.response(1)[0] == 431
+    assert peer.closed()
+    peer.close()
+    time.sleep(0.3)
+    assert "Traceback" not in server.log() and "exception" not in server.log().lower(), \
+        server.log()
+
+
+def test_asgi_management_records_from_a_peer_that_never_reads(asgi):
+    """GET_VALUES from a peer that never reads the answers: once the
+    answers back up, the worker stops reading; its memory stays bounded."""
+    server = asgi()
+    pid = worker_pid(server)
+    before = rss_kib(pid)
+    peer = RawPeer(server.address)
+    peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    question = get_values("FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS") * 1000
+    sent = 0
+    peer.sock.settimeout(2)
+    try:
+        while sent < 200 << 20:
+            peer.sock.sendall(question)
+            sent += len(question)
+    except OSError:         # the worker stopped reading: our send timed out
+        pass
+    assert sent < 200 << 20
+    assert rss_kib(pid) - before < 16384
+    peer.close()
+    other = RawPeer(server.address)
+    other.send(request(1, env("/hello"), flags=0))
+    assert other.response(1)[:2] == (200, b"Hello, world!")
+    other.close()
