@@ -2562,6 +2562,12 @@ def inherited_listener():
             return None
         fd = 0
     sock = socket.socket(fileno=fd)
+    if sys.version_info < (3, 7) and hasattr(socket, "SO_DOMAIN"):
+        # 3.6 does not ask the descriptor its family (a unix socket would be
+        # taken for AF_INET): ask it ourselves.
+        family = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+        sock.detach()
+        sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
     try:
         listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
     except OSError:

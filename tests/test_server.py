@@ -394,27 +394,45 @@ def test_Server_start_response_with_exc_info_replaces_the_head(start):
     assert (response.status, response.body) == (503, b"unavailable")
 
 
-def test_Server_systemd_socket_activation(core_id, tmp_path):
-    """LISTEN_FDS/LISTEN_PID: the socket comes as fd 3 from the service manager."""
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+@pytest.mark.parametrize("how", ["systemd", "fd 0"])
+def test_Server_serves_an_inherited_listening_socket(core_id, tmp_path, how, family):
+    """LISTEN_FDS/LISTEN_PID: the socket comes as fd 3 from the service
+    manager; or a web server spawned us with it on fd 0 (spec 2.2).  Either
+    family, on every interpreter (3.6 does not detect a descriptor's
+    family by itself)."""
     import subprocess
     import sys
-    from servers import ROOT, TESTS, free_port
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
+    from servers import ROOT, TESTS
+    if family == "unix":
+        path = str(tmp_path / "inherited.sock")
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(path)
+        address = "unix:" + path
+    else:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        address = "127.0.0.1:%d" % listener.getsockname()[1]
     listener.listen(16)
-    address = "127.0.0.1:%d" % listener.getsockname()[1]
-    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]), LISTEN_FDS="1")
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]))
     if core_id == "py":
         environment["FASTFCGI_PURE"] = "1"
     fd = listener.fileno()
-    log_path = str(tmp_path / "systemd.log")
+    log_path = str(tmp_path / "inherited.log")
+    program = 'import sys, fastfcgi_py; sys.exit(fastfcgi_py.main())'
     with open(log_path, "w") as log:
-        # sh sets LISTEN_PID to its own pid, which exec hands to Python.
-        proc = subprocess.Popen(
-            ["sh", "-c", 'LISTEN_PID=$$ exec "$0" -c "import sys, fastfcgi_py; '
-             'sys.exit(fastfcgi_py.main())" dispatch:app', sys.executable],
-            env=environment, cwd=TESTS, stdout=log, stderr=subprocess.STDOUT,
-            pass_fds=(fd, 3), preexec_fn=lambda: os.dup2(fd, 3))
+        if how == "systemd":
+            environment["LISTEN_FDS"] = "1"
+            # sh sets LISTEN_PID to its own pid, which exec hands to Python.
+            proc = subprocess.Popen(
+                ["sh", "-c", 'LISTEN_PID=$$ exec "$0" -c "%s" dispatch:app' % program,
+                 sys.executable],
+                env=environment, cwd=TESTS, stdout=log, stderr=subprocess.STDOUT,
+                pass_fds=(fd, 3), preexec_fn=lambda: os.dup2(fd, 3))
+        else:
+            proc = subprocess.Popen([sys.executable, "-c", program, "dispatch:app"],
+                                    env=environment, cwd=TESTS, stdin=listener,
+                                    stdout=log, stderr=subprocess.STDOUT)
     listener.close()
     try:
         class Where(object):
@@ -422,6 +440,7 @@ def test_Server_systemd_socket_activation(core_id, tmp_path):
         where = Where()
         where.address = address
         assert wait_until(lambda: "serving" in open(log_path).read(), 15), open(log_path).read()
+        assert "on " + address in open(log_path).read()
         assert_serving(where)
     finally:
         proc.terminate()
