@@ -69,8 +69,9 @@ def test_offload_x_accel_redirect_through_nginx(files, tmp_path, kind, where):
     core_id, shared, other, content = files
     path = os.path.join(shared if where == "mapped" else other, "big file.bin")
     server = serve(core_id, kind, "X-Accel-Redirect", shared + "=/protected", path, tmp_path)
-    nginx = Nginx(server.address, NGINX_OFFLOAD_CONF.replace("@FILES@", shared))
+    nginx = None
     try:
+        nginx = Nginx(server.address, NGINX_OFFLOAD_CONF.replace("@FILES@", shared))
         assert nginx.request("GET", "/hello")[0] == 200      # imports done
         before = read_bytes(server.proc.pid)
         status, headers, body = nginx.request("GET", url(kind, path))
@@ -83,7 +84,8 @@ def test_offload_x_accel_redirect_through_nginx(files, tmp_path, kind, where):
         else:
             assert read >= SIZE         # ours, by sendfile
     finally:
-        nginx.stop()
+        if nginx is not None:
+            nginx.stop()
         server.stop()
 
 
@@ -92,15 +94,17 @@ def test_offload_x_lighttpd_send_file_through_lighttpd(files, tmp_path, kind):
     core_id, shared, _, content = files
     path = os.path.join(shared, "big file.bin")
     server = serve(core_id, kind, "X-LIGHTTPD-send-file", shared, path, tmp_path)
-    lighttpd = Lighttpd({"app": lighttpd_backend(server.address, **{"x-sendfile": True})})
+    lighttpd = None
     try:
+        lighttpd = Lighttpd({"app": lighttpd_backend(server.address, **{"x-sendfile": True})})
         assert lighttpd.request("GET", "/hello")[0] == 200
         before = read_bytes(server.proc.pid)
         status, headers, body = lighttpd.request("GET", url(kind, path))
         assert (status, len(body), body == content) == (200, SIZE, True)
         assert read_bytes(server.proc.pid) - before < SIZE
     finally:
-        lighttpd.stop()
+        if lighttpd is not None:
+            lighttpd.stop()
         server.stop()
 
 
