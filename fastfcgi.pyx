@@ -1297,7 +1297,9 @@ cdef class Connection:
         conn.peer = _peer_address(&addr, addr_len)
         conn.send_file = None
         if nodelay and addr.ss_family != AF_UNIX:
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+            if setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0:
+                err = errno
+                raise OSError(err, _os_strerror(err))   # conn's dealloc closes fd
         return conn
 
     @property
@@ -1309,6 +1311,15 @@ cdef class Connection:
             self._sock = _socket.socket(self._family, SOCK_STREAM, 0, self._fd)
             self._fd = -1           # the socket owns it now
         return self._sock
+
+    @sock.setter
+    def sock(self, value):
+        # As the pure core's attribute: the new socket replaces the old,
+        # and an fd no socket owns yet is closed, as its socket would be.
+        if self._sock is None and self._fd >= 0:
+            close(self._fd)
+        self._fd = -1
+        self._sock = value
 
     def fileno(self):
         return self._fd if self._sock is None else self._sock.fileno()

@@ -1061,7 +1061,11 @@ class Connection(_Demultiplexer):
         # from a non-blocking listener, which would make this socket one.
         sock = _socket.socket(family, socket.SOCK_STREAM, 0, fd)
         if nodelay and family != socket.AF_UNIX:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                sock.close()        # now, not when the traceback is gone
+                raise
         return cls(sock, None, None, peer)
 
     def fileno(self):
@@ -2637,7 +2641,7 @@ class _ServerBase(object):
     core = None
 
     def _configure(self, gateway, listener, core, max_body, max_param_size, max_params_size,
-                   allow, max_requests, max_conns, busy_slot):
+                   allow, max_requests, max_conns, workers, busy_slot):
         core = core or self.core or sys.modules[__name__]
         self.core = core
         self.parser_class = core.Parser
@@ -2649,7 +2653,8 @@ class _ServerBase(object):
         self.max_params_size = max_params_size
         self.allow = allow
         self.max_requests = max_requests
-        self.max_conns = max_conns
+        self.max_conns = max_conns      # per worker, enforced
+        self.workers = workers          # FCGI_MAX_CONNS says max_conns * workers
         self.busy_slot = busy_slot      # callable(seconds or 0.0), see Supervisor
         self.writer = self.writer_class()
         self.alive = True
@@ -2669,6 +2674,10 @@ class Server(_ServerBase):
     ``writer_class``, ``connection_class`` and ``request_class``.
     fastfcgi_py's own by default; ``fastfcgi`` gives the compiled ones (its
     Server too).  A subclass may name its own connection_class.
+
+    ``max_conns`` is how many idle kept connections the worker holds (past
+    it the least recently used is closed); FCGI_GET_VALUES answers
+    FCGI_MAX_CONNS with ``max_conns * workers``, the pool's bound.
     """
 
     core = None
@@ -2677,9 +2686,9 @@ class Server(_ServerBase):
     def __init__(self, gateway, listener, *, core=None, max_body=None,
                  max_param_size=DEFAULT_MAX_PARAM_SIZE,
                  max_params_size=DEFAULT_MAX_PARAMS_SIZE, allow=None,
-                 max_requests=0, max_conns=MAX_KEPT_CONNECTIONS, busy_slot=None):
+                 max_requests=0, max_conns=MAX_KEPT_CONNECTIONS, workers=1, busy_slot=None):
         self._configure(gateway, listener, core, max_body, max_param_size, max_params_size,
-                        allow, max_requests, max_conns, busy_slot)
+                        allow, max_requests, max_conns, workers, busy_slot)
         self.request_class = self.core.Request
         if self.connection_class is None:
             self.connection_class = self.core.Connection
@@ -2801,12 +2810,15 @@ class Server(_ServerBase):
         and the request class."""
         conn.parser = self.parser_class(max_param_size=self.max_param_size,
                                         max_params_size=self.max_params_size,
-                                        max_body=self.max_body, max_conns=self.max_conns)
+                                        max_body=self.max_body,
+                                        max_conns=self.max_conns * self.workers)
         conn.writer = self.writer
         conn.request_class = self.request_class
 
     def _keep(self, conn):
-        if len(self._kept) >= MAX_KEPT_CONNECTIONS:
+        # Past max_conns kept connections the least recently used goes:
+        # FCGI_MAX_CONNS (spec 4.1) tells the web server this bound.
+        if len(self._kept) >= self.max_conns:
             oldest = next(iter(self._kept.values()))
             self._close(oldest)
         fd = conn.fileno()
@@ -3899,8 +3911,7 @@ class AsyncServer(_ServerBase):
                  max_requests=0, max_conns=ASYNC_MAX_CONNECTIONS, workers=1,
                  busy_slot=None, max_concurrency=DEFAULT_MAX_CONCURRENCY, loop="auto"):
         self._configure(gateway, listener, core, max_body, max_param_size, max_params_size,
-                        allow, max_requests, max_conns, busy_slot)
-        self.workers = workers
+                        allow, max_requests, max_conns, workers, busy_slot)
         self.max_concurrency = max_concurrency
         self.refused = 0            # OVERLOADED answers not logged yet
         self.refused_logged = 0.0
@@ -5257,16 +5268,14 @@ def main(argv=None, core=None):
         if args.asgi or (args.raw and _is_async(app) and not args.http):
             gateway = (ASGIGateway(app, access_log=args.access_log, offload=offload)
                        if args.asgi else AsyncRawGateway(app, access_log=args.access_log))
-            return AsyncServer(gateway, listener, max_conns=ASYNC_MAX_CONNECTIONS,
-                               workers=args.workers, max_concurrency=args.max_concurrency,
+            return AsyncServer(gateway, listener, workers=args.workers, max_concurrency=args.max_concurrency,
                                loop=loop_name, **limits)
         if args.raw and _is_async(app):
             raise TypeError("--http runs blocking --raw applications only; %s is async"
                             % args.app)
         gateway = (RawGateway(app, access_log=args.access_log) if args.raw else
                    WSGIGateway(app, access_log=args.access_log, core=core, offload=offload))
-        return server_class(gateway, listener, max_conns=MAX_KEPT_CONNECTIONS * args.workers,
-                            **limits)
+        return server_class(gateway, listener, workers=args.workers, **limits)
 
     log.info("fastfcgi %s serving %s on %s%s: %d worker(s), %s core, Python %s%s",
              __version__, args.app, where,

@@ -387,6 +387,88 @@ def test_Connection_sock_is_the_accepted_socket_whenever_asked(core, tmp_path):
         client.close()
 
 
+def test_Connection_sock_can_be_replaced_and_the_old_descriptor_closes(core, tmp_path):
+    """``conn.sock`` is an attribute on both cores: setting it gives the
+    connection another socket, and the accepted descriptor is closed as
+    the pure core's dropped socket object closes it."""
+    with listener(socket.AF_UNIX, tmp_path) as lsock:
+        client = connect(lsock)
+        conn = core.Connection.accept(lsock)
+        old_fd = conn.fileno()
+        a, b = socket.socketpair()
+        conn.sock = a
+        assert conn.sock is a and conn.fileno() == a.fileno()
+        assert client.recv(100) == b""          # the accepted socket closed
+        conn.sendall(b"on the new socket")
+        assert b.recv(100) == b"on the new socket"
+        if old_fd != a.fileno():
+            with pytest.raises(OSError):
+                os.fstat(old_fd)
+        conn.close()
+        b.close()
+        client.close()
+
+
+NODELAY_FAILS_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+/* setsockopt(TCP_NODELAY) fails with ENOBUFS, as a kernel may. */
+int setsockopt(int fd, int level, int name, const void *value, socklen_t len) {
+    static int (*real)(int, int, int, const void *, socklen_t);
+    if (level == IPPROTO_TCP && name == TCP_NODELAY) { errno = ENOBUFS; return -1; }
+    if (!real) real = dlsym(RTLD_NEXT, "setsockopt");
+    return real(fd, level, name, value, len);
+}
+"""
+
+NODELAY_PROBE = r"""
+import socket, sys
+sys.path[:0] = [sys.argv[2], sys.argv[3]]
+core = __import__(sys.argv[1])
+lsock = socket.socket()
+lsock.bind(("127.0.0.1", 0))
+lsock.listen(4)
+lsock.setblocking(False)
+client = socket.create_connection(lsock.getsockname())
+import select
+select.select([lsock], [], [], 5)
+try:
+    core.Connection.accept(lsock)
+except OSError as exc:
+    client.settimeout(5)
+    print("OSError", exc.errno, repr(client.recv(10)))
+else:
+    print("accepted")
+"""
+
+
+def test_Connection_accept_raises_when_TCP_NODELAY_cannot_be_set(core, tmp_path):
+    """Both cores raise the setsockopt error (and close the accepted
+    socket) instead of serving without TCP_NODELAY; the failure comes from
+    the real libc call, wrapped by a preloaded library."""
+    import shutil
+    import subprocess
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler for the preloaded library")
+    (tmp_path / "nodelay.c").write_text(NODELAY_FAILS_C)
+    lib = str(tmp_path / "nodelay.so")
+    subprocess.check_call([cc, "-shared", "-fPIC", "-o", lib, str(tmp_path / "nodelay.c"),
+                           "-ldl"])
+    (tmp_path / "probe.py").write_text(NODELAY_PROBE)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, LD_PRELOAD=lib)
+    out = subprocess.run([sys.executable, str(tmp_path / "probe.py"), core.__name__,
+                          os.path.dirname(core.__file__), root],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         timeout=60, universal_newlines=True)
+    assert out.stdout.split() == ["OSError", str(errno.ENOBUFS), "b''"], out.stderr
+
+
 def test_Connection_sendall_to_a_peer_that_went_away_raises_OSError(core, tmp_path):
     with listener(socket.AF_UNIX, tmp_path) as lsock:
         client = connect(lsock)
@@ -522,9 +604,8 @@ def test_Server_skips_a_stale_event_whose_fd_a_new_connection_took(core, tmp_pat
     earlier in the same batch (the least recently used one, for a new
     connection) is not served on the connection that took its fd number:
     that read would block the worker."""
-    monkeypatch.setattr(fastfcgi_py, "MAX_KEPT_CONNECTIONS", 1)
     lsock = listener(socket.AF_UNIX, tmp_path)
-    server = core.Server(core.WSGIGateway(hello_app), lsock)
+    server = core.Server(core.WSGIGateway(hello_app), lsock, max_conns=1)
     server._poller = fastfcgi_py._Poller()
     clients = []
     try:
@@ -545,6 +626,34 @@ def test_Server_skips_a_stale_event_whose_fd_a_new_connection_took(core, tmp_pat
         (new_fd, new_conn), = server._kept.items()
         assert new_fd == old_fd and new_conn is not old_conn, "the fd was not reused"
         assert new_conn.parser.buffered == 0
+    finally:
+        for conn in list(server._kept.values()):
+            server._close(conn)
+        server._poller.close()
+        for client in clients:
+            client.close()
+        lsock.close()
+
+
+def test_Server_holds_max_conns_kept_connections_and_says_so(core, tmp_path):
+    """``max_conns`` is enforced: a third kept connection closes the least
+    recently used of two; FCGI_MAX_CONNS answers max_conns * workers."""
+    lsock = listener(socket.AF_UNIX, tmp_path)
+    server = core.Server(core.WSGIGateway(hello_app), lsock, max_conns=2, workers=3)
+    server._poller = fastfcgi_py._Poller()
+    clients = []
+    try:
+        for _ in range(3):
+            client = connect(lsock)
+            client.sendall(fcgi_request(1, {"REQUEST_METHOD": "GET"}, flags=1))
+            clients.append(client)
+            server._accept()
+            assert HELLO in client.recv(65536)
+        assert len(server._kept) == 2
+        assert clients[0].recv(100) == b""              # the oldest was closed
+        clients[2].sendall(get_values("FCGI_MAX_CONNS"))
+        server._dispatch(server._poller.poll(5.0))
+        assert b"FCGI_MAX_CONNS6" in clients[2].recv(100)
     finally:
         for conn in list(server._kept.values()):
             server._close(conn)
