@@ -599,6 +599,16 @@ def test_Poller_reports_the_readable_fds(kind, monkeypatch):
             b.close()
 
 
+def close_all(server, clients, lsock):
+    """Close what a test that drives ``server`` by hand opened."""
+    for conn in list(server._kept.values()):
+        server._close(conn)
+    server._poller.close()
+    for client in clients:
+        client.close()
+    lsock.close()
+
+
 def test_Server_skips_a_stale_event_whose_fd_a_new_connection_took(core, tmp_path, monkeypatch):
     """An event the poller reported for a kept connection that was closed
     earlier in the same batch (the least recently used one, for a new
@@ -627,12 +637,7 @@ def test_Server_skips_a_stale_event_whose_fd_a_new_connection_took(core, tmp_pat
         assert new_fd == old_fd and new_conn is not old_conn, "the fd was not reused"
         assert new_conn.parser.buffered == 0
     finally:
-        for conn in list(server._kept.values()):
-            server._close(conn)
-        server._poller.close()
-        for client in clients:
-            client.close()
-        lsock.close()
+        close_all(server, clients, lsock)
 
 
 def test_Server_holds_max_conns_kept_connections_and_says_so(core, tmp_path):
@@ -655,12 +660,7 @@ def test_Server_holds_max_conns_kept_connections_and_says_so(core, tmp_path):
         server._dispatch(server._poller.poll(5.0))
         assert b"FCGI_MAX_CONNS6" in clients[2].recv(100)
     finally:
-        for conn in list(server._kept.values()):
-            server._close(conn)
-        server._poller.close()
-        for client in clients:
-            client.close()
-        lsock.close()
+        close_all(server, clients, lsock)
 
 
 # -- FU's blocking reader over real sockets (moved from the Parser) -------------------
