@@ -120,6 +120,9 @@ def load_contenders():
     except ImportError as exc:
         found["compiled"] = (None, "not built (%s)" % exc)
     else:
+        if fastfcgi.CORE != "compiled":     # fastfcgi.py, the pure stand-in
+            found["compiled"] = (None, "not built (fastfcgi is %s)" % fastfcgi.__file__)
+    if "compiled" not in found:
         found["compiled"] = (fastfcgi, "fastfcgi %s, %s" % (
             getattr(fastfcgi, "__version__", "?"), fastfcgi.__file__))
     import fastfcgi_py
@@ -467,7 +470,7 @@ def json_report(found, args, cases, ratios, notes):
 DEBIAN_PYTHON = "/usr/bin/python3"
 # ".venv*/" in .gitignore covers it.
 BENCH_VENV = os.path.join(HERE, ".venv-bench")
-BUILD_SOURCES = ("fastfcgi.pyx", "fastfcgi.pxd", "fastfcgi_py.py", "setup.py")
+BUILD_SOURCES = ("fastfcgi.pyx", "fastfcgi.pxd", "fastfcgi_py.py", "fastfcgi.py", "setup.py")
 E2E_BACKENDS = ("compiled", "pure", "uwsgi", "flup",
                 "asgi-compiled", "asgi-pure", "uvicorn", "granian")
 # uWSGI closes every FastCGI connection; uvicorn and granian are HTTP
@@ -678,8 +681,10 @@ def prepare_python(args, say):
             with open(os.path.join(build_dir, name), "wb") as f:
                 f.write(data)
         log_path = os.path.join(build_dir, "build.log")
+        # A failed build must stop the bench, never measure the pure core
+        # as "compiled".
         _run([python, "setup.py", "build_ext", "--inplace"], say, "build_ext",
-             cwd=build_dir, env=env, log_path=log_path)
+             cwd=build_dir, env=dict(env, FASTFCGI_REQUIRE_EXT="1"), log_path=log_path)
         if not glob.glob(os.path.join(build_dir, "fastfcgi.*.so")):
             with open(log_path) as f:
                 tail = "".join(f.readlines()[-15:])
@@ -1554,7 +1559,7 @@ import fastfcgi_py
 core = fastfcgi_py
 if core_name == "compiled":
     import fastfcgi as core
-    assert core.Parser.__module__ == "fastfcgi", core.__file__
+    assert core.CORE == "compiled", core.__file__
 
 def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])

@@ -58,6 +58,7 @@ from fastfcgi_py import (DEFAULT_MAX_PARAM_SIZE, DEFAULT_MAX_PARAMS_SIZE,
 
 __version__ = _py.__version__
 __all__ = list(_py.__all__)
+CORE = "compiled"
 
 
 def _reexport(namespace):

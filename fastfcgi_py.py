@@ -50,6 +50,10 @@ import time
 import traceback
 
 __version__ = "0.1.0"
+# Which core this module's classes are: "pure" here, "compiled" in the
+# extension module fastfcgi (whose `import fastfcgi` falls back to this
+# module's API in a pure install).
+CORE = "pure"
 
 log = logging.getLogger("fastfcgi")
 
@@ -74,7 +78,7 @@ __all__ = [
     "Server", "HTTPServer", "Supervisor", "WORKER_BOOT_ERROR", "parse_address", "bind_listener",
     "tune_listener",
     "Client", "ClientResponse", "main", "client_main", "select_core", "load_app",
-    "authorizer",
+    "authorizer", "CORE",
 ]
 
 
@@ -5047,8 +5051,8 @@ def select_core():
 
 
 def core_name(core):
-    """ "compiled" when ``core``'s servers really run the compiled parser."""
-    return "compiled" if core.Parser.__module__ == "fastfcgi" else "pure"
+    """ "compiled" when ``core``'s servers run the compiled parser."""
+    return core.CORE
 
 
 def load_app(spec):

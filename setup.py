@@ -1,10 +1,21 @@
 """Build and install fastfcgi.
 
 ``pip install .`` installs the pure module ``fastfcgi_py`` and, when Cython
-(3.0 or later) and a C compiler are there, the compiled module ``fastfcgi``.
-Without them, with ``FASTFCGI_NO_EXT=1``, on PyPy, or when the extension does
-not compile, the install still succeeds with the pure module alone, and one
-banner line says so (``pip install -v`` shows it).
+(3.0 or later) and a C compiler are there, the compiled module ``fastfcgi``
+with its declarations ``fastfcgi.pxd`` (for ``cimport fastfcgi``).  Without
+them, with ``FASTFCGI_NO_EXT=1``, on PyPy, or when the extension does not
+compile, the install still succeeds as a pure one, and one banner line says
+so (``pip install -v`` shows it): ``fastfcgi`` is then fastfcgi.py, the
+pure module's API under the same name.  Either way ``import fastfcgi``
+works, and ``fastfcgi.CORE`` says which core it is.  Type stubs for both
+modules are installed as PEP 561 stub packages.
+
+Environment:
+    FASTFCGI_NO_EXT=1       a pure build, on purpose (a ``py3-none-any`` wheel)
+    FASTFCGI_REQUIRE_EXT=1  a failed extension build is an error, not a pure
+                            build (CI and bench.py set it)
+    FASTFCGI_WERROR=1       compiler warnings are errors (CI sets it; a
+                            warning on a user's machine must not fail)
 
 ``python setup.py build_ext --inplace`` builds the extension next to the
 sources; the test suite imports it from there.
@@ -43,9 +54,17 @@ def read_readme():
         return f.read()
 
 
+def env_flag(name):
+    return os.environ.get(name, "") not in ("", "0")
+
+
+REQUIRE_EXT = env_flag("FASTFCGI_REQUIRE_EXT")
+WERROR = env_flag("FASTFCGI_WERROR")
+
+
 def pure_reason():
     """Why the extension is not even tried, or None."""
-    if os.environ.get("FASTFCGI_NO_EXT", "") not in ("", "0"):
+    if env_flag("FASTFCGI_NO_EXT"):
         return "FASTFCGI_NO_EXT is set"
     implementation = platform.python_implementation()
     if implementation != "CPython":
@@ -61,6 +80,9 @@ def pure_reason():
 
 
 PURE_REASON = pure_reason()
+if PURE_REASON is not None and REQUIRE_EXT:
+    sys.exit("fastfcgi: FASTFCGI_REQUIRE_EXT is set, but the extension cannot be built: %s"
+             % PURE_REASON)
 _announced = []
 
 
@@ -74,12 +96,16 @@ def announce_pure(reason):
 
 class BuildPy(build_py):
     # The step every install runs: the place to tell about a pure build
-    # decided up front (build_ext does not run without extensions).
+    # decided up front (build_ext does not run without extensions), and to
+    # put fastfcgi.pxd beside the extension.
 
     def run(self):
         build_py.run(self)
         if PURE_REASON is not None:
             announce_pure(PURE_REASON)
+        else:
+            self.copy_file(os.path.join(HERE, "fastfcgi.pxd"),
+                           os.path.join(self.build_lib, "fastfcgi.pxd"))
 
 
 class BuildExt(build_ext):
@@ -100,20 +126,33 @@ class BuildExt(build_ext):
                 build_ext.run(self)
                 return
             except Exception as exc:
+                if REQUIRE_EXT:
+                    raise
                 detail = (str(exc).strip().splitlines() or [""])[0]
                 if len(detail) > 60:
                     detail = detail[:57] + "..."
                 reason = "the extension did not build: %s%s" % (
                     type(exc).__name__, ": " + detail if detail else "")
                 self.remove_stale_outputs()
+                self.install_pure_fastfcgi()
         announce_pure(reason)
 
     def build_extension(self, ext):
-        if self.compiler.compiler_type == "msvc":
-            ext.extra_compile_args = list(ext.extra_compile_args) + ["/WX"]
-        else:
-            ext.extra_compile_args = list(ext.extra_compile_args) + ["-Werror"]
+        if WERROR:
+            flag = "/WX" if self.compiler.compiler_type == "msvc" else "-Werror"
+            ext.extra_compile_args = list(ext.extra_compile_args) + [flag]
         build_ext.build_extension(self, ext)
+
+    def install_pure_fastfcgi(self):
+        # The extension was to be ``fastfcgi``: the pure stand-in takes its
+        # place (in place, fastfcgi.py is already beside the sources), and
+        # its declarations are of no use without it.
+        if not self.inplace:
+            self.copy_file(os.path.join(HERE, "fastfcgi.py"),
+                           os.path.join(self.build_lib, "fastfcgi.py"))
+            pxd = os.path.join(self.build_lib, "fastfcgi.pxd")
+            if os.path.exists(pxd):
+                os.remove(pxd)
 
     def remove_stale_outputs(self):
         # An extension left by an earlier build (in place, or in build/lib,
@@ -132,7 +171,13 @@ setup(
                 "and a pure-Python twin",
     long_description=read_readme(),
     long_description_content_type="text/markdown",
-    py_modules=["fastfcgi_py"],
+    # fastfcgi.py only where no extension is tried (see BuildExt for one
+    # that fails); the stubs are PEP 561 stub-only packages, as a single
+    # module cannot carry py.typed.
+    py_modules=["fastfcgi_py"] + (["fastfcgi"] if PURE_REASON is not None else []),
+    packages=["fastfcgi-stubs", "fastfcgi_py-stubs"],
+    package_dir={"fastfcgi-stubs": "stubs/fastfcgi", "fastfcgi_py-stubs": "stubs/fastfcgi_py"},
+    package_data={"fastfcgi-stubs": ["*.pyi"], "fastfcgi_py-stubs": ["*.pyi"]},
     ext_modules=([Extension("fastfcgi", ["fastfcgi.pyx"])]
                  if PURE_REASON is None else []),
     entry_points={"console_scripts": ["fastfcgi = fastfcgi_py:main",

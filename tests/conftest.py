@@ -25,13 +25,17 @@ if ROOT not in sys.path:
 
 import fastfcgi_py  # noqa: E402
 
-try:
-    import fastfcgi
-except ImportError as exc:  # reported by test_compiled_core_loaded
-    fastfcgi = None
-    COMPILED_IMPORT_ERROR = exc
-else:
+import fastfcgi  # noqa: E402  (the extension, or fastfcgi.py standing in for it)
+
+# ``import fastfcgi`` works in every tree: where the extension is not built,
+# fastfcgi.py gives the pure module's API under that name.  The "c" tests
+# want the compiled core.
+FASTFCGI_MODULE = fastfcgi
+if fastfcgi.CORE == "compiled":
     COMPILED_IMPORT_ERROR = None
+else:  # reported by test_compiled_core_loaded
+    COMPILED_IMPORT_ERROR = "the extension is not built: fastfcgi is %s" % fastfcgi.__file__
+    fastfcgi = None
 
 # Where no compiled core is expected: asked for a pure run, or an interpreter
 # the extension does not support (PyPy, CPython < 3.8).

@@ -58,11 +58,22 @@ case $("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])') in
     *) pip_spec="pip" ;;
 esac
 "$PY" -m pip install -q --disable-pip-version-check --upgrade "$pip_spec"
-"$PY" -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+# The build's requirements (Cython, setuptools, wheel) are pyproject.toml's,
+# the one place they are written; then what the tests need.
+build_requires=$("$PY" -c '
+import re
+text = open("pyproject.toml").read()
+block = re.search(r"^requires = \[(.*?)\]", text, re.M | re.S).group(1)
+print("\n".join(re.findall(r"\"([^\"]+)\"", block)))')
+mapfile -t build_requires <<<"$build_requires"
+"$PY" -m pip install -q --disable-pip-version-check "${build_requires[@]}" -r tests/requirements.txt
 
 # -- the compiled core, in place ----------------------------------------------------
-if [ "${FASTFCGI_NO_EXT:-0}" != 1 ]; then
-    "$PY" setup.py -q build_ext --inplace
+# A failed build or a compiler warning fails the run: it must never pass
+# as a pure one.
+# PyPy runs the pure core: nothing to build there.
+if [ "${FASTFCGI_NO_EXT:-0}" != 1 ] && [ "$("$PY" -c 'import sys; print(sys.implementation.name)')" = cpython ]; then
+    FASTFCGI_REQUIRE_EXT=1 FASTFCGI_WERROR=1 "$PY" setup.py -q build_ext --inplace
 fi
 
 "$PY" -m pytest "$@"

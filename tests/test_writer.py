@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 
-from conftest import PURE_ONLY_REASON, COMPILED_IMPORT_ERROR, fastfcgi
+from conftest import PURE_ONLY_REASON, COMPILED_IMPORT_ERROR, FASTFCGI_MODULE, fastfcgi
 
 
 def test_compiled_core_loaded():
@@ -39,13 +39,32 @@ def test_compiled_core_loaded():
         listener.close()
 
 
+def test_import_fastfcgi_gives_the_whole_API_in_every_tree():
+    """``import fastfcgi`` is the extension where it is built and
+    fastfcgi.py (the pure module's names) where not; CORE says which, and
+    the documented API is there either way."""
+    import fastfcgi_py
+    module = FASTFCGI_MODULE
+    assert module.CORE == ("compiled" if fastfcgi is not None else "pure")
+    assert module.__version__ == fastfcgi_py.__version__
+    assert set(fastfcgi_py.__all__) <= set(vars(module))
+    if module.CORE == "pure":
+        assert module.__file__.endswith("fastfcgi.py"), module.__file__
+        for name in fastfcgi_py.__all__:
+            assert getattr(module, name) is getattr(fastfcgi_py, name), name
+    for name in ("Client", "Request", "authorizer", "Server", "AsyncServer", "WSGIGateway"):
+        assert callable(getattr(module, name)), name
+
+
 def test_cores_share_the_constants(core):
     import fastfcgi_py
     assert (core.OK, core.EOF, core.IO, core.PROTO, core.PLEN, core.CLEN, core.ABORT,
             core.NOREQ, core.SEND) == (0, -1, -2, -3, -4, -5, -6, -7, -8)
     for name in fastfcgi_py.__all__:
-        if name not in ("Parser", "Writer", "Connection", "Request",  # the core's own
-                        "WSGIGateway", "Server", "HTTPServer", "AsyncServer"):  # the core as default
+        if name == "CORE":
+            assert core.CORE == ("pure" if core is fastfcgi_py else "compiled")
+        elif name not in ("Parser", "Writer", "Connection", "Request",  # the core's own
+                          "WSGIGateway", "Server", "HTTPServer", "AsyncServer"):  # the core as default
             assert getattr(core, name) is getattr(fastfcgi_py, name), name
         elif name.endswith(("Gateway", "Server")):
             assert getattr(core, name).__mro__[1 if core is not fastfcgi_py else 0] \
