@@ -5,10 +5,14 @@ Also checks a property of each core alone: events do not depend on where the
 input was split.
 """
 
+import io
 import os
+import platform
 import socket
 import struct
+import tempfile
 import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -26,8 +30,10 @@ SETTINGS = settings(max_examples=100 if os.environ.get("HYPOTHESIS_PROFILE") == 
 
 small_bytes = st.binary(max_size=40)
 names = st.sampled_from(["CONTENT_LENGTH", "REQUEST_METHOD", "HTTP_HOST", "A", "",
-                         "FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS", "X" * 130])
-values = st.one_of(st.sampled_from(["", "0", "3", "10", "5x", "GET", "\xe9", "1" * 20]),
+                         "FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS", "X" * 130,
+                         "SEND_FILE"])
+values = st.one_of(st.sampled_from(["", "0", "3", "10", "5x", "GET", "\xe9", "1" * 20,
+                                    "bytes"]),
                    st.text(alphabet=st.characters(max_codepoint=255), max_size=140))
 request_ids = st.sampled_from([0, 1, 1, 1, 2, 3, 65535])
 
@@ -335,18 +341,38 @@ def serve_bytes_collecting(data, half_close=False):
     open, as a web server waiting for the answer does; with ``half_close``
     it then shuts its sending side, as one that has no more requests)."""
     app, web = socket.socketpair()
+    return app, collecting_peer(web, data, half_close)
+
+
+def collecting_peer(web, data, half_close=False):
+    """The web server's side of a connection, in a thread: sends ``data``,
+    keeps what it reads in ``.received`` until the end, then closes.
+
+    With ``half_close`` it shuts its sending side once the server (this
+    process's main thread) sits in a blocking read, that is once it has
+    done all it can with ``data``.  Sooner, the end of the input could meet
+    a request still running: the server rightly takes that for a web server
+    gone away (spec 3.5 leaves the connection to the web server), and what
+    it answers would depend on timing, not on the bytes."""
+    server_thread = os.getpid()     # the main thread's id is the process's
 
     class Peer(threading.Thread):
         received = b""
 
         def run(self):
-            web.settimeout(20)
             try:
                 web.sendall(data)       # the server may close before all of it
-                if half_close:
-                    web.shutdown(socket.SHUT_WR)
+                waiting = half_close
+                give_up = time.monotonic() + 10
+                web.settimeout(0.002 if waiting else 20)
                 while True:
-                    got = web.recv(65536)
+                    try:
+                        got = web.recv(65536)
+                    except socket.timeout:
+                        if waits_for_input(server_thread) or time.monotonic() > give_up:
+                            web.shutdown(socket.SHUT_WR)
+                            web.settimeout(20)
+                        continue
                     if not got:
                         break
                     self.received += got
@@ -355,7 +381,38 @@ def serve_bytes_collecting(data, half_close=False):
             web.close()
     thread = Peer()
     thread.start()
-    return app, thread
+    return thread
+
+
+# The system calls a thread blocked reading a socket sits in, by machine.
+_READ_CALLS = {"x86_64": {0: "read", 45: "recvfrom", 47: "recvmsg"},
+               "aarch64": {63: "read", 207: "recvfrom", 212: "recvmsg"}}
+
+
+def waits_for_input(tid):
+    """True while thread ``tid`` of this process is blocked reading a socket
+    (Linux /proc; where that cannot be told, True: do not wait).  Seen
+    twice, so that a read just returning is not taken for one waiting."""
+    calls = _READ_CALLS.get(platform.machine())
+    if calls is None:
+        return True
+    for _ in range(2):
+        try:
+            with open("/proc/self/task/%d/syscall" % tid) as f:
+                fields = f.read().split()
+        except OSError:
+            return True
+        if len(fields) < 5 or not fields[0].isdigit() or int(fields[0]) not in calls:
+            return False        # "running", or another call
+        if calls[int(fields[0])] == "recvfrom" and int(fields[4], 16) & socket.MSG_DONTWAIT:
+            return False        # a look without waiting
+        try:
+            if not os.readlink("/proc/self/fd/%d" % int(fields[1], 16)).startswith("socket:"):
+                return False
+        except OSError:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 @needs_both
@@ -380,36 +437,63 @@ def test_WSGIGateway_cores_agree(behaviour, env, body, flags):
 # same lines.
 
 def _echo_app(environ, start_response):
-    """Answers what it was given: the params, stdin, and the FILTER data."""
+    """Answers what it was given: the params, stdin, and the FILTER data;
+    with SEND_FILE, through wsgi.file_wrapper (a real file, sent with
+    sendfile(2), or with SEND_FILE=bytes an in-memory one, read in blocks)."""
     body = environ["wsgi.input"].read()
     if environ["fastcgi.role"] == "FILTER":
         body += b"|" + environ["fastcgi.data"].read()
     params = sorted((k, v) for k, v in environ.items() if isinstance(v, str))
     out = repr(params).encode("utf-8", "backslashreplace") + b"|" + body
+    if "SEND_FILE" in environ:
+        start_response("200 OK", [("Content-Type", "text/x-python")])
+        with open(__file__, "rb") as f:
+            source = f.read(5000)
+        if environ["SEND_FILE"] == "bytes":
+            return environ["wsgi.file_wrapper"](io.BytesIO(out + source), 700)
+        f = open(__file__, "rb")
+        f.seek(1000)                # sendfile from where the file stands
+        return environ["wsgi.file_wrapper"](f, 700)
     start_response("200 OK", [("Content-Length", str(len(out)))])
     return [out]
 
 
-def serve_connection_to_its_end(module, data, limits):
+def serve_connection_to_its_end(module, data, limits, accepted=False, tmp_dir=None):
     """Every byte ``module``'s Server answers to ``data`` (then the web
-    server's half-close) on one connection, and the log lines."""
+    server's half-close) on one connection, and the log lines.  With
+    ``accepted`` the connection comes from ``Connection.accept`` on a unix
+    listener, as in a worker (the compiled core's then works on the bare
+    descriptor); otherwise it wraps one end of a socketpair."""
     import logging
-    app, thread = serve_bytes_collecting(data, half_close=True)
     lines = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())
     log = logging.getLogger("fastfcgi")
     log.addHandler(handler)
     lsock = socket.socket(socket.AF_UNIX)       # the Server wants a listener
+    app = None
     try:
+        if accepted:
+            path = tempfile.mktemp(prefix="diff-", suffix=".sock", dir=tmp_dir)
+            lsock.bind(path)
+            lsock.listen(1)
+            web = socket.socket(socket.AF_UNIX)
+            web.connect(path)
+            os.unlink(path)
+            thread = collecting_peer(web, data, half_close=True)
+            conn = module.Connection.accept(lsock)
+        else:
+            app, thread = serve_bytes_collecting(data, half_close=True)
+            conn = module.Connection(app, None, None, "")
         server = module.Server(module.WSGIGateway(_echo_app), lsock, **limits)
-        conn = module.Connection(app, None, None, "")
         server.new_connection(conn)
         while server.serve_connection(conn):
             pass
+        conn.close()
     finally:
         log.removeHandler(handler)
-        app.close()
+        if app is not None:
+            app.close()
         lsock.close()
         thread.join(30)
     return thread.received, [line.split("\n")[0] for line in lines]
@@ -453,8 +537,54 @@ def interleaved_requests(draw):
 
 @needs_both
 @SETTINGS
-@given(data=interleaved_requests(), limits=server_limits)
-def test_Server_cores_agree_on_interleaved_record_streams(data, limits):
-    compiled = serve_connection_to_its_end(fastfcgi, data, limits)
-    pure = serve_connection_to_its_end(fastfcgi_py, data, limits)
+@given(data=interleaved_requests(), limits=server_limits, accepted=st.booleans())
+def test_Server_cores_agree_on_interleaved_record_streams(data, limits, accepted):
+    compiled = serve_connection_to_its_end(fastfcgi, data, limits, accepted)
+    pure = serve_connection_to_its_end(fastfcgi_py, data, limits, accepted)
     assert compiled == pure
+
+
+# The cases the random streams reach only now and then, each on its own:
+# both cores, on an accepted and on a wrapped connection, must send the same
+# bytes and log the same lines, and what they send is what the case is about.
+
+PLAIN = {"REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": "/p"}
+NAMED_CASES = {
+    "a second request on a kept connection": (
+        request(1, PLAIN, b"first", flags=1) + request(1, PLAIN, b"second", flags=1), {},
+        [b"|first", b"|second"], None),
+    "AUTHORIZER": (
+        request(1, {"REMOTE_USER": "u"}, role=2), {}, [b"'AUTHORIZER'"], None),
+    "FILTER with its data stream": (
+        begin(1, role=3) + params_records(1, dict(PLAIN, FCGI_DATA_LENGTH="4"))
+        + stdin_records(1, b"in") + rec(8, 1, b"data") + rec(8, 1, b""), {},
+        [b"'FILTER'", b"|in|data"], None),
+    "FileWrapper of a real file (sendfile)": (
+        request(1, dict(PLAIN, SEND_FILE="file")), {}, [b"test_differential"], None),
+    "FileWrapper of a BytesIO": (
+        request(1, dict(PLAIN, SEND_FILE="bytes"), b"abc"), {}, [b"|abc", b"import"], None),
+    "413: a body over max_body": (
+        request(1, dict(PLAIN, CONTENT_LENGTH="100"), b"x" * 100, flags=1), {"max_body": 10},
+        [b"Status: 413"], "413"),
+    "431: one param over max_param_size": (
+        request(1, dict(PLAIN, HTTP_X_BIG="y" * 300), flags=1), {"max_param_size": 100},
+        [b"Status: 431"], "431"),
+    "431: the params over max_params_size": (
+        request(1, dict(PLAIN, HTTP_A="a" * 40, HTTP_B="b" * 40), flags=1),
+        {"max_params_size": 80}, [b"Status: 431"], "431"),
+}
+
+
+@needs_both
+@pytest.mark.parametrize("accepted", [False, True], ids=["wrapped", "accepted"])
+@pytest.mark.parametrize("case", sorted(NAMED_CASES))
+def test_Server_cores_agree_case_by_case(case, accepted, tmp_path):
+    data, limits, expected, logged = NAMED_CASES[case]
+    compiled = serve_connection_to_its_end(fastfcgi, data, limits, accepted, str(tmp_path))
+    pure = serve_connection_to_its_end(fastfcgi_py, data, limits, accepted, str(tmp_path))
+    assert compiled == pure
+    sent, lines = pure
+    for part in expected:
+        assert part in sent, (part, sent[:300])
+    if logged is not None:
+        assert any(logged in line for line in lines), lines
