@@ -215,6 +215,55 @@ def check_three_ways(core, data, expected_events, expected_replies=b"",
             assert replies == expected_replies, name
 
 
+# -- front ends: the web servers the integration tests put in front of us ------
+#
+# Tests that need one (nginx, lighttpd, Apache, Caddy, h2o, HAProxy, uwsgi,
+# cgi-fcgi, spawn-fcgi) carry the ``frontend`` marker, so ``pytest -m "not
+# frontend"`` runs the rest with no system package at all.  need_frontend()
+# records which front ends ran and which could not, and the summary at the
+# end of the run lists both.  tests/run.sh installs them all and sets
+# FASTFCGI_REQUIRE_FRONTENDS=1: a missing one then fails its tests instead
+# of skipping them quietly.
+
+FRONTENDS_STARTED = {}      # name -> how many times a test started it
+FRONTENDS_SKIPPED = {}      # name -> why it could not run
+
+
+def need_frontend(name, missing=None, installable=True, skip=True):
+    """Go on when front end ``name`` can run (``missing`` is None), else
+    skip the test with ``missing`` as the reason (or, without ``skip``, let
+    it go on without that part); fail it instead when
+    FASTFCGI_REQUIRE_FRONTENDS=1 and the front end is a package that was
+    to be installed (``installable``) rather than one this machine cannot
+    run (mod_fcgid as root without user namespaces, say)."""
+    if missing is None:
+        FRONTENDS_STARTED[name] = FRONTENDS_STARTED.get(name, 0) + 1
+        return
+    FRONTENDS_SKIPPED[name] = missing
+    if installable and os.environ.get("FASTFCGI_REQUIRE_FRONTENDS") == "1":
+        pytest.fail("%s: %s, but FASTFCGI_REQUIRE_FRONTENDS=1 says tests/run.sh installed "
+                    "it" % (name, missing), pytrace=False)
+    if skip:
+        pytest.skip(missing)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "frontend: needs a web server or another system package "
+        "(deselect with -m 'not frontend')")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not (FRONTENDS_STARTED or FRONTENDS_SKIPPED):
+        return
+    terminalreporter.section("front ends")
+    for name in sorted(FRONTENDS_STARTED):
+        count = FRONTENDS_STARTED[name]
+        terminalreporter.line("ran      %-12s started %d time%s" % (name, count, "s"[count == 1:]))
+    for name in sorted(FRONTENDS_SKIPPED):
+        terminalreporter.line("skipped  %-12s %s" % (name, FRONTENDS_SKIPPED[name]))
+
+
 def core_id_or_skip(core_id):
     if core_id == "c" and fastfcgi is None:
         pytest.skip("compiled core not built (%s)" % (PURE_ONLY_REASON or COMPILED_IMPORT_ERROR))

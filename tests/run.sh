@@ -6,10 +6,15 @@
 #
 # PYTHON picks the interpreter (default python3).  FASTFCGI_NO_EXT=1 skips
 # the build and runs the pure core only.  Debian packages (nginx, ...) are
-# installed with apt-get when missing (root, or sudo without a password).
+# installed with apt-get when missing (root, or sudo without a password),
+# and then every front-end test must run: FASTFCGI_REQUIRE_FRONTENDS=1 turns
+# a missing one into a failure, not a skip.  FASTFCGI_NO_FRONTENDS=1
+# installs no system package and runs the suite without the tests that
+# need them (pytest -m "not frontend"), for systems other than Debian.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+select_tests=()
 
 # -- Debian packages: the real web servers the tests put in front of us --------
 need=()
@@ -26,6 +31,13 @@ have haproxy || need+=(haproxy)
 have cgi-fcgi || need+=(libfcgi-bin)
 have spawn-fcgi || need+=(spawn-fcgi)
 have openssl || need+=(openssl)
+if [ "${FASTFCGI_NO_FRONTENDS:-0}" = 1 ]; then
+    echo "tests/run.sh: FASTFCGI_NO_FRONTENDS=1: no system packages, no front-end tests"
+    need=()
+    select_tests=(-m "not frontend")
+else
+    export FASTFCGI_REQUIRE_FRONTENDS=1
+fi
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
     echo "tests/run.sh: installing ${need[*]}"
@@ -76,4 +88,4 @@ if [ "${FASTFCGI_NO_EXT:-0}" != 1 ] && [ "$("$PY" -c 'import sys; print(sys.impl
     FASTFCGI_REQUIRE_EXT=1 FASTFCGI_WERROR=1 "$PY" setup.py -q build_ext --inplace
 fi
 
-"$PY" -m pytest "$@"
+"$PY" -m pytest ${select_tests[@]+"${select_tests[@]}"} "$@"

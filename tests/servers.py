@@ -14,6 +14,8 @@ import sys
 import tempfile
 import time
 
+from conftest import need_frontend
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
 
@@ -200,6 +202,13 @@ NGINX_PARAMS = """
             fastcgi_param SCRIPT_NAME "";
             fastcgi_param PATH_INFO $uri;
 """
+
+
+def need_nginx():
+    """Go on when nginx is here (see conftest.need_frontend); a test calls
+    this before it starts anything, so a skip leaves nothing running."""
+    need_frontend("nginx", None if os.access(NGINX, os.X_OK)
+                  else "nginx is not installed (Debian: nginx-light)")
 
 
 class Nginx(object):

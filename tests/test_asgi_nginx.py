@@ -13,7 +13,10 @@ import time
 import pytest
 
 from conftest import core_id_or_skip
-from servers import NGINX_ASGI_CONF, FastCGIProcess, Nginx, wait_until
+from servers import NGINX_ASGI_CONF, FastCGIProcess, Nginx, need_nginx, wait_until
+
+# Every test here puts a web server in front (see conftest.need_frontend).
+pytestmark = pytest.mark.frontend
 
 pytest.importorskip("starlette")
 pytest.importorskip("fastapi")
@@ -29,6 +32,7 @@ APP_HEADERS = ("content-type", "content-length", "set-cookie", "location", "x-te
 def stack(request, tmp_path_factory):
     core_id, transport = request.param
     core_id_or_skip(core_id)
+    need_nginx()
     tmp = str(tmp_path_factory.mktemp("asgi"))
     address = "unix:%s/app.sock" % tmp if transport == "unix" else None
     server = FastCGIProcess(core_id, "asgi_frameworks:app", "--asgi", "--workers", "2",

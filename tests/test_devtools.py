@@ -15,7 +15,9 @@ import time
 import pytest
 
 import fastfcgi_py
-from servers import ROOT, TESTS, FastCGIProcess, Nginx, free_port, send_then_stall, wait_until
+from conftest import need_frontend
+from servers import (ROOT, TESTS, FastCGIProcess, Nginx, free_port, need_nginx, send_then_stall,
+                     wait_until)
 
 
 @contextlib.contextmanager
@@ -146,7 +148,9 @@ SERVER_SPECIFIC = {"SERVER_SOFTWARE", "SERVER_PORT", "SERVER_NAME", "SERVER_ADDR
                    "REMOTE_PORT", "HTTP_HOST", "DOCUMENT_ROOT", "pid", "boot_id"}
 
 
+@pytest.mark.frontend
 def test_http_environ_matches_nginx_with_the_readme_config(http_server, core_id, tmp_path):
+    need_nginx()
     host, port, _ = http_server
     backend = FastCGIProcess(core_id, "dispatch:app", tmpdir=str(tmp_path)).wait_ready()
     nginx = Nginx(backend.address)
@@ -233,12 +237,13 @@ def test_client_cli_against_fastfcgi(core_id, tmp_path):
         server.stop()
 
 
+@pytest.mark.frontend
 def test_client_against_a_foreign_server_uwsgi(tmp_path):
     uwsgi = shutil.which("uwsgi")
     plugin = "/usr/lib/uwsgi/plugins/python3_plugin.so"
-    if not uwsgi or not os.path.exists(plugin):
-        pytest.skip("uwsgi with its python3 plugin is not installed (Debian: uwsgi "
-                    "uwsgi-plugin-python3)")
+    need_frontend("uwsgi", None if uwsgi and os.path.exists(plugin) else
+                  "uwsgi with its python3 plugin is not installed (Debian: uwsgi "
+                  "uwsgi-plugin-python3)")
     port = free_port()
     log = open(str(tmp_path / "uwsgi.log"), "w")
     proc = subprocess.Popen([uwsgi, "--plugin", "python3", "--fastcgi-socket",

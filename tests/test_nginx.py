@@ -11,7 +11,10 @@ import threading
 import pytest
 
 from conftest import core_id_or_skip
-from servers import FastCGIProcess, Nginx, free_port
+from servers import FastCGIProcess, Nginx, free_port, need_nginx
+
+# Every test here puts a web server in front (see conftest.need_frontend).
+pytestmark = pytest.mark.frontend
 
 BIG = 50 * 1024 * 1024
 
@@ -22,6 +25,7 @@ def stack(request, tmp_path_factory):
     """fastfcgi serving tests/apps.py's dispatcher, behind nginx."""
     core_id, transport = request.param
     core_id_or_skip(core_id)
+    need_nginx()
     tmp = str(tmp_path_factory.mktemp("stack"))
     address = "unix:%s/app.sock" % tmp if transport == "unix" else None
     big = os.path.join(tmp, "big.bin")

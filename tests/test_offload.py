@@ -8,9 +8,12 @@ import os
 
 import pytest
 
-from conftest import core_id_or_skip
-from frontends import Lighttpd, lighttpd_backend
-from servers import NGINX_CONF, FastCGIProcess, Nginx
+from conftest import core_id_or_skip, need_frontend
+from frontends import LIGHTTPD_BIN, Lighttpd, lighttpd_backend
+from servers import NGINX_CONF, FastCGIProcess, Nginx, need_nginx
+
+# Every test here puts a web server in front (see conftest.need_frontend).
+pytestmark = pytest.mark.frontend
 
 SIZE = 5 << 20
 
@@ -67,6 +70,7 @@ def url(kind, path):
 @pytest.mark.parametrize("where", ["mapped", "elsewhere"])
 def test_offload_x_accel_redirect_through_nginx(files, tmp_path, kind, where):
     core_id, shared, other, content = files
+    need_nginx()
     path = os.path.join(shared if where == "mapped" else other, "big file.bin")
     server = serve(core_id, kind, "X-Accel-Redirect", shared + "=/protected", path, tmp_path)
     nginx = None
@@ -92,6 +96,7 @@ def test_offload_x_accel_redirect_through_nginx(files, tmp_path, kind, where):
 @pytest.mark.parametrize("kind", ["wsgi", "asgi"])
 def test_offload_x_lighttpd_send_file_through_lighttpd(files, tmp_path, kind):
     core_id, shared, _, content = files
+    need_frontend("lighttpd", None if LIGHTTPD_BIN else "lighttpd is not installed")
     path = os.path.join(shared, "big file.bin")
     server = serve(core_id, kind, "X-LIGHTTPD-send-file", shared, path, tmp_path)
     lighttpd = None

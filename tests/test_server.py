@@ -13,7 +13,7 @@ import pytest
 
 import fastfcgi_py
 from conftest import begin, params_records, rec, stdin_records
-from servers import FastCGIProcess, Nginx, send_then_stall, wait_until
+from servers import FastCGIProcess, Nginx, need_nginx, send_then_stall, wait_until
 
 ENV = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "SERVER_NAME": "test", "SERVER_PORT": "80",
        "SERVER_PROTOCOL": "HTTP/1.1", "QUERY_STRING": "", "REMOTE_ADDR": "127.0.0.1"}
@@ -64,8 +64,10 @@ def _load(nginx, stop, failures, count):
         count.append(1)
 
 
+@pytest.mark.frontend
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_Server_hup_under_load_drops_nothing(start, workers):
+    need_nginx()
     server = start("--workers", workers)
     nginx = Nginx(server.address)
     try:
