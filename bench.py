@@ -1555,6 +1555,7 @@ def summarize_stacks(path, top=22):
 INSTR_SERVER = """\
 import os, socket, sys
 core_name, n, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with_board = sys.argv[4:] == ["board"]
 import fastfcgi_py
 core = fastfcgi_py
 if core_name == "compiled":
@@ -1568,7 +1569,10 @@ def app(environ, start_response):
 listener = socket.socket(socket.AF_UNIX)
 listener.bind(path)
 listener.listen(1024)
-server = core.Server(core.WSGIGateway(app), listener, max_requests=n)
+# With "board", the worker publishes into a scoreboard row as it does
+# under the supervisor (--status, --timeout, --workers N).
+board = fastfcgi_py.Scoreboard(1).row(0) if with_board else None
+server = core.Server(core.WSGIGateway(app), listener, max_requests=n, board=board)
 print("ready", flush=True)
 server.serve_forever()
 """
@@ -1621,7 +1625,8 @@ def count_instructions(args, python, build_dir, core, mode, n, tmp):
         f.write(INSTR_CLIENT)
     env = _clean_env(PYTHONPATH=build_dir, PYTHONHASHSEED="0")
     server = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
-                               python, server_py, core, str(n), sock],
+                               python, server_py, core, str(n), sock]
+                              + (["board"] if args.board else []),
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     try:
         if server.stdout.readline().strip() != b"ready":
@@ -1666,7 +1671,8 @@ def run_instructions(args):
         return 2
     print("source:      %s (%s)" % (HERE, _git_revision()))
     print("python:      %s (%s)" % (py["python_version"], py["python"]))
-    print("request:     tests/corpus/%s, 16 at a time, hello world, one worker" % GET_FILE)
+    print("request:     tests/corpus/%s, 16 at a time, hello world, one worker%s"
+          % (GET_FILE, ", publishing into a scoreboard row" if args.board else ""))
     print("%-10s %-26s %s" % ("core", "connections", "instructions/request"))
     for core, mode, count in rows:
         print("%-10s %-26s %.0f" % (core, "kept (KEEP_CONN)" if mode == "keep"
@@ -1881,6 +1887,9 @@ def main(argv=None):
     instr.add_argument("--modes", type=lambda s: _csv(s, ("close", "keep"), "--modes"),
                        default=["close", "keep"], metavar="LIST",
                        help="close (a connection per request), keep, or both (default both)")
+    instr.add_argument("--board", action="store_true",
+                       help="the worker publishes into a scoreboard row, as under the "
+                            "supervisor (--status, --timeout, --workers N)")
     instr.add_argument("--venv", default=BENCH_VENV, metavar="DIR",
                        help="the venv on %s (as e2e's)" % DEBIAN_PYTHON)
     instr.add_argument("--rebuild", action="store_true",

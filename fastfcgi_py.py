@@ -48,6 +48,7 @@ import struct
 import sys
 import time
 import traceback
+from bisect import bisect_left
 
 __version__ = "0.1.0"
 # Which core this module's classes are: "pure" here, "compiled" in the
@@ -77,6 +78,8 @@ __all__ = [
     "Offload", "HTTPRequest", "request_headers", "AsyncRequest", "ASGIGateway", "AsyncRawGateway", "AsyncServer", "asgi_scope",
     "Server", "HTTPServer", "Supervisor", "WORKER_BOOT_ERROR", "parse_address", "bind_listener",
     "tune_listener",
+    # status
+    "Scoreboard", "WorkerRow", "DURATION_BUCKETS", "listen_queue", "serve_status_connection",
     "Client", "ClientResponse", "main", "client_main", "select_core", "load_app",
     "authorizer", "CORE",
 ]
@@ -2246,6 +2249,7 @@ class WSGIGateway(Gateway):
                     self._app_failed(request, response.head_sent)
         if self.access_log:
             self._log_access(request, response.status, started)
+        return response.status
 
     def _send(self, request, response, result):
         """Any body but the common case (or the common case the core's
@@ -2363,9 +2367,8 @@ class RawGateway(Gateway):
         try:
             self.app(request)
         except Exception as exc:
-            self._end(request, started, exc)
-        else:
-            self._end(request, started)
+            return self._end(request, started, exc)
+        return self._end(request, started)
 
     def _end(self, request, started, exc=None):
         """After the application (AsyncRawGateway's too): a failure
@@ -2380,6 +2383,7 @@ class RawGateway(Gateway):
             request.finish(0)
         if self.access_log:
             self._log_access(request, status, started)
+        return status
 
 
 ##############################################################################
@@ -2645,7 +2649,7 @@ class _ServerBase(object):
     core = None
 
     def _configure(self, gateway, listener, core, max_body, max_param_size, max_params_size,
-                   allow, max_requests, max_conns, workers, busy_slot):
+                   allow, max_requests, max_conns, workers, board, status_path, ping_path):
         core = core or self.core or sys.modules[__name__]
         self.core = core
         self.parser_class = core.Parser
@@ -2659,10 +2663,41 @@ class _ServerBase(object):
         self.max_requests = max_requests
         self.max_conns = max_conns      # per worker, enforced
         self.workers = workers          # FCGI_MAX_CONNS says max_conns * workers
-        self.busy_slot = busy_slot      # callable(seconds or 0.0), see Supervisor
+        # The worker's scoreboard row (a WorkerRow, see Status): busy_slot
+        # marks it busy since a time, or idle with 0.0 (--timeout reads it).
+        if board is not None and type(board) is not core.WorkerRow:
+            board = core.WorkerRow(board.board, board.slot)     # the core's twin
+        self.board = board
+        self.busy_slot = board.busy if board is not None else None
+        # --status-path, --ping-path: answered here, never by the application.
+        self.status_paths = None
+        if status_path or ping_path:
+            self.status_paths = (status_path, ping_path)
         self.writer = self.writer_class()
         self.alive = True
         self.served = 0
+
+    def answer_status(self, request):
+        """The status or ping path's answer, from the scoreboard (the
+        status path needs one: a server under the Supervisor); False for
+        any other path, which the application gets."""
+        params = request.params
+        path = params.get("SCRIPT_NAME", "") + params.get("PATH_INFO", "")
+        if path not in self.status_paths:
+            return False
+        status_path, ping_path = self.status_paths
+        if self.board is None and path == status_path:
+            answer = _plain_response("503 Service Unavailable",
+                                     "no status: the server runs without its supervisor\n")
+        else:
+            answer = _status_answer(self.board and self.board.board, path,
+                                    params.get("QUERY_STRING", ""), status_path, ping_path)
+        status, headers, body = answer
+        writer = request.connection.writer
+        if params.get("REQUEST_METHOD") == "HEAD":
+            body = b""
+        request.finish(0, writer.head(status, headers) + body)
+        return status
 
     def connection_failed(self, conn, code):
         """One log line naming the code that ended the connection."""
@@ -2690,9 +2725,10 @@ class Server(_ServerBase):
     def __init__(self, gateway, listener, *, core=None, max_body=None,
                  max_param_size=DEFAULT_MAX_PARAM_SIZE,
                  max_params_size=DEFAULT_MAX_PARAMS_SIZE, allow=None,
-                 max_requests=0, max_conns=MAX_KEPT_CONNECTIONS, workers=1, busy_slot=None):
+                 max_requests=0, max_conns=MAX_KEPT_CONNECTIONS, workers=1, board=None,
+                 status_path=None, ping_path=None):
         self._configure(gateway, listener, core, max_body, max_param_size, max_params_size,
-                        allow, max_requests, max_conns, workers, busy_slot)
+                        allow, max_requests, max_conns, workers, board, status_path, ping_path)
         self.request_class = self.core.Request
         if self.connection_class is None:
             self.connection_class = self.core.Connection
@@ -2797,8 +2833,12 @@ class Server(_ServerBase):
                 log.error("accept failed: %s", exc)
                 time.sleep(0.1)     # e.g. EMFILE: do not spin
                 return
+            if self.board is not None:
+                self.board.connection()
             if self.allow is not None and not peer_allowed(self.allow, conn.peer):
                 log.warning("connection from %s refused: not in --allow", conn.peer[0])
+                if self.board is not None:
+                    self.board.rejected()
                 conn.close()
                 continue
             self.new_connection(conn)
@@ -2916,6 +2956,8 @@ class Server(_ServerBase):
                 # the gateway's policy, and the connection goes on.
                 if busy_slot is not None:
                     busy_slot(0.0)
+                    if request[2] != ABORT:
+                        self.board.rejected()
                 if not self.gateway.reject(conn, request[1], request[2]):
                     return False
             elif type(request) is int:
@@ -2935,8 +2977,14 @@ class Server(_ServerBase):
         The caller marks the busy slot (before reading the request); this
         frees it."""
         self.served += 1
+        board = self.board
+        status = None
         try:
-            self.gateway(request)
+            if board is not None:
+                board.began(request)
+            status = self.answer_status(request) if self.status_paths is not None else False
+            if status is False:
+                status = self.gateway(request)
             if not request.finished:
                 request.finish(0)
             lost = request.connection_lost
@@ -2953,8 +3001,8 @@ class Server(_ServerBase):
                 # (so nothing said it yet): one log line.
                 self.connection_failed(conn, request.unread_error)
         finally:
-            if self.busy_slot is not None:
-                self.busy_slot(0.0)
+            if board is not None:
+                board.finished(status)      # counted, and the worker idle
         if self.max_requests and self.served >= self.max_requests:
             log.info("served %d requests (--max-requests): worker recycles", self.served)
             self.alive = False
@@ -3093,6 +3141,8 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
                 return
             if type(found) is tuple:
                 # It failed before its params: the policy answers it.
+                if server.board is not None and found[2] != ABORT:
+                    server.board.rejected()
                 if not server.gateway.reject(self, found[1], found[2]):
                     self.closing = True
                     self._close_if_idle()
@@ -3113,6 +3163,8 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
             server.refused = 0
             server.refused_logged = now
         self._write(self.writer.end_request(request_id, 0, FCGI_OVERLOADED))
+        if server.board is not None:
+            server.board.rejected()
         self.end_request(request_id)
 
     def _ended(self, code):
@@ -3530,9 +3582,8 @@ class AsyncRawGateway(RawGateway):
         try:
             await self.app(request)
         except Exception as exc:
-            self._end(request, started, exc)
-        else:
-            self._end(request, started)
+            return self._end(request, started, exc)
+        return self._end(request, started)
 
 
 # -- ASGI 3 -----------------------------------------------------------------------------
@@ -3777,6 +3828,7 @@ class ASGIGateway(Gateway):
             self._request_failed(request, response.head_sent, _gone_error(request))
         if self.access_log:
             self._log_access(request, status, started)
+        return status
 
     # -- lifespan (the ASGI lifespan spec) --------------------------------------
 
@@ -3913,9 +3965,10 @@ class AsyncServer(_ServerBase):
                  max_param_size=DEFAULT_MAX_PARAM_SIZE,
                  max_params_size=DEFAULT_MAX_PARAMS_SIZE, allow=None,
                  max_requests=0, max_conns=ASYNC_MAX_CONNECTIONS, workers=1,
-                 busy_slot=None, max_concurrency=DEFAULT_MAX_CONCURRENCY, loop="auto"):
+                 board=None, status_path=None, ping_path=None,
+                 max_concurrency=DEFAULT_MAX_CONCURRENCY, loop="auto"):
         self._configure(gateway, listener, core, max_body, max_param_size, max_params_size,
-                        allow, max_requests, max_conns, workers, busy_slot)
+                        allow, max_requests, max_conns, workers, board, status_path, ping_path)
         self.max_concurrency = max_concurrency
         self.refused = 0            # OVERLOADED answers not logged yet
         self.refused_logged = 0.0
@@ -4022,8 +4075,12 @@ class AsyncServer(_ServerBase):
                 self._stop_accepting()      # e.g. EMFILE: do not spin
                 self.loop.call_later(0.1, self._start_accepting)
                 return
+            if self.board is not None:
+                self.board.connection()
             if self.allow is not None and not peer_allowed(self.allow, peer):
                 log.warning("connection from %s refused: not in --allow", peer[0])
+                if self.board is not None:
+                    self.board.rejected()
                 sock.close()
                 continue
             if nodelay:
@@ -4051,11 +4108,15 @@ class AsyncServer(_ServerBase):
         self._running[request] = time.monotonic()
         if len(self._running) == 1 and self.busy_slot is not None:
             self.busy_slot(self._running[request])
+            self.board.began(request)
         request.task = self.loop.create_task(self._run(request))
 
     async def _run(self, request):
+        status = None
         try:
-            await self.gateway(request)
+            status = self.answer_status(request) if self.status_paths is not None else False
+            if status is False:
+                status = await self.gateway(request)
         finally:
             if not request.finished:
                 request.keep_conn = False
@@ -4068,12 +4129,14 @@ class AsyncServer(_ServerBase):
                 conn._close_if_idle()
             if request.unread_error:
                 self.connection_failed(conn, request.unread_error)
-            self._end(request)
+            self._end(request, status)
 
-    def _end(self, request):
+    def _end(self, request, status=None):
         running = self._running
         first = next(iter(running)) is request
-        del running[request]
+        started = running.pop(request)
+        if self.board is not None:
+            self.board.done(status, time.monotonic() - started)
         if first and self.busy_slot is not None:
             # --timeout watches the oldest running request.
             self.busy_slot(next(iter(running.values())) if running else 0.0)
@@ -4483,6 +4546,490 @@ class HTTPServer(Server):
 
 
 ##############################################################################
+# Status  #####################################################################
+##############################################################################
+#
+# The scoreboard: one block of shared memory the supervisor maps before it
+# forks: the pool's row, the retired workers' totals, then a row per worker
+# slot.  A worker writes
+# only its row, the supervisor only the pool row, with plain stores of
+# 8-byte numbers: no lock on the request path (a reader may see a row in
+# mid-update, a count one ahead of its histogram; a status page lives with
+# that).  Row items are read as doubles or as counts of the same memory.
+#
+# --status ADDR is served by the supervisor itself from this block, so it
+# answers when every worker is busy or stuck (PHP-FPM needed a separate
+# pm.status_listen for that); --status-path and --ping-path are answered by
+# a worker on the main listener, never by the application, from the same
+# block.
+
+# Request durations, seconds: OpenTelemetry's default histogram bounds.
+DURATION_BUCKETS = (0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0,
+                    2.5, 5.0, 7.5, 10.0)
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
+RESPAWN_REASONS = ("crash", "timeout", "max_requests", "reload")
+
+_ROW = 64                   # items (8 bytes each) in a row
+# A worker's row:
+_W_BUSY = 0                 # d: monotonic time its request began; 0 idle; -1 booting
+_W_PID = 1                  # q: 0 when the slot is free (written by the supervisor)
+_W_STARTED = 2              # d: wall-clock start
+_W_CLASSES = 3              # q x 6: responses by STATUS_CLASSES
+_W_SUM = 9                  # d: request durations' sum
+_W_LAST = 10                # d: the last request's duration
+_W_CONNS = 11               # q: connections accepted
+_W_REJECTED = 12            # q: requests refused by a limit (413, 431) or --allow
+_W_TEXT_LEN = 13            # q: bytes of the current request's text
+_W_BUCKETS = 16             # q x 16: durations <= DURATION_BUCKETS[i], then +Inf
+_W_TEXT = 32                # "METHOD URI" of the current request, utf-8, to the row's end
+_TEXT_BYTES = (_ROW - _W_TEXT) * 8
+_COUNTED = tuple(range(_W_CLASSES, _W_CLASSES + 6)) + (_W_CONNS, _W_REJECTED) + tuple(
+    range(_W_BUCKETS, _W_BUCKETS + 16))           # what the retired row adds up
+# The pool's row (row 0):
+_P_STARTED = 0              # d: wall-clock start
+_P_RESPAWNS = 1             # q x 4: by RESPAWN_REASONS
+_P_MAX_BUSY = 5             # q: most workers busy at once (sampled)
+_P_ALL_BUSY = 6             # q: times every worker was found busy (sampled)
+_P_QUEUE = 7                # q: listen queue now (sampled)
+_P_QUEUE_MAX = 8            # q: its maximum
+_P_BACKLOG = 9              # q: the listen backlog
+_P_WANTED = 10              # q: workers wanted (TTIN / TTOU change it)
+
+
+class Scoreboard(object):
+    """The shared status block: ``rows`` worker slots and the pool's row.
+    ``info`` is what does not change while the server runs (version,
+    core, limits: the status page's config)."""
+
+    def __init__(self, rows, info=None):
+        import mmap
+        self.rows = rows
+        self.info = dict(info or {})
+        self.memory = mmap.mmap(-1, 8 * _ROW * (rows + 2))     # shared with the children
+        self.d = memoryview(self.memory).cast("d")
+        self.q = memoryview(self.memory).cast("Q")
+        self.d[_P_STARTED] = time.time()
+
+    def row(self, slot):
+        """The worker's view of its row (slot 0 .. rows - 1)."""
+        return WorkerRow(self, slot)
+
+    def _base(self, slot):
+        return _ROW * (slot + 2)
+
+    # -- the supervisor's side -----------------------------------------------------
+
+    def claim(self, slot):
+        """A worker is about to start in ``slot`` (before the fork): its
+        row starts from zero, booting; set_pid() names it after."""
+        base = self._base(slot)
+        self.memory[8 * base:8 * (base + _ROW)] = bytes(8 * _ROW)
+        self.d[base + _W_BUSY] = _BOOTING
+        self.d[base + _W_STARTED] = time.time()
+
+    def set_pid(self, slot, pid):
+        self.q[self._base(slot) + _W_PID] = pid
+
+    def release(self, slot, reason=None):
+        """The worker in ``slot`` is gone; ``reason`` counts a respawn.
+        What it served stays in the retired row, so totals never drop."""
+        base = self._base(slot)
+        q, d = self.q, self.d
+        q[base + _W_PID] = 0
+        d[base + _W_BUSY] = 0.0
+        if reason is not None:
+            q[_P_RESPAWNS + RESPAWN_REASONS.index(reason)] += 1
+        for i in _COUNTED:
+            q[_ROW + i] += q[base + i]
+        d[_ROW + _W_SUM] += d[base + _W_SUM]
+
+    def busy_since(self, slot):
+        return self.d[self._base(slot) + _W_BUSY]
+
+    def sample(self, listener, wanted):
+        """Twice a second, from the supervisor: busy workers and the
+        listen queue, with their maxima."""
+        q = self.q
+        q[_P_WANTED] = wanted
+        busy = live = 0
+        for slot in range(self.rows):
+            base = self._base(slot)
+            if q[base + _W_PID]:
+                live += 1
+                busy += self.d[base + _W_BUSY] > 0
+        q[_P_MAX_BUSY] = max(q[_P_MAX_BUSY], busy)
+        if live and busy >= live:
+            q[_P_ALL_BUSY] += 1
+        queue = listen_queue(listener)
+        if queue is not None:
+            q[_P_QUEUE], q[_P_BACKLOG] = queue
+            q[_P_QUEUE_MAX] = max(q[_P_QUEUE_MAX], queue[0])
+
+    # -- reading -----------------------------------------------------------------------
+
+    def snapshot(self, full=False):
+        """The status as a dict: the pool, and with ``full`` a dict per
+        worker.  Key names are the metrics' without the fastfcgi_ prefix."""
+        d, q = self.d, self.q
+        now, mono = time.time(), time.monotonic()
+        retired = _ROW          # the retired workers' row
+        classes = [q[retired + _W_CLASSES + i] for i in range(6)]
+        buckets = [q[retired + _W_BUCKETS + i] for i in range(16)]
+        total_sum = d[retired + _W_SUM]
+        conns, rejected = q[retired + _W_CONNS], q[retired + _W_REJECTED]
+        states = {"idle": 0, "busy": 0, "booting": 0}
+        workers = []
+        for slot in range(self.rows):
+            base = self._base(slot)
+            pid = q[base + _W_PID]
+            if not pid:
+                continue
+            since = d[base + _W_BUSY]
+            state = "booting" if since < 0 else "busy" if since > 0 else "idle"
+            states[state] += 1
+            row_classes = [q[base + _W_CLASSES + i] for i in range(6)]
+            for i in range(6):
+                classes[i] += row_classes[i]
+            for i in range(16):
+                buckets[i] += q[base + _W_BUCKETS + i]
+            total_sum += d[base + _W_SUM]
+            conns += q[base + _W_CONNS]
+            rejected += q[base + _W_REJECTED]
+            if full:
+                text = b""
+                if state == "busy":
+                    size = min(q[base + _W_TEXT_LEN], _TEXT_BYTES)
+                    text = self.memory[8 * (base + _W_TEXT):8 * (base + _W_TEXT) + size]
+                workers.append({
+                    "pid": pid, "state": state, "requests": sum(row_classes),
+                    "current_request": text.decode("utf-8", "replace"),
+                    "elapsed_seconds": round(mono - since, 6) if since > 0 else 0.0,
+                    "last_request_duration_seconds": round(d[base + _W_LAST], 6),
+                    "started": d[base + _W_STARTED]})
+        started = d[_P_STARTED]
+        doc = {
+            "version": __version__, "core": self.info.get("core", ""),
+            "python": sys.version.split()[0], "start_time_seconds": started,
+            "uptime_seconds": round(now - started, 3),
+            "config": {k: v for k, v in self.info.items() if k != "core"},
+            "workers": states, "workers_wanted": q[_P_WANTED],
+            "max_busy_workers": q[_P_MAX_BUSY],
+            "max_workers_reached_total": q[_P_ALL_BUSY],
+            "accepted_connections_total": conns,
+            "requests_total": sum(classes),
+            "responses_total": dict(zip(STATUS_CLASSES, classes)),
+            "rejected_requests_total": rejected,
+            "listen_queue": q[_P_QUEUE], "listen_queue_max": q[_P_QUEUE_MAX],
+            "listen_queue_backlog": q[_P_BACKLOG],
+            "worker_respawns_total": {reason: q[_P_RESPAWNS + i]
+                                      for i, reason in enumerate(RESPAWN_REASONS)},
+            "request_duration_seconds": {
+                "buckets": [[bound, count] for bound, count in
+                            zip(DURATION_BUCKETS + (float("inf"),), _cumulative(buckets))],
+                "sum": round(total_sum, 6), "count": sum(buckets)},
+        }
+        if full:
+            doc["worker"] = workers
+        return doc
+
+    def render(self, query=""):
+        """(content type, body bytes) of the status page in the format the
+        query string names, as PHP-FPM's: plain text by default, ``json``,
+        ``openmetrics`` (Prometheus' text format), and ``full`` for a row
+        per worker."""
+        words = {word.partition("=")[0] for word in query.split("&")}     # ?json, ?json=1
+        doc = self.snapshot(full="full" in words)
+        if "json" in words:
+            import json
+            body = json.dumps(doc, indent=1, sort_keys=True).replace("Infinity", '"+Inf"')
+            return "application/json", body.encode() + b"\n"
+        if "openmetrics" in words:
+            return "text/plain; version=0.0.4; charset=utf-8", _openmetrics(doc).encode()
+        return "text/plain; charset=utf-8", _plain_status(doc).encode()
+
+
+def _cumulative(counts):
+    total, out = 0, []
+    for count in counts:
+        total += count
+        out.append(total)
+    return out
+
+
+def _request_text(params):
+    """What the status page shows of a running request: "METHOD URI",
+    as utf-8 bytes that fit the row."""
+    return ("%s %s" % (params.get("REQUEST_METHOD", "-"),
+                       params.get("REQUEST_URI") or params.get("PATH_INFO", ""))).encode(
+                           "utf-8", "replace")[:_TEXT_BYTES]
+
+
+class WorkerRow(object):
+    """One worker's row of the scoreboard, what its Server writes: busy
+    since when (--timeout reads it), and each request's outcome.  The
+    compiled core has a typed twin (the stores go straight to memory);
+    a Server takes its core's."""
+
+    __slots__ = ("board", "slot", "d", "q", "text")
+
+    def __init__(self, board, slot):
+        base = board._base(slot)
+        self.board = board
+        self.slot = slot
+        self.d = board.d[base:base + _ROW]
+        self.q = board.q[base:base + _ROW]
+        self.text = memoryview(board.memory)[8 * (base + _W_TEXT):8 * (base + _ROW)]
+
+    def busy(self, since):
+        """Busy since ``since`` (monotonic), or idle with 0.0."""
+        self.d[_W_BUSY] = since
+
+    def began(self, request):
+        """The request the worker now runs, for the status page."""
+        text = _request_text(request.params)
+        self.text[:len(text)] = text
+        self.q[_W_TEXT_LEN] = len(text)
+
+    def done(self, status, duration):
+        """A request ended with ``status`` (a status line, a number, or
+        None) after ``duration`` seconds."""
+        q = self.q
+        if status:
+            c = status // 100 if type(status) is int else ord(status[0]) - 48
+            q[_W_CLASSES + (c - 1 if 1 <= c <= 5 else 5)] += 1
+        else:
+            q[_W_CLASSES + 5] += 1
+        d = self.d
+        d[_W_SUM] += duration
+        d[_W_LAST] = duration
+        q[_W_BUCKETS + bisect_left(DURATION_BUCKETS, duration)] += 1
+
+    def finished(self, status):
+        """done() for the request that began at the busy mark, then idle."""
+        d = self.d
+        since = d[_W_BUSY]
+        d[_W_BUSY] = 0.0
+        self.done(status, time.monotonic() - since if since > 0 else 0.0)
+
+    def connection(self):
+        self.q[_W_CONNS] += 1
+
+    def rejected(self):
+        self.q[_W_REJECTED] += 1
+
+
+def _plain_status(doc):
+    """PHP-FPM's style: "name: value" lines."""
+    lines = []
+
+    def add(name, value):
+        lines.append("%-28s %s" % (name + ":", value))
+    add("version", "%s (%s core, Python %s)" % (doc["version"], doc["core"], doc["python"]))
+    add("start time", time.strftime("%Y-%m-%dT%H:%M:%S%z",
+                                    time.localtime(doc["start_time_seconds"])))
+    add("uptime seconds", int(doc["uptime_seconds"]))
+    for key, value in sorted(doc["config"].items()):
+        add("config " + key, value)
+    for state in ("idle", "busy", "booting"):
+        add("workers " + state, doc["workers"][state])
+    add("requests total", doc["requests_total"])
+    for key, _, _ in _POOL_METRICS[2:]:
+        add(key.replace("_", " "), doc[key])
+    for name, count in doc["responses_total"].items():
+        add("responses " + name, count)
+    for reason, count in doc["worker_respawns_total"].items():
+        add("respawns " + reason.replace("_", " "), count)
+    hist = doc["request_duration_seconds"]
+    add("request duration sum", hist["sum"])
+    for worker in doc.get("worker", ()):
+        lines.append("")
+        for key in ("pid", "state", "requests", "current_request", "elapsed_seconds",
+                    "last_request_duration_seconds"):
+            add(key.replace("_", " "), worker[key])
+    return "\n".join(lines) + "\n"
+
+
+# The pool's metrics of one value: (status key = metric name, type, help).
+_POOL_METRICS = (
+    ("start_time_seconds", "gauge", "Start time, seconds since the epoch."),
+    ("workers_wanted", "gauge", "Worker processes the pool keeps."),
+    ("max_busy_workers", "gauge", "Most workers seen busy at once."),
+    ("max_workers_reached_total", "counter", "Times every worker was found busy."),
+    ("accepted_connections_total", "counter", "Connections accepted."),
+    ("rejected_requests_total", "counter",
+     "Requests refused by a limit (413, 431), --allow or OVERLOADED."),
+    ("listen_queue", "gauge", "Connections waiting in the listen queue."),
+    ("listen_queue_max", "gauge", "Most connections seen waiting in the listen queue."),
+    ("listen_queue_backlog", "gauge", "Size of the listen queue."),
+)
+
+
+def _openmetrics(doc):
+    """Prometheus' text exposition format (0.0.4): one fastfcgi_ prefix,
+    base units, counters ending in _total."""
+    out = []
+
+    def metric(name, kind, help_text, samples):
+        out.append("# HELP fastfcgi_%s %s" % (name, help_text))
+        out.append("# TYPE fastfcgi_%s %s" % (name, kind))
+        for labels, value in samples:
+            out.append("fastfcgi_%s%s %s" % (name, labels, _number(value)))
+
+    def label(**kw):
+        return "{%s}" % ",".join('%s="%s"' % (k, str(v).replace("\\", "\\\\")
+                                              .replace('"', '\\"').replace("\n", "\\n"))
+                                 for k, v in sorted(kw.items()))
+    metric("info", "gauge", "Version, core and Python of the server.",
+           [(label(version=doc["version"], core=doc["core"], python=doc["python"]), 1)])
+    metric("workers", "gauge", "Worker processes by state.",
+           [(label(state=s), n) for s, n in sorted(doc["workers"].items())])
+    metric("requests_total", "counter", "Requests answered, by status class.",
+           [(label(status=c), n) for c, n in doc["responses_total"].items()])
+    for name, kind, text in _POOL_METRICS:
+        metric(name, kind, text, [("", doc[name])])
+    metric("worker_respawns_total", "counter", "Workers replaced, by reason.",
+           [(label(reason=r), n) for r, n in sorted(doc["worker_respawns_total"].items())])
+    hist = doc["request_duration_seconds"]
+    out.append("# HELP fastfcgi_request_duration_seconds Time a request held its worker.")
+    out.append("# TYPE fastfcgi_request_duration_seconds histogram")
+    for bound, count in hist["buckets"]:
+        out.append('fastfcgi_request_duration_seconds_bucket{le="%s"} %d'
+                   % ("+Inf" if bound == float("inf") else repr(bound), count))
+    out.append("fastfcgi_request_duration_seconds_sum %s" % _number(hist["sum"]))
+    out.append("fastfcgi_request_duration_seconds_count %d" % hist["count"])
+    if "worker" in doc:
+        metric("worker_requests_total", "counter", "Requests answered, by worker.",
+               [(label(pid=w["pid"]), w["requests"]) for w in doc["worker"]])
+        metric("worker_busy_seconds", "gauge", "How long each busy worker has run its request.",
+               [(label(pid=w["pid"]), w["elapsed_seconds"]) for w in doc["worker"]])
+    return "\n".join(out) + "\n"
+
+
+def _number(value):
+    return repr(float(value)) if type(value) is float else str(value)
+
+
+def listen_queue(listener):
+    """(connections waiting, backlog) of a listening socket, or None where
+    the kernel does not say: TCP_INFO for TCP (tcpi_unacked and
+    tcpi_sacked of a listener), the sock_diag netlink interface for a
+    unix socket (UNIX_DIAG_RQLEN; no patched kernel needed)."""
+    try:
+        if listener.family in (socket.AF_INET, socket.AF_INET6):
+            info = listener.getsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_INFO", 11), 32)
+            return struct.unpack_from("II", info, 24)
+        if listener.family == socket.AF_UNIX:
+            return _unix_listen_queue(os.fstat(listener.fileno()).st_ino)
+    except (OSError, struct.error, AttributeError):
+        pass
+    return None
+
+
+def _unix_listen_queue(inode):
+    # linux/sock_diag.h, linux/unix_diag.h: a dump of the listening unix
+    # sockets with their queue lengths; ours is found by inode.
+    SOCK_DIAG_BY_FAMILY, NLMSG_DONE, NLMSG_ERROR = 20, 3, 2
+    TCP_LISTEN, UDIAG_SHOW_RQLEN, UNIX_DIAG_RQLEN = 10, 0x10, 4
+    request = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 1 << TCP_LISTEN, 0,
+                          UDIAG_SHOW_RQLEN, 0xFFFFFFFF, 0xFFFFFFFF)
+    header = struct.pack("=IHHII", 16 + len(request), SOCK_DIAG_BY_FAMILY, 0x301, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 4) as nl:    # NETLINK_SOCK_DIAG
+        nl.settimeout(1.0)
+        nl.send(header + request)
+        while True:
+            data = nl.recv(65536)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, offset)
+                if kind in (NLMSG_DONE, NLMSG_ERROR) or length < 16:
+                    return None
+                ino = struct.unpack_from("=I", data, offset + 20)[0]
+                if ino == inode:
+                    at, end = offset + 32, offset + length
+                    while at + 4 <= end:
+                        size, attr = struct.unpack_from("=HH", data, at)
+                        if size < 4:
+                            break
+                        if attr == UNIX_DIAG_RQLEN:
+                            return struct.unpack_from("=II", data, at + 4)
+                        at += (size + 3) & ~3
+                    return None
+                offset += (length + 3) & ~3
+            if not data:
+                return None
+
+
+def _status_answer(board, path, query, status_path, ping_path):
+    """(status line, headers, body) for ``path`` on a status listener or
+    a worker's status and ping paths, or None for any other path."""
+    if path == ping_path:
+        kind, body = "text/plain", b"pong\n"
+    elif path == status_path:
+        kind, body = board.render(query)
+    else:
+        return None
+    return "200 OK", [("Content-Type", kind), ("Content-Length", str(len(body))),
+                      ("Cache-Control", "no-store")], body
+
+
+def serve_status_connection(sock, board, status_path, ping_path, timeout=1.0):
+    """Answer one client of ``--status`` and close: a web server speaking
+    FastCGI or a scraper speaking plain HTTP, told apart by the first byte
+    (a FastCGI record starts with version 1; an HTTP request with a
+    letter).  Each read waits ``timeout`` at most: the supervisor serves
+    this between its other duties."""
+    sock.settimeout(timeout)
+    data = sock.recv(65536)
+    if not data:
+        return
+    if data[0] == FCGI_VERSION_1:
+        parser = Parser(max_conns=1)
+        parser.feed(data)
+        while True:
+            event = parser.next_event()
+            out = parser.data_to_send()
+            if out:
+                sock.sendall(out)       # GET_VALUES
+            if event is None:
+                parser.feed(sock.recv(65536))
+                continue
+            if type(event) is int:
+                return
+            if event[0] == FCGI_PARAMS:
+                params = event[4]
+                path = params.get("SCRIPT_NAME", "") + params.get("PATH_INFO", "")
+                status, headers, body = _status_answer(
+                    board, path, params.get("QUERY_STRING", ""), status_path, ping_path) \
+                    or _plain_response("404 Not Found", "not a status path\n")
+                sock.sendall(Writer().response(event[1], status, headers, body))
+                break
+    else:
+        while b"\r\n\r\n" not in data and len(data) < 16384:
+            more = sock.recv(65536)
+            if not more:
+                break
+            data += more
+        words = data.split(b"\r\n", 1)[0].decode("latin-1").split()
+        if len(words) < 2 or words[0] not in ("GET", "HEAD"):
+            answer = _plain_response("405 Method Not Allowed", "GET the status or ping path\n")
+        else:
+            path, _, query = words[1].partition("?")
+            answer = _status_answer(board, _unquote(path.encode("latin-1")) if "%" in path
+                                    else path, query, status_path, ping_path) \
+                or _plain_response("404 Not Found", "not a status path\n")
+        status, headers, body = answer
+        head = "HTTP/1.0 %s\r\n%sConnection: close\r\n\r\n" % (
+            status, "".join("%s: %s\r\n" % header for header in headers))
+        sock.sendall(head.encode("latin-1") + (body if words[:1] != ["HEAD"] else b""))
+    # Closing with unread input would reset the connection, maybe before
+    # the answer is read: half-close, and read until the peer closes.
+    sock.shutdown(socket.SHUT_WR)
+    for _ in range(64):
+        if not sock.recv(65536):
+            break
+
+
+##############################################################################
 # Supervisor  #################################################################
 ##############################################################################
 #
@@ -4585,15 +5132,19 @@ class Worker(object):
 
 
 class Supervisor(object):
-    """Prefork supervisor.  ``make_server(listener, busy_slot, max_requests)``
+    """Prefork supervisor.  ``make_server(listener, board, max_requests)``
     runs in each new worker: it imports the application and returns the
-    Server to run."""
+    Server to run, which publishes into ``board`` (the worker's
+    WorkerRow of the Scoreboard).
+
+    ``status_listener``: a listening socket the supervisor serves itself
+    (``--status``), answering ``status_path`` and ``ping_path``."""
 
     SIGNALS = ("TERM", "INT", "HUP", "CHLD", "TTIN", "TTOU")
 
     def __init__(self, listener, make_server, *, workers=1, max_requests=(0, 0),
-                 timeout=0, graceful_timeout=30.0, watcher=None):
-        import mmap
+                 timeout=0, graceful_timeout=30.0, watcher=None, info=None,
+                 status_listener=None, status_path="/status", ping_path="/ping"):
         self.watcher = watcher
         self.next_watch = 0.0
         self.listener = listener
@@ -4603,7 +5154,10 @@ class Supervisor(object):
         self.timeout = timeout
         self.graceful_timeout = graceful_timeout
         self.slots_count = 4 * workers + 8
-        self.slots = mmap.mmap(-1, 8 * self.slots_count)     # shared with the children
+        self.board = Scoreboard(self.slots_count, info)
+        self.status_listener = status_listener
+        self.status_path = status_path
+        self.ping_path = ping_path
         self.workers = {}            # pid -> Worker
         self.generation = 0
         self.signal_queue = []
@@ -4654,16 +5208,17 @@ class Supervisor(object):
         raise RuntimeError("no free worker slot")
 
     def slot_value(self, i):
-        return struct.unpack_from("d", self.slots, 8 * i)[0]
+        return self.board.busy_since(i)
 
     # -- workers -----------------------------------------------------------------
 
     def spawn(self):
         slot = self._free_slot()
-        struct.pack_into("d", self.slots, 8 * slot, _BOOTING)
+        self.board.claim(slot)
         pid = os.fork()
         if pid:
             self.workers[pid] = Worker(pid, slot, self.generation)
+            self.board.set_pid(slot, pid)
             return
         # In the child.
         code = 0
@@ -4685,15 +5240,13 @@ class Supervisor(object):
         for name in self.SIGNALS:
             signal.signal(getattr(signal, "SIG" + name), signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        slots = self.slots
-
-        def busy(value, offset=8 * slot):
-            struct.pack_into("d", slots, offset, value)
-
+        if self.status_listener is not None:
+            self.status_listener.close()
+        row = self.board.row(slot)
         low, high = self.max_requests
         limit = random.randint(low, high) if low else 0
         try:
-            server = self.make_server(self.listener, busy, limit)
+            server = self.make_server(self.listener, row, limit)
         except BaseException:
             log.error("cannot load the application:\n%s", traceback.format_exc().rstrip())
             return WORKER_BOOT_ERROR
@@ -4714,7 +5267,7 @@ class Supervisor(object):
         signal.signal(signal.SIGTERM, graceful)
         signal.signal(signal.SIGINT, graceful)
         signal.signal(signal.SIGABRT, dump_and_exit)
-        busy(0.0)
+        row.busy(0.0)
         server.serve_forever(parent_pid=parent)
         return 0
 
@@ -4730,6 +5283,7 @@ class Supervisor(object):
             if worker is None:
                 continue
             code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+            self.board.release(worker.slot, self._respawn_reason(worker, code))
             if code == WORKER_BOOT_ERROR:
                 if worker.generation == 0 and not self.stopping:
                     log.error("the application failed to load: stopping")
@@ -4754,6 +5308,17 @@ class Supervisor(object):
                     delay = min(10.0, 0.1 * 2 ** (len(self.crashes) - 3))
                     log.warning("workers keep dying: next start in %.1fs", delay)
                     self.respawn_at = now + delay
+
+    def _respawn_reason(self, worker, code):
+        """Why a worker that ended is replaced, for the status page; None
+        when it is not (stopping, fewer workers wanted)."""
+        if self.stopping:
+            return None
+        if worker.aborted_at is not None:
+            return "timeout"
+        if worker.retiring:
+            return "reload" if worker.generation < self.generation else None
+        return "crash" if code != 0 else "max_requests"
 
     def manage(self):
         """Keep the wanted number of workers in the newest generation, retire
@@ -4820,6 +5385,22 @@ class Supervisor(object):
             for worker in self.workers.values():
                 self._kill(worker.pid, signal.SIGTERM if graceful else signal.SIGKILL)
 
+    # -- --status ---------------------------------------------------------------------
+
+    def serve_status(self):
+        """One client of the status listener (see serve_status_connection)."""
+        try:
+            sock, peer = self.status_listener.accept()
+        except OSError:
+            return
+        try:
+            serve_status_connection(sock, self.board, self.status_path, self.ping_path)
+        except (OSError, ValueError) as exc:
+            log.warning("--status: a client from %s failed: %s",
+                        format_address(sock.family, peer) if peer else "unix", exc)
+        finally:
+            sock.close()
+
     # -- the main loop -------------------------------------------------------------
 
     def run(self):
@@ -4847,8 +5428,14 @@ class Supervisor(object):
                 else:
                     self.manage()
                     self.watch()
+                self.board.sample(self.listener, self.workers_wanted)
+                waiting = [self.pipe[0]]
+                if self.status_listener is not None:
+                    waiting.append(self.status_listener)
                 try:
-                    select.select([self.pipe[0]], [], [], 0.5)
+                    ready = select.select(waiting, [], [], 0.5)[0]
+                    if self.status_listener in ready:
+                        self.serve_status()
                     os.read(self.pipe[0], 512)
                 except (OSError, InterruptedError):
                     pass
@@ -5173,6 +5760,16 @@ def build_arg_parser():
                    help="with --offload-files: a directory the web server may send from; "
                         "for X-Accel-Redirect, =URI is the nginx internal location that "
                         "serves it (repeatable)")
+    p.add_argument("--status", metavar="ADDR",
+                   help="serve the status page on ADDR from the supervisor itself (FastCGI "
+                        "or plain HTTP GET), so it answers when every worker is busy")
+    p.add_argument("--status-path", metavar="PATH",
+                   help="the status page's path (e.g. /fastcgi-status): on --status, and "
+                        "answered by the workers on the main listener; ?json, "
+                        "?openmetrics, ?full choose the format (default on --status: /status)")
+    p.add_argument("--ping-path", metavar="PATH",
+                   help="a path answered 'pong' by the workers on the main listener, and on "
+                        "--status (default there: /ping)")
     p.add_argument("--access-log", action="store_true", help="log one line per request")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
@@ -5255,16 +5852,25 @@ def main(argv=None, core=None):
         log.error("no address: give --fcgi ADDR, or start us with a listening socket on fd 0")
         return 2
     where = format_address(listener.family, listener.getsockname())
+    status_listener = None
+    if args.status:
+        try:
+            status_listener = bind_listener(args.status, 64)
+        except (OSError, ValueError) as exc:
+            log.error("--status: cannot listen on %s: %s", args.status, exc)
+            return 1
+    # The status page reads the supervisor's scoreboard.
     single = (args.workers == 1 and not args.timeout and not args.max_requests[0]
-              and not args.reload)
+              and not args.reload and not args.status and not args.status_path)
 
     server_class = HTTPServer if args.http else Server
 
-    def make_server(listener, busy_slot=None, max_requests=0):
+    def make_server(listener, board=None, max_requests=0):
         app = load_app(args.app)
         limits = dict(core=core, max_body=args.max_body, max_param_size=args.max_param_size,
                       max_params_size=args.max_params_size, allow=allow,
-                      max_requests=max_requests, busy_slot=busy_slot)
+                      max_requests=max_requests, board=board, status_path=args.status_path,
+                      ping_path=args.ping_path)
         if args.asgi and args.http:
             gateway = BlockingASGIGateway(app, access_log=args.access_log, offload=offload,
                                           loop=loop_name)
@@ -5290,15 +5896,32 @@ def main(argv=None, core=None):
         if single:
             return _serve_single(make_server, listener)
         watcher = SourceWatcher(args.app, args.reload_path) if args.reload else None
+        info = {"core": core_name(core), "listen": where, "backlog": args.backlog,
+                "workers": args.workers, "app": args.app,
+                "mode": "asgi" if args.asgi else "raw" if args.raw else "wsgi",
+                "max_requests": "%d:%d" % args.max_requests, "timeout": args.timeout,
+                "max_body": args.max_body or 0, "max_param_size": args.max_param_size,
+                "max_params_size": args.max_params_size}
+        if status_listener is not None:
+            log.info("status on %s", format_address(status_listener.family,
+                                                    status_listener.getsockname()))
         return Supervisor(listener, make_server, workers=args.workers,
                           max_requests=args.max_requests, timeout=args.timeout,
-                          graceful_timeout=args.graceful_timeout, watcher=watcher).run()
+                          graceful_timeout=args.graceful_timeout, watcher=watcher, info=info,
+                          status_listener=status_listener,
+                          status_path=args.status_path or "/status",
+                          ping_path=args.ping_path or "/ping").run()
     finally:
-        if unix_path:
-            try:
-                os.unlink(unix_path)
-            except OSError:
-                pass
+        if status_listener is not None and status_listener.family == socket.AF_UNIX:
+            unix_paths = [unix_path, status_listener.getsockname()]
+        else:
+            unix_paths = [unix_path]
+        for path in unix_paths:
+            if path:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
         log.info("stopped")
 
 

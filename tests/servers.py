@@ -211,6 +211,26 @@ NGINX_PARAMS = """
 """
 
 
+def stop_process(proc, timeout=10):
+    """TERM a helper process (uwsgi, Prometheus...), KILL it if it stays."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def read_to_end(sock):
+    """All a socket receives until the peer closes."""
+    got = b""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return got
+        got += data
+
+
 def need_nginx():
     """Go on when nginx is here (see conftest.need_frontend); a test calls
     this before it starts anything, so a skip leaves nothing running."""

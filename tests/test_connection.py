@@ -21,6 +21,7 @@ import pytest
 import fastfcgi_py
 from conftest import begin, end_reply, get_values, params_records, rec, request
 from conftest import request as fcgi_request
+from servers import read_to_end
 
 HELLO = b"Hello, world!"
 
@@ -526,13 +527,7 @@ def exchange_through_server(core, tmp_path, stream, flags=0):
             server._close(conn)
         for draining in list(server._draining.values()):
             server._end_drain(draining)
-        got = b""
-        while True:
-            data = client.recv(65536)
-            if not data:
-                break
-            got += data
-        return got, kept
+        return read_to_end(client), kept
     finally:
         client.close()
         server._poller.close()

@@ -17,7 +17,7 @@ import pytest
 import fastfcgi_py
 from conftest import need_frontend
 from servers import (ROOT, TESTS, FastCGIProcess, Nginx, free_port, need_nginx, send_then_stall,
-                     wait_until)
+                     stop_process, wait_until)
 
 
 @contextlib.contextmanager
@@ -263,10 +263,5 @@ def test_client_against_a_foreign_server_uwsgi(tmp_path):
         assert (code, out) == (0, b"Hello, world!")
         assert "200 OK" in err
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()

@@ -13,6 +13,7 @@ import struct
 import tempfile
 import threading
 import time
+import types
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -588,3 +589,38 @@ def test_Server_cores_agree_case_by_case(case, accepted, tmp_path):
         assert part in sent, (part, sent[:300])
     if logged is not None:
         assert any(logged in line for line in lines), lines
+
+
+# -- the scoreboard row: the compiled twin stores what the pure one stores ---------
+
+row_calls = st.lists(st.one_of(
+    st.tuples(st.just("busy"), st.sampled_from([0.0, -1.0, 12.5])),
+    st.tuples(st.just("done"), st.one_of(st.none(), st.sampled_from(
+        ["200 OK", "404 Not Found", "999 X", "0 x", "503"]), st.integers(100, 999)),
+        st.floats(0, 20, allow_nan=False)),
+    st.tuples(st.just("finished"), st.sampled_from([None, "302 Found", 500])),
+    st.tuples(st.just("connection")), st.tuples(st.just("rejected")),
+    st.tuples(st.just("began"), st.dictionaries(
+        st.sampled_from(["REQUEST_METHOD", "REQUEST_URI", "PATH_INFO"]),
+        st.one_of(st.text(max_size=300), st.sampled_from(["\ud800/x", "\xe9" * 200, "a" * 300,
+                                                          ""]))))), max_size=30)
+
+
+@needs_both
+@SETTINGS
+@given(calls=row_calls)
+def test_WorkerRow_cores_agree(calls):
+    board = fastfcgi_py.Scoreboard(2)
+    rows = [fastfcgi.WorkerRow(board, 0), fastfcgi_py.WorkerRow(board, 1)]
+    for row in rows:
+        for call in calls:
+            name, args = call[0], list(call[1:])
+            if name == "began":
+                args = [types.SimpleNamespace(params=args[0])]
+            if name == "finished":
+                row.busy(0.0)       # no duration from the clock: it differs between rows
+            getattr(row, name)(*args)
+    size = 8 * fastfcgi_py._ROW
+    compiled, pure = (bytes(board.memory[board._base(i) * 8:board._base(i) * 8 + size])
+                      for i in (0, 1))
+    assert compiled == pure
