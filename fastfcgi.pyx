@@ -1935,12 +1935,15 @@ cdef Py_ssize_t _W_BUSY = _py._W_BUSY, _W_CLASSES = _py._W_CLASSES, _W_SUM = _py
 cdef Py_ssize_t _W_LAST = _py._W_LAST, _W_CONNS = _py._W_CONNS, _W_REJECTED = _py._W_REJECTED
 cdef Py_ssize_t _W_TEXT_LEN = _py._W_TEXT_LEN, _W_BUCKETS = _py._W_BUCKETS
 cdef Py_ssize_t _W_TEXT = _py._W_TEXT, _ROW = _py._ROW
+cdef Py_ssize_t _W_QUEUE_SUM = _py._W_QUEUE_SUM, _W_QUEUE_BUCKETS = _py._W_QUEUE_BUCKETS
+cdef Py_ssize_t _W_QUEUE_DROPPED = _py._W_QUEUE_DROPPED
 cdef double _bounds[32]
 cdef int _bounds_count = len(_py.DURATION_BUCKETS)
 for _i, _bound in enumerate(_py.DURATION_BUCKETS):
     _bounds[_i] = _bound
 _monotonic = _py.time.monotonic
 _request_text = _py._request_text
+_queue_wait_of = _py._queue_wait_of
 
 
 cdef Py_ssize_t _TEXT_BYTES = _py._TEXT_BYTES
@@ -1969,6 +1972,14 @@ cdef Py_ssize_t _copy_utf8(char* out, Py_ssize_t at, value) except -2:
     return at + size
 
 
+cdef inline int _bucket(double seconds) noexcept:
+    # bisect_left(DURATION_BUCKETS, seconds): the first bound >= seconds.
+    cdef int i = 0
+    while i < _bounds_count and _bounds[i] < seconds:
+        i += 1
+    return i
+
+
 cdef class WorkerRow:
     """fastfcgi_py.WorkerRow, typed. See `fastfcgi_py.WorkerRow`."""
 
@@ -1992,8 +2003,9 @@ cdef class WorkerRow:
         """Busy since ``since`` (monotonic), or idle with 0.0."""
         self.d[_W_BUSY] = since
 
-    def began(self, request):
-        """The request the worker now runs, for the status page."""
+    def began(self, request, bint show=True, bint queued=True):
+        """The worker runs ``request``: shown, its queue wait counted (and
+        returned, or None). See `fastfcgi_py.WorkerRow.began`."""
         # _request_text's "METHOD URI", copied from the str's own UTF-8
         # (an ASCII str keeps it: no new object); what has none (a lone
         # surrogate) goes the pure way.
@@ -2002,7 +2014,19 @@ cdef class WorkerRow:
         cdef bytes text
         cdef PyObject* method
         cdef PyObject* uri
+        cdef PyObject* start
         params = request.params
+        if queued:
+            # Most requests have no X-Request-Start: one lookup.
+            start = PyDict_GetItem(params, "HTTP_X_REQUEST_START") if type(params) is dict \
+                else NULL
+            wait = None
+            if start != NULL or type(params) is not dict:
+                wait = _queue_wait_of(request)
+                if wait is not None:
+                    self.queued(wait)
+        if not show:
+            return wait if queued else None
         if type(params) is dict:
             method = PyDict_GetItem(params, "REQUEST_METHOD")
             uri = PyDict_GetItem(params, "REQUEST_URI")
@@ -2017,6 +2041,7 @@ cdef class WorkerRow:
             n = len(text)
             memcpy(out, PyBytes_AS_STRING(text), n)
         self.q[_W_TEXT_LEN] = n
+        return wait if queued else None
 
     def done(self, status, double duration):
         """A request ended with ``status`` after ``duration`` seconds."""
@@ -2028,20 +2053,28 @@ cdef class WorkerRow:
         self.d[_W_BUSY] = 0.0
         self._done(status, _monotonic() - since if since > 0 else 0.0)
 
+    def queued(self, double seconds):
+        """The request waited ``seconds`` before the worker took it."""
+        self.d[_W_QUEUE_SUM] += seconds
+        self.q[_W_QUEUE_BUCKETS + _bucket(seconds)] += 1
+
+    def queue_dropped(self):
+        self.q[_W_QUEUE_DROPPED] += 1
+
     def connection(self):
         self.q[_W_CONNS] += 1
 
     def rejected(self):
         self.q[_W_REJECTED] += 1
 
+    def current_request(self):
+        return self.board.current_request(self.slot)
+
     cdef void _done(self, status, double duration):
         cdef long c = 6
-        cdef int i = 0
         if status:
             c = status // 100 if type(status) is int else ord(status[0]) - 48
         self.q[_W_CLASSES + (c - 1 if 1 <= c <= 5 else 5)] += 1
         self.d[_W_SUM] += duration
         self.d[_W_LAST] = duration
-        while i < _bounds_count and _bounds[i] < duration:     # bisect_left
-            i += 1
-        self.q[_W_BUCKETS + i] += 1
+        self.q[_W_BUCKETS + _bucket(duration)] += 1

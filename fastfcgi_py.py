@@ -80,6 +80,7 @@ __all__ = [
     "tune_listener",
     # status
     "Scoreboard", "WorkerRow", "DURATION_BUCKETS", "listen_queue", "serve_status_connection",
+    "queue_wait",
     "Client", "ClientResponse", "main", "client_main", "select_core", "load_app",
     "authorizer", "CORE",
 ]
@@ -2642,6 +2643,10 @@ def peer_allowed(allow, peer):
     return any(ip in net for net in allow)
 
 
+# intercept()'s answer to the status and ping paths: served, not counted.
+_NOT_COUNTED = object()
+
+
 class _ServerBase(object):
     """What both servers (Server, AsyncServer) take: the core and the
     limits (see Server)."""
@@ -2649,7 +2654,8 @@ class _ServerBase(object):
     core = None
 
     def _configure(self, gateway, listener, core, max_body, max_param_size, max_params_size,
-                   allow, max_requests, max_conns, workers, board, status_path, ping_path):
+                   allow, max_requests, max_conns, workers, board, status_path, ping_path,
+                   max_queue_wait):
         core = core or self.core or sys.modules[__name__]
         self.core = core
         self.parser_class = core.Parser
@@ -2673,9 +2679,46 @@ class _ServerBase(object):
         self.status_paths = None
         if status_path or ping_path:
             self.status_paths = (status_path, ping_path)
+        self.max_queue_wait = max_queue_wait
+        self.queue_dropped = 0          # 503s for --max-queue-wait not logged yet
+        self.queue_dropped_logged = 0.0
+        # Whether intercept() runs before the gateway.
+        self.intercepts = bool(self.status_paths or max_queue_wait)
         self.writer = self.writer_class()
         self.alive = True
         self.served = 0
+
+    def intercept(self, request, waited=None):
+        """What is answered before the application, or False: a request
+        that waited past --max-queue-wait gets 503 at once (its client
+        has likely given up); then the status and ping paths.  ``waited``
+        is the queue wait the scoreboard row counted (WorkerRow.began);
+        without a row it is read here."""
+        if self.max_queue_wait:
+            if waited is None and self.board is None:
+                waited = _queue_wait_of(request)
+            if waited is not None and waited > self.max_queue_wait:
+                return self._queued_too_long(request, waited)
+        if self.status_paths is not None and self.answer_status(request):
+            return _NOT_COUNTED
+        return False
+
+    def _queued_too_long(self, request, wait):
+        if self.board is not None:
+            self.board.queue_dropped()
+        self.queue_dropped += 1
+        now = time.monotonic()
+        if now - self.queue_dropped_logged >= 1.0:      # one line a second at most
+            log.warning("%d request(s) answered 503: waited over --max-queue-wait %ss "
+                        "(the last %s %s, %.2fs)", self.queue_dropped, self.max_queue_wait,
+                        request.params.get("REQUEST_METHOD", "-"),
+                        request.params.get("REQUEST_URI", ""), wait)
+            self.queue_dropped = 0
+            self.queue_dropped_logged = now
+        status, headers, body = _plain_response(
+            "503 Service Unavailable", "the request waited too long for a worker\n")
+        request.finish(0, request.connection.writer.head(status, headers) + body)
+        return status
 
     def answer_status(self, request):
         """The status or ping path's answer, from the scoreboard (the
@@ -2726,9 +2769,10 @@ class Server(_ServerBase):
                  max_param_size=DEFAULT_MAX_PARAM_SIZE,
                  max_params_size=DEFAULT_MAX_PARAMS_SIZE, allow=None,
                  max_requests=0, max_conns=MAX_KEPT_CONNECTIONS, workers=1, board=None,
-                 status_path=None, ping_path=None):
+                 status_path=None, ping_path=None, max_queue_wait=0):
         self._configure(gateway, listener, core, max_body, max_param_size, max_params_size,
-                        allow, max_requests, max_conns, workers, board, status_path, ping_path)
+                        allow, max_requests, max_conns, workers, board, status_path, ping_path,
+                        max_queue_wait)
         self.request_class = self.core.Request
         if self.connection_class is None:
             self.connection_class = self.core.Connection
@@ -2980,9 +3024,9 @@ class Server(_ServerBase):
         board = self.board
         status = None
         try:
-            if board is not None:
-                board.began(request)
-            status = self.answer_status(request) if self.status_paths is not None else False
+            # The row shows the request, and counts its queue wait.
+            waited = board.began(request) if board is not None else None
+            status = self.intercept(request, waited) if self.intercepts else False
             if status is False:
                 status = self.gateway(request)
             if not request.finished:
@@ -3001,8 +3045,12 @@ class Server(_ServerBase):
                 # (so nothing said it yet): one log line.
                 self.connection_failed(conn, request.unread_error)
         finally:
-            if board is not None:
+            if board is None:
+                pass
+            elif status is not _NOT_COUNTED:
                 board.finished(status)      # counted, and the worker idle
+            else:
+                board.busy(0.0)             # scrapes do not count as requests
         if self.max_requests and self.served >= self.max_requests:
             log.info("served %d requests (--max-requests): worker recycles", self.served)
             self.alive = False
@@ -3965,10 +4013,11 @@ class AsyncServer(_ServerBase):
                  max_param_size=DEFAULT_MAX_PARAM_SIZE,
                  max_params_size=DEFAULT_MAX_PARAMS_SIZE, allow=None,
                  max_requests=0, max_conns=ASYNC_MAX_CONNECTIONS, workers=1,
-                 board=None, status_path=None, ping_path=None,
+                 board=None, status_path=None, ping_path=None, max_queue_wait=0,
                  max_concurrency=DEFAULT_MAX_CONCURRENCY, loop="auto"):
         self._configure(gateway, listener, core, max_body, max_param_size, max_params_size,
-                        allow, max_requests, max_conns, workers, board, status_path, ping_path)
+                        allow, max_requests, max_conns, workers, board, status_path, ping_path,
+                        max_queue_wait)
         self.max_concurrency = max_concurrency
         self.refused = 0            # OVERLOADED answers not logged yet
         self.refused_logged = 0.0
@@ -4106,15 +4155,19 @@ class AsyncServer(_ServerBase):
 
     def _start(self, request):
         self._running[request] = time.monotonic()
-        if len(self._running) == 1 and self.busy_slot is not None:
-            self.busy_slot(self._running[request])
-            self.board.began(request)
-        request.task = self.loop.create_task(self._run(request))
+        waited = None
+        if self.board is not None:
+            # The row shows the oldest request; every one's wait counts.
+            first = len(self._running) == 1
+            if first:
+                self.busy_slot(self._running[request])
+            waited = self.board.began(request, first)
+        request.task = self.loop.create_task(self._run(request, waited))
 
-    async def _run(self, request):
+    async def _run(self, request, waited=None):
         status = None
         try:
-            status = self.answer_status(request) if self.status_paths is not None else False
+            status = self.intercept(request, waited) if self.intercepts else False
             if status is False:
                 status = await self.gateway(request)
         finally:
@@ -4136,10 +4189,17 @@ class AsyncServer(_ServerBase):
         first = next(iter(running)) is request
         started = running.pop(request)
         if self.board is not None:
-            self.board.done(status, time.monotonic() - started)
+            if status is not _NOT_COUNTED:
+                self.board.done(status, time.monotonic() - started)
         if first and self.busy_slot is not None:
-            # --timeout watches the oldest running request.
-            self.busy_slot(next(iter(running.values())) if running else 0.0)
+            # --timeout watches the oldest running request; the status
+            # page shows it.
+            if running:
+                oldest = next(iter(running))
+                self.busy_slot(running[oldest])
+                self.board.began(oldest, True, False)
+            else:
+                self.busy_slot(0.0)
         self.served += 1
         if self.max_requests and self.served >= self.max_requests and self.alive:
             log.info("served %d requests (--max-requests): worker recycles", self.served)
@@ -4569,7 +4629,7 @@ DURATION_BUCKETS = (0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
 RESPAWN_REASONS = ("crash", "timeout", "max_requests", "reload")
 
-_ROW = 64                   # items (8 bytes each) in a row
+_ROW = 80                   # items (8 bytes each) in a row
 # A worker's row:
 _W_BUSY = 0                 # d: monotonic time its request began; 0 idle; -1 booting
 _W_PID = 1                  # q: 0 when the slot is free (written by the supervisor)
@@ -4580,11 +4640,17 @@ _W_LAST = 10                # d: the last request's duration
 _W_CONNS = 11               # q: connections accepted
 _W_REJECTED = 12            # q: requests refused by a limit (413, 431) or --allow
 _W_TEXT_LEN = 13            # q: bytes of the current request's text
+_W_QUEUE_DROPPED = 14       # q: requests answered 503 for --max-queue-wait
+_W_QUEUE_SUM = 15           # d: queue waits' sum (X-Request-Start)
 _W_BUCKETS = 16             # q x 16: durations <= DURATION_BUCKETS[i], then +Inf
-_W_TEXT = 32                # "METHOD URI" of the current request, utf-8, to the row's end
+_W_QUEUE_BUCKETS = 32       # q x 16: queue waits, the same buckets
+_W_TEXT = 48                # "METHOD URI" of the current request, utf-8, to the row's end
 _TEXT_BYTES = (_ROW - _W_TEXT) * 8
-_COUNTED = tuple(range(_W_CLASSES, _W_CLASSES + 6)) + (_W_CONNS, _W_REJECTED) + tuple(
-    range(_W_BUCKETS, _W_BUCKETS + 16))           # what the retired row adds up
+# What the retired row adds up: counts, and sums of seconds.
+_COUNTED = tuple(range(_W_CLASSES, _W_CLASSES + 6)) + (_W_CONNS, _W_REJECTED,
+                                                       _W_QUEUE_DROPPED) + tuple(
+    range(_W_BUCKETS, _W_BUCKETS + 16)) + tuple(range(_W_QUEUE_BUCKETS, _W_QUEUE_BUCKETS + 16))
+_SUMMED = (_W_SUM, _W_QUEUE_SUM)
 # The pool's row (row 0):
 _P_STARTED = 0              # d: wall-clock start
 _P_RESPAWNS = 1             # q x 4: by RESPAWN_REASONS
@@ -4594,6 +4660,8 @@ _P_QUEUE = 7                # q: listen queue now (sampled)
 _P_QUEUE_MAX = 8            # q: its maximum
 _P_BACKLOG = 9              # q: the listen backlog
 _P_WANTED = 10              # q: workers wanted (TTIN / TTOU change it)
+_P_SLOW = 11                # q: requests reported by --slow-log
+_P_SEQ = 12                 # q: odd while release() moves a row into the retired one
 
 
 class Scoreboard(object):
@@ -4635,16 +4703,31 @@ class Scoreboard(object):
         What it served stays in the retired row, so totals never drop."""
         base = self._base(slot)
         q, d = self.q, self.d
+        # A reader (a worker answering --status-path) that overlaps this
+        # reads again (see snapshot): the totals never seem to go back.
+        q[_P_SEQ] += 1
         q[base + _W_PID] = 0
         d[base + _W_BUSY] = 0.0
         if reason is not None:
             q[_P_RESPAWNS + RESPAWN_REASONS.index(reason)] += 1
         for i in _COUNTED:
             q[_ROW + i] += q[base + i]
-        d[_ROW + _W_SUM] += d[base + _W_SUM]
+        for i in _SUMMED:
+            d[_ROW + i] += d[base + i]
+        q[_P_SEQ] += 1
 
     def busy_since(self, slot):
         return self.d[self._base(slot) + _W_BUSY]
+
+    def count_slow(self):
+        self.q[_P_SLOW] += 1
+
+    def current_request(self, slot):
+        """The "METHOD URI" the worker in ``slot`` runs or last ran."""
+        base = self._base(slot)
+        size = min(self.q[base + _W_TEXT_LEN], _TEXT_BYTES)
+        return bytes(self.memory[8 * (base + _W_TEXT):8 * (base + _W_TEXT) + size]).decode(
+            "utf-8", "replace")
 
     def sample(self, listener, wanted):
         """Twice a second, from the supervisor: busy workers and the
@@ -4670,13 +4753,21 @@ class Scoreboard(object):
     def snapshot(self, full=False):
         """The status as a dict: the pool, and with ``full`` a dict per
         worker.  Key names are the metrics' without the fastfcgi_ prefix."""
+        for _ in range(100):
+            seq = self.q[_P_SEQ]
+            if not seq & 1:
+                doc = self._read(full)
+                if self.q[_P_SEQ] == seq:
+                    return doc
+            time.sleep(0.0001)
+        return self._read(full)
+
+    def _read(self, full):
         d, q = self.d, self.q
         now, mono = time.time(), time.monotonic()
-        retired = _ROW          # the retired workers' row
-        classes = [q[retired + _W_CLASSES + i] for i in range(6)]
-        buckets = [q[retired + _W_BUCKETS + i] for i in range(16)]
-        total_sum = d[retired + _W_SUM]
-        conns, rejected = q[retired + _W_CONNS], q[retired + _W_REJECTED]
+        # The retired workers' row, plus every live worker's.
+        total = {i: q[_ROW + i] for i in _COUNTED}
+        total.update((i, d[_ROW + i]) for i in _SUMMED)
         states = {"idle": 0, "busy": 0, "booting": 0}
         workers = []
         for slot in range(self.rows):
@@ -4687,26 +4778,20 @@ class Scoreboard(object):
             since = d[base + _W_BUSY]
             state = "booting" if since < 0 else "busy" if since > 0 else "idle"
             states[state] += 1
-            row_classes = [q[base + _W_CLASSES + i] for i in range(6)]
-            for i in range(6):
-                classes[i] += row_classes[i]
-            for i in range(16):
-                buckets[i] += q[base + _W_BUCKETS + i]
-            total_sum += d[base + _W_SUM]
-            conns += q[base + _W_CONNS]
-            rejected += q[base + _W_REJECTED]
+            for i in _COUNTED:
+                total[i] += q[base + i]
+            for i in _SUMMED:
+                total[i] += d[base + i]
             if full:
-                text = b""
-                if state == "busy":
-                    size = min(q[base + _W_TEXT_LEN], _TEXT_BYTES)
-                    text = self.memory[8 * (base + _W_TEXT):8 * (base + _W_TEXT) + size]
                 workers.append({
-                    "pid": pid, "state": state, "requests": sum(row_classes),
-                    "current_request": text.decode("utf-8", "replace"),
+                    "pid": pid, "state": state,
+                    "requests": sum(q[base + _W_CLASSES + i] for i in range(6)),
+                    "current_request": self.current_request(slot) if state == "busy" else "",
                     "elapsed_seconds": round(mono - since, 6) if since > 0 else 0.0,
                     "last_request_duration_seconds": round(d[base + _W_LAST], 6),
                     "started": d[base + _W_STARTED]})
         started = d[_P_STARTED]
+        classes = [total[_W_CLASSES + i] for i in range(6)]
         doc = {
             "version": __version__, "core": self.info.get("core", ""),
             "python": sys.version.split()[0], "start_time_seconds": started,
@@ -4715,18 +4800,18 @@ class Scoreboard(object):
             "workers": states, "workers_wanted": q[_P_WANTED],
             "max_busy_workers": q[_P_MAX_BUSY],
             "max_workers_reached_total": q[_P_ALL_BUSY],
-            "accepted_connections_total": conns,
+            "slow_requests_total": q[_P_SLOW],
+            "accepted_connections_total": total[_W_CONNS],
             "requests_total": sum(classes),
             "responses_total": dict(zip(STATUS_CLASSES, classes)),
-            "rejected_requests_total": rejected,
+            "rejected_requests_total": total[_W_REJECTED],
+            "max_queue_wait_exceeded_total": total[_W_QUEUE_DROPPED],
             "listen_queue": q[_P_QUEUE], "listen_queue_max": q[_P_QUEUE_MAX],
             "listen_queue_backlog": q[_P_BACKLOG],
             "worker_respawns_total": {reason: q[_P_RESPAWNS + i]
                                       for i, reason in enumerate(RESPAWN_REASONS)},
-            "request_duration_seconds": {
-                "buckets": [[bound, count] for bound, count in
-                            zip(DURATION_BUCKETS + (float("inf"),), _cumulative(buckets))],
-                "sum": round(total_sum, 6), "count": sum(buckets)},
+            "request_duration_seconds": _histogram(total, _W_BUCKETS, _W_SUM),
+            "request_queue_seconds": _histogram(total, _W_QUEUE_BUCKETS, _W_QUEUE_SUM),
         }
         if full:
             doc["worker"] = workers
@@ -4741,19 +4826,49 @@ class Scoreboard(object):
         doc = self.snapshot(full="full" in words)
         if "json" in words:
             import json
-            body = json.dumps(doc, indent=1, sort_keys=True).replace("Infinity", '"+Inf"')
+            for name in ("request_duration_seconds", "request_queue_seconds"):
+                doc[name]["buckets"][-1][0] = "+Inf"        # JSON has no infinity
+            body = json.dumps(doc, indent=1, sort_keys=True, allow_nan=False)
             return "application/json", body.encode() + b"\n"
         if "openmetrics" in words:
             return "text/plain; version=0.0.4; charset=utf-8", _openmetrics(doc).encode()
         return "text/plain; charset=utf-8", _plain_status(doc).encode()
 
 
-def _cumulative(counts):
-    total, out = 0, []
-    for count in counts:
-        total += count
-        out.append(total)
-    return out
+def _histogram(total, first, summed):
+    """A histogram of the status document: cumulative buckets (Prometheus'
+    "le"), their sum and count."""
+    running, buckets = 0, []
+    for i, bound in enumerate(DURATION_BUCKETS + (float("inf"),)):
+        running += total[first + i]
+        buckets.append([bound, running])
+    return {"buckets": buckets, "sum": round(total[summed], 6), "count": running}
+
+
+def queue_wait(value, now):
+    """Seconds a request waited before a worker took it, from the web
+    server's X-Request-Start: "t=" and seconds (nginx's ${msec}),
+    milliseconds or microseconds (Apache's %t) since the epoch, told apart
+    by size.  Never below 0 (clocks disagree a little); None when the
+    value is not such a time."""
+    if value.startswith("t="):
+        value = value[2:]
+    try:
+        start = float(value)
+    except ValueError:
+        return None
+    if not 0 < start < 1e18:            # also NaN, infinities
+        return None
+    if start > 1e14:
+        start /= 1e6
+    elif start > 1e11:
+        start /= 1e3
+    return max(0.0, now - start)
+
+
+def _queue_wait_of(request):
+    start = request.params.get("HTTP_X_REQUEST_START")
+    return None if start is None else queue_wait(start, time.time())
 
 
 def _request_text(params):
@@ -4784,11 +4899,20 @@ class WorkerRow(object):
         """Busy since ``since`` (monotonic), or idle with 0.0."""
         self.d[_W_BUSY] = since
 
-    def began(self, request):
-        """The request the worker now runs, for the status page."""
-        text = _request_text(request.params)
-        self.text[:len(text)] = text
-        self.q[_W_TEXT_LEN] = len(text)
+    def began(self, request, show=True, queued=True):
+        """The worker runs ``request``: with ``show`` the status page says
+        so; with ``queued`` its queue wait (X-Request-Start) is counted.
+        Returns that wait in seconds, or None."""
+        if show:
+            text = _request_text(request.params)
+            self.text[:len(text)] = text
+            self.q[_W_TEXT_LEN] = len(text)
+        if queued:
+            wait = _queue_wait_of(request)
+            if wait is not None:
+                self.queued(wait)
+            return wait
+        return None
 
     def done(self, status, duration):
         """A request ended with ``status`` (a status line, a number, or
@@ -4811,11 +4935,22 @@ class WorkerRow(object):
         d[_W_BUSY] = 0.0
         self.done(status, time.monotonic() - since if since > 0 else 0.0)
 
+    def queued(self, seconds):
+        """The request waited ``seconds`` before the worker took it."""
+        self.d[_W_QUEUE_SUM] += seconds
+        self.q[_W_QUEUE_BUCKETS + bisect_left(DURATION_BUCKETS, seconds)] += 1
+
+    def queue_dropped(self):
+        self.q[_W_QUEUE_DROPPED] += 1
+
     def connection(self):
         self.q[_W_CONNS] += 1
 
     def rejected(self):
         self.q[_W_REJECTED] += 1
+
+    def current_request(self):
+        return self.board.current_request(self.slot)
 
 
 def _plain_status(doc):
@@ -4839,8 +4974,9 @@ def _plain_status(doc):
         add("responses " + name, count)
     for reason, count in doc["worker_respawns_total"].items():
         add("respawns " + reason.replace("_", " "), count)
-    hist = doc["request_duration_seconds"]
-    add("request duration sum", hist["sum"])
+    for name in ("request_duration_seconds", "request_queue_seconds"):
+        add(name.replace("_", " ").replace(" seconds", "") + " count", doc[name]["count"])
+        add(name.replace("_", " ").replace(" seconds", "") + " sum seconds", doc[name]["sum"])
     for worker in doc.get("worker", ()):
         lines.append("")
         for key in ("pid", "state", "requests", "current_request", "elapsed_seconds",
@@ -4855,9 +4991,12 @@ _POOL_METRICS = (
     ("workers_wanted", "gauge", "Worker processes the pool keeps."),
     ("max_busy_workers", "gauge", "Most workers seen busy at once."),
     ("max_workers_reached_total", "counter", "Times every worker was found busy."),
+    ("slow_requests_total", "counter", "Requests that ran past --slow-log."),
     ("accepted_connections_total", "counter", "Connections accepted."),
     ("rejected_requests_total", "counter",
      "Requests refused by a limit (413, 431), --allow or OVERLOADED."),
+    ("max_queue_wait_exceeded_total", "counter",
+     "Requests answered 503 after waiting past --max-queue-wait."),
     ("listen_queue", "gauge", "Connections waiting in the listen queue."),
     ("listen_queue_max", "gauge", "Most connections seen waiting in the listen queue."),
     ("listen_queue_backlog", "gauge", "Size of the listen queue."),
@@ -4889,14 +5028,18 @@ def _openmetrics(doc):
         metric(name, kind, text, [("", doc[name])])
     metric("worker_respawns_total", "counter", "Workers replaced, by reason.",
            [(label(reason=r), n) for r, n in sorted(doc["worker_respawns_total"].items())])
-    hist = doc["request_duration_seconds"]
-    out.append("# HELP fastfcgi_request_duration_seconds Time a request held its worker.")
-    out.append("# TYPE fastfcgi_request_duration_seconds histogram")
-    for bound, count in hist["buckets"]:
-        out.append('fastfcgi_request_duration_seconds_bucket{le="%s"} %d'
-                   % ("+Inf" if bound == float("inf") else repr(bound), count))
-    out.append("fastfcgi_request_duration_seconds_sum %s" % _number(hist["sum"]))
-    out.append("fastfcgi_request_duration_seconds_count %d" % hist["count"])
+    for name, help_text in (
+            ("request_duration_seconds", "Time a request held its worker."),
+            ("request_queue_seconds", "Time a request waited before a worker took it "
+             "(from X-Request-Start).")):
+        hist = doc[name]
+        out.append("# HELP fastfcgi_%s %s" % (name, help_text))
+        out.append("# TYPE fastfcgi_%s histogram" % name)
+        for bound, count in hist["buckets"]:
+            out.append('fastfcgi_%s_bucket{le="%s"} %d'
+                       % (name, "+Inf" if bound == float("inf") else repr(bound), count))
+        out.append("fastfcgi_%s_sum %s" % (name, _number(hist["sum"])))
+        out.append("fastfcgi_%s_count %d" % (name, hist["count"]))
     if "worker" in doc:
         metric("worker_requests_total", "counter", "Requests answered, by worker.",
                [(label(pid=w["pid"]), w["requests"]) for w in doc["worker"]])
@@ -4915,6 +5058,8 @@ def listen_queue(listener):
     tcpi_sacked of a listener), the sock_diag netlink interface for a
     unix socket (UNIX_DIAG_RQLEN; no patched kernel needed)."""
     try:
+        if not sys.platform.startswith("linux"):
+            return None             # the layouts below are Linux's
         if listener.family in (socket.AF_INET, socket.AF_INET6):
             info = listener.getsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_INFO", 11), 32)
             return struct.unpack_from("II", info, 24)
@@ -4976,10 +5121,12 @@ def serve_status_connection(sock, board, status_path, ping_path, timeout=1.0):
     """Answer one client of ``--status`` and close: a web server speaking
     FastCGI or a scraper speaking plain HTTP, told apart by the first byte
     (a FastCGI record starts with version 1; an HTTP request with a
-    letter).  Each read waits ``timeout`` at most: the supervisor serves
-    this between its other duties."""
-    sock.settimeout(timeout)
-    data = sock.recv(65536)
+    letter).  The supervisor serves this between its other duties, so the
+    whole exchange gets ``timeout`` seconds and 64 KiB of input at most
+    (socket.timeout or ValueError past them): a slow or endless client
+    cannot hold it."""
+    reader = _StatusReader(sock, timeout)
+    data = reader.recv()
     if not data:
         return
     if data[0] == FCGI_VERSION_1:
@@ -4991,7 +5138,7 @@ def serve_status_connection(sock, board, status_path, ping_path, timeout=1.0):
             if out:
                 sock.sendall(out)       # GET_VALUES
             if event is None:
-                parser.feed(sock.recv(65536))
+                parser.feed(reader.recv())
                 continue
             if type(event) is int:
                 return
@@ -5004,12 +5151,13 @@ def serve_status_connection(sock, board, status_path, ping_path, timeout=1.0):
                 sock.sendall(Writer().response(event[1], status, headers, body))
                 break
     else:
-        while b"\r\n\r\n" not in data and len(data) < 16384:
-            more = sock.recv(65536)
+        # The request line is all we need (a scraper may end lines in LF).
+        while b"\n" not in data:
+            more = reader.recv()
             if not more:
                 break
             data += more
-        words = data.split(b"\r\n", 1)[0].decode("latin-1").split()
+        words = data.split(b"\n", 1)[0].decode("latin-1").split()
         if len(words) < 2 or words[0] not in ("GET", "HEAD"):
             answer = _plain_response("405 Method Not Allowed", "GET the status or ping path\n")
         else:
@@ -5022,11 +5170,41 @@ def serve_status_connection(sock, board, status_path, ping_path, timeout=1.0):
             status, "".join("%s: %s\r\n" % header for header in headers))
         sock.sendall(head.encode("latin-1") + (body if words[:1] != ["HEAD"] else b""))
     # Closing with unread input would reset the connection, maybe before
-    # the answer is read: half-close, and read until the peer closes.
+    # the answer is read: half-close, and take what is left in a moment (a
+    # web server keeping the connection, fastcgi_keep_conn, does not close
+    # it: we do, once its records are in).
     sock.shutdown(socket.SHUT_WR)
-    for _ in range(64):
-        if not sock.recv(65536):
-            break
+    reader.deadline = min(reader.deadline, time.monotonic() + 0.05)
+    try:
+        while reader.recv():
+            pass
+    except (socket.timeout, ValueError):
+        pass
+
+
+class _StatusReader(object):
+    """recv() on a status client under one deadline and a size cap."""
+
+    LIMIT = 65536
+
+    def __init__(self, sock, timeout):
+        self.sock = sock
+        self.deadline = time.monotonic() + timeout
+        self.taken = 0
+
+    def recv(self):
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("the status client took too long")
+        if self.taken >= self.LIMIT:
+            raise ValueError("the status client sent over %d bytes" % self.LIMIT)
+        self.sock.settimeout(left)
+        try:
+            data = self.sock.recv(self.LIMIT - self.taken)
+        except socket.timeout:
+            raise socket.timeout("the status client took too long")
+        self.taken += len(data)
+        return data
 
 
 ##############################################################################
@@ -5053,6 +5231,10 @@ def serve_status_connection(sock, board, status_path, ping_path, timeout=1.0):
 # re-executes it on the same listening socket.
 
 WORKER_BOOT_ERROR = 3         # the application failed to import: do not respawn
+# --slow-log asks a worker for its stack with this signal: ignored by
+# default (a worker not yet listening loses nothing), and nothing else
+# sends it (only a socket given an owner with F_SETOWN would).
+_SLOW_SIGNAL = signal.SIGURG
 _KILL_GRACE = 3.0             # seconds between SIGABRT and SIGKILL for --timeout
 _BOOTING = -1.0
 
@@ -5120,7 +5302,8 @@ class SourceWatcher(object):
 class Worker(object):
     """The supervisor's record of one worker process."""
 
-    __slots__ = ("pid", "slot", "generation", "started", "retiring", "aborted_at")
+    __slots__ = ("pid", "slot", "generation", "started", "retiring", "aborted_at",
+                 "slow_since")
 
     def __init__(self, pid, slot, generation):
         self.pid = pid
@@ -5129,6 +5312,7 @@ class Worker(object):
         self.started = time.monotonic()
         self.retiring = False
         self.aborted_at = None
+        self.slow_since = 0.0       # the busy mark --slow-log last reported
 
 
 class Supervisor(object):
@@ -5138,14 +5322,18 @@ class Supervisor(object):
     WorkerRow of the Scoreboard).
 
     ``status_listener``: a listening socket the supervisor serves itself
-    (``--status``), answering ``status_path`` and ``ping_path``."""
+    (``--status``), answering ``status_path`` and ``ping_path`` to the
+    peers ``allow`` lets in (see parse_allow; None: anyone)."""
 
     SIGNALS = ("TERM", "INT", "HUP", "CHLD", "TTIN", "TTOU")
 
     def __init__(self, listener, make_server, *, workers=1, max_requests=(0, 0),
                  timeout=0, graceful_timeout=30.0, watcher=None, info=None,
-                 status_listener=None, status_path="/status", ping_path="/ping"):
+                 status_listener=None, status_path="/status", ping_path="/ping", slow_log=0,
+                 allow=None):
         self.watcher = watcher
+        self.allow = allow
+        self.slow_log = slow_log
         self.next_watch = 0.0
         self.listener = listener
         self.make_server = make_server
@@ -5254,19 +5442,31 @@ class Supervisor(object):
         def graceful(signum, frame):
             server.stop()
 
-        def dump_and_exit(signum, frame):
-            where = "".join(traceback.format_stack(frame)).rstrip()
-            describe = getattr(server, "describe_stuck", None)     # an asyncio worker's tasks
+        def where_is(frame):
+            # An asyncio worker's frame is its loop's: the request is in
+            # its task's chain of awaits.
+            describe = getattr(server, "describe_stuck", None)
             if describe is not None:
-                where += "\n" + describe()
+                return describe()
+            return "".join(traceback.format_stack(frame)).rstrip()
+
+        def dump_and_exit(signum, frame):
+            where = where_is(frame)
             log.error("worker %d: request over --timeout %ss, killed; it was at:\n%s",
                       os.getpid(), self.timeout, where)
             logging.shutdown()
             os._exit(1)
 
+        def report_slow(signum, frame):
+            # --slow-log: where the request is, once; it runs on.
+            where = where_is(frame)
+            log.warning("worker %d: request running over --slow-log %ss: %s; it is at:\n%s",
+                        os.getpid(), self.slow_log, row.current_request(), where)
+
         signal.signal(signal.SIGTERM, graceful)
         signal.signal(signal.SIGINT, graceful)
         signal.signal(signal.SIGABRT, dump_and_exit)
+        signal.signal(_SLOW_SIGNAL, report_slow)
         row.busy(0.0)
         server.serve_forever(parent_pid=parent)
         return 0
@@ -5345,6 +5545,13 @@ class Supervisor(object):
                 if worker.generation < self.generation and not worker.retiring:
                     worker.retiring = True
                     self._kill(worker.pid, signal.SIGTERM)
+        if self.slow_log:
+            for worker in self.workers.values():
+                since = self.slot_value(worker.slot)
+                if since > 0 and now - since > self.slow_log and worker.slow_since != since:
+                    worker.slow_since = since
+                    self.board.count_slow()
+                    self._kill(worker.pid, _SLOW_SIGNAL)
         if self.timeout:
             for worker in list(self.workers.values()):
                 since = self.slot_value(worker.slot)
@@ -5392,6 +5599,11 @@ class Supervisor(object):
         try:
             sock, peer = self.status_listener.accept()
         except OSError:
+            return
+        if not peer_allowed(self.allow, peer):
+            # ?full shows the URIs requests run: --allow guards it too.
+            log.warning("--status: connection from %s refused: not in --allow", peer[0])
+            sock.close()
             return
         try:
             serve_status_connection(sock, self.board, self.status_path, self.ping_path)
@@ -5743,6 +5955,12 @@ def build_arg_parser():
                    "default %d)" % DEFAULT_MAX_PARAMS_SIZE)
     p.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
                    help="kill a worker whose request runs longer, logging its traceback")
+    p.add_argument("--max-queue-wait", type=float, default=0, metavar="SECONDS",
+                   help="answer 503 at once to a request that waited longer before a worker "
+                        "took it (from the web server's X-Request-Start; see README)")
+    p.add_argument("--slow-log", type=float, default=0, metavar="SECONDS",
+                   help="log the stack of a request running longer, once, and let it run "
+                        "(PHP-FPM's slowlog; checked twice a second)")
     p.add_argument("--graceful-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long in-flight requests may run after TERM (default 30)")
     p.add_argument("--allow", metavar="ADDR,...", default=os.environ.get("FCGI_WEB_SERVER_ADDRS"),
@@ -5858,10 +6076,13 @@ def main(argv=None, core=None):
             status_listener = bind_listener(args.status, 64)
         except (OSError, ValueError) as exc:
             log.error("--status: cannot listen on %s: %s", args.status, exc)
+            if unix_path:
+                os.unlink(unix_path)
             return 1
     # The status page reads the supervisor's scoreboard.
     single = (args.workers == 1 and not args.timeout and not args.max_requests[0]
-              and not args.reload and not args.status and not args.status_path)
+              and not args.reload and not args.status and not args.status_path
+              and not args.slow_log)
 
     server_class = HTTPServer if args.http else Server
 
@@ -5870,7 +6091,7 @@ def main(argv=None, core=None):
         limits = dict(core=core, max_body=args.max_body, max_param_size=args.max_param_size,
                       max_params_size=args.max_params_size, allow=allow,
                       max_requests=max_requests, board=board, status_path=args.status_path,
-                      ping_path=args.ping_path)
+                      ping_path=args.ping_path, max_queue_wait=args.max_queue_wait)
         if args.asgi and args.http:
             gateway = BlockingASGIGateway(app, access_log=args.access_log, offload=offload,
                                           loop=loop_name)
@@ -5900,6 +6121,7 @@ def main(argv=None, core=None):
                 "workers": args.workers, "app": args.app,
                 "mode": "asgi" if args.asgi else "raw" if args.raw else "wsgi",
                 "max_requests": "%d:%d" % args.max_requests, "timeout": args.timeout,
+                "slow_log": args.slow_log, "max_queue_wait": args.max_queue_wait,
                 "max_body": args.max_body or 0, "max_param_size": args.max_param_size,
                 "max_params_size": args.max_params_size}
         if status_listener is not None:
@@ -5910,7 +6132,8 @@ def main(argv=None, core=None):
                           graceful_timeout=args.graceful_timeout, watcher=watcher, info=info,
                           status_listener=status_listener,
                           status_path=args.status_path or "/status",
-                          ping_path=args.ping_path or "/ping").run()
+                          ping_path=args.ping_path or "/ping", slow_log=args.slow_log,
+                          allow=allow).run()
     finally:
         if status_listener is not None and status_listener.family == socket.AF_UNIX:
             unix_paths = [unix_path, status_listener.getsockname()]

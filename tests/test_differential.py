@@ -600,10 +600,18 @@ row_calls = st.lists(st.one_of(
         st.floats(0, 20, allow_nan=False)),
     st.tuples(st.just("finished"), st.sampled_from([None, "302 Found", 500])),
     st.tuples(st.just("connection")), st.tuples(st.just("rejected")),
-    st.tuples(st.just("began"), st.dictionaries(
-        st.sampled_from(["REQUEST_METHOD", "REQUEST_URI", "PATH_INFO"]),
-        st.one_of(st.text(max_size=300), st.sampled_from(["\ud800/x", "\xe9" * 200, "a" * 300,
-                                                          ""]))))), max_size=30)
+    st.tuples(st.just("queued"), st.floats(0, 1e6, allow_nan=False)),
+    st.tuples(st.just("queue_dropped")),
+    st.tuples(st.just("began"), st.builds(
+        lambda params, start: dict(params, **start),
+        st.dictionaries(
+            st.sampled_from(["REQUEST_METHOD", "REQUEST_URI", "PATH_INFO"]),
+            st.one_of(st.text(max_size=300), st.sampled_from(["\ud800/x", "\xe9" * 200,
+                                                              "a" * 300, ""]))),
+        # Starts in the future (waits of 0 s) or no times: no clock in the comparison.
+        st.dictionaries(st.just("HTTP_X_REQUEST_START"), st.sampled_from(
+            ["t=4000000000.5", "4000000000500", "t=", "t=abc", "nan", "t=inf", "\ud800"]))),
+        st.booleans(), st.booleans())), max_size=30)
 
 
 @needs_both
@@ -612,14 +620,17 @@ row_calls = st.lists(st.one_of(
 def test_WorkerRow_cores_agree(calls):
     board = fastfcgi_py.Scoreboard(2)
     rows = [fastfcgi.WorkerRow(board, 0), fastfcgi_py.WorkerRow(board, 1)]
+    results = []
     for row in rows:
+        results.append([])
         for call in calls:
             name, args = call[0], list(call[1:])
             if name == "began":
-                args = [types.SimpleNamespace(params=args[0])]
+                args[0] = types.SimpleNamespace(params=args[0])
             if name == "finished":
                 row.busy(0.0)       # no duration from the clock: it differs between rows
-            getattr(row, name)(*args)
+            results[-1].append(getattr(row, name)(*args))
+    assert results[0] == results[1]
     size = 8 * fastfcgi_py._ROW
     compiled, pure = (bytes(board.memory[board._base(i) * 8:board._base(i) * 8 + size])
                       for i in (0, 1))

@@ -65,23 +65,22 @@ def test_status_counts_what_was_served(start, mode):
                    CONTENT_LENGTH="20")
     assert refused.status == 413
     # The ping path is the worker's, never the application's (which has
-    # no /ping: it would answer 404).
+    # no /ping: it would answer 404); scrapes and pings are not counted.
     pong = fcgi(server.address, "/ping")
     assert (pong.status, pong.body) == (200, b"pong\n")
 
     # A worker counts a request just after its answer went out, and the
     # second worker may still be importing the application: wait for both.
-    expected = {"1xx": 0, "2xx": 6, "3xx": 0, "4xx": 2, "5xx": 0, "other": 0}
+    expected = {"1xx": 0, "2xx": 5, "3xx": 0, "4xx": 2, "5xx": 0, "other": 0}
     assert wait_until(lambda: status_json(status_address)["responses_total"] == expected
                       and status_json(status_address)["workers"]["booting"] == 0, 10), \
         status_json(status_address)
     doc = status_json(status_address)
-    assert doc["requests_total"] == 8                   # the ping too, not the 413
+    assert doc["requests_total"] == 7                   # not the 413, not the ping
     assert doc["rejected_requests_total"] == 1
     assert doc["accepted_connections_total"] == 10      # and the readiness probe
-    assert doc["request_duration_seconds"]["count"] == 8
-    assert doc["request_duration_seconds"]["buckets"][-1] == [float("inf"), 8] or \
-        doc["request_duration_seconds"]["buckets"][-1] == ["+Inf", 8]
+    assert doc["request_duration_seconds"]["count"] == 7
+    assert doc["request_duration_seconds"]["buckets"][-1] == ["+Inf", 7]
     assert doc["workers"] == {"idle": 2, "busy": 0, "booting": 0}
     assert doc["core"] == ("compiled" if server.core_id == "c" else "pure")
     assert doc["config"]["workers"] == 2 and doc["config"]["mode"] == mode
@@ -93,6 +92,7 @@ def test_status_counts_what_was_served(start, mode):
     on_main = json.loads(fcgi(server.address, "/status", "json").body)
     assert on_main["responses_total"] == doc["responses_total"]
     assert on_main["workers"]["busy"] == 1          # the one answering
+    assert status_json(status_address)["requests_total"] == 7
 
 
 def test_status_answers_while_every_worker_is_stuck(start):
@@ -162,6 +162,19 @@ def test_status_shows_the_listen_queue(start, tmp_path, transport):
         stuck.join(20)
 
 
+def test_status_listener_honours_allow(start, tmp_path):
+    status_address = "127.0.0.1:%d" % free_port()
+    server = start("--workers", "1", "--timeout", "30", "--status", status_address,
+                   "--allow", "10.1.2.3", address="unix:%s/app.sock" % tmp_path)
+    host, port = status_address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        assert read_to_end(sock) == b""         # closed at once, unanswered
+    assert wait_until(lambda: "--status: connection from 127.0.0.1 refused: not in --allow"
+                      in server.log(), 5)
+    # The unix listener (no address to check) serves on.
+    assert fcgi(server.address, "/hello").status == 200
+
+
 def test_status_counts_respawns_by_reason(start):
     status_address = "127.0.0.1:%d" % free_port()
     server = start("--workers", "1", "--max-requests", "2", "--timeout", "1",
@@ -177,6 +190,88 @@ def test_status_counts_respawns_by_reason(start):
     doc = status_json(status_address)
     # What the replaced workers served stays counted.
     assert doc["responses_total"]["2xx"] == 2 and doc["requests_total"] == 2
+
+
+@pytest.mark.parametrize("mode", ["wsgi", "asgi"])
+def test_slow_log_reports_the_stack_once_and_the_request_runs_on(start, mode):
+    status_address = "127.0.0.1:%d" % free_port()
+    args = ("--slow-log", "0.5", "--status", status_address)
+    if mode == "asgi":
+        server = start("--asgi", *args, app="asgi_apps:app")
+        path, query, frame = "/sleep", "2000", "asgi_apps.py"
+    else:
+        server = start(*args)
+        path, query, frame = "/slow", "2", "in slow"
+    assert fcgi(server.address, path, query).status == 200     # not killed
+    assert fcgi(server.address, "/hello").status == 200         # fast: not reported
+    log = server.log()
+    assert log.count("over --slow-log") == 1, log
+    report = log[log.index("over --slow-log"):]
+    assert "GET %s?%s" % (path, query) in report.splitlines()[0]
+    assert frame in report, report
+    assert status_json(status_address)["slow_requests_total"] == 1
+
+
+NOW = 1800000000.0      # seconds since the epoch, in 2027
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("t=1799999990.5", 9.5),            # nginx: fastcgi_param ... "t=${msec}"
+    ("1799999990500", 9.5),             # milliseconds
+    ("t=1799999990500000", 9.5),        # microseconds (Apache's %t)
+    ("t=1800000001", 0.0),              # a clock a little ahead: no negative wait
+    ("t=", None), ("t=abc", None), ("nan", None), ("t=inf", None), ("-5", None),
+    ("t=1e300", None), ("", None),
+])
+def test_queue_wait_reads_x_request_start(core, value, expected):
+    wait = core.queue_wait(value, NOW)
+    assert wait == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_queue_time_and_max_queue_wait(start):
+    status_address = "127.0.0.1:%d" % free_port()
+    server = start("--workers", "1", "--status", status_address, "--max-queue-wait", "3")
+    now = time.time()
+    waited = fcgi(server.address, "/hello", HTTP_X_REQUEST_START="t=%.3f" % (now - 1))
+    assert waited.status == 200
+    late = fcgi(server.address, "/hello", HTTP_X_REQUEST_START="t=%d" % ((now - 10) * 1e6))
+    assert (late.status, late.body) == (503, b"the request waited too long for a worker\n")
+    # Malformed: ignored, the request served, nothing counted.
+    assert fcgi(server.address, "/hello", HTTP_X_REQUEST_START="t=yesterday").status == 200
+    assert fcgi(server.address, "/hello").status == 200
+
+    def counted():
+        doc = status_json(status_address)
+        return (doc["request_queue_seconds"]["count"], doc["max_queue_wait_exceeded_total"],
+                doc["responses_total"]["5xx"], doc["requests_total"])
+    assert wait_until(lambda: counted() == (2, 1, 1, 4), 5), counted()
+    doc = status_json(status_address)
+    assert 10 < doc["request_queue_seconds"]["sum"] < 20
+    buckets = dict((str(b), n) for b, n in doc["request_queue_seconds"]["buckets"])
+    assert (buckets["0.75"], buckets["2.5"], buckets["10.0"]) == (0, 1, 1)
+    log = server.log()
+    assert log.count("waited over --max-queue-wait 3.0s") == 1 and "GET /hello" in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.frontend
+def test_queue_time_from_nginx_x_request_start(start, tmp_path):
+    """The README's nginx line: fastcgi_param HTTP_X_REQUEST_START "t=${msec}"."""
+    need_nginx()
+    status_address = "127.0.0.1:%d" % free_port()
+    server = start("--workers", "1", "--status", status_address)
+    conf = NGINX_CONF.replace("{params}", '{params}\n            fastcgi_param '
+                              'HTTP_X_REQUEST_START "t=${{msec}}";')
+    nginx = Nginx(server.address, conf)
+    try:
+        for _ in range(3):
+            assert nginx.request("GET", "/hello")[0] == 200
+    finally:
+        nginx.stop()
+    assert wait_until(lambda: status_json(status_address)["request_queue_seconds"]["count"]
+                      == 3, 5)
+    # Over loopback a request waits well under a second.
+    assert status_json(status_address)["request_queue_seconds"]["sum"] < 3
 
 
 def test_status_openmetrics_is_valid_for_prometheus(start):
@@ -218,6 +313,37 @@ def test_status_listener_survives_bad_clients(start):
     # The status listener answers the status path only, never the app.
     code, _, body = http_get(status_address, "/fastcgi-status")
     assert code == 200 and b"requests total:" in body
+    # A request line ended by a bare LF is answered.
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"GET /fastcgi-status?json HTTP/1.0\n\n")
+        assert read_to_end(sock).startswith(b"HTTP/1.0 200 OK\r\n")
+    # A client that trickles bytes holds the supervisor one second at most:
+    # a scrape made meanwhile is answered, and the trickler is cut off.
+    trickler = socket.create_connection((host, int(port)), timeout=10)
+    stop = threading.Event()
+
+    def trickle():
+        try:
+            while not stop.is_set():
+                trickler.sendall(b"G")
+                time.sleep(0.2)
+        except OSError:
+            pass
+    thread = threading.Thread(target=trickle)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        began = time.monotonic()
+        assert http_get(status_address, "/fastcgi-status")[0] == 200
+        assert time.monotonic() - began < 5
+    finally:
+        stop.set()
+        thread.join()
+        trickler.close()
+    assert "took too long" in server.log()
+    # JSON stays JSON whatever a request's URI holds.
+    assert fcgi(server.address, "/hello", "Infinity").status == 200
+    json.loads(http_get(status_address, "/fastcgi-status?json&full")[2])
     assert fcgi(server.address, "/hello").status == 200
     assert server.proc.poll() is None
 
