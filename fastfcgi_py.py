@@ -5407,9 +5407,6 @@ class Supervisor(object):
                 return i
         raise RuntimeError("no free worker slot")
 
-    def slot_value(self, i):
-        return self.board.busy_since(i)
-
     # -- workers -----------------------------------------------------------------
 
     def spawn(self):
@@ -5552,21 +5549,21 @@ class Supervisor(object):
             for worker in sorted(current, key=lambda w: w.started)[:len(current) - self.workers_wanted]:
                 worker.retiring = True
                 self._kill(worker.pid, signal.SIGTERM)
-        if current and all(self.slot_value(w.slot) != _BOOTING for w in current):
+        if current and all(self.board.busy_since(w.slot) != _BOOTING for w in current):
             for worker in sorted(self.workers.values(), key=lambda w: w.started):
                 if worker.generation < self.generation and not worker.retiring:
                     worker.retiring = True
                     self._kill(worker.pid, signal.SIGTERM)
         if self.slow_log:
             for worker in self.workers.values():
-                since = self.slot_value(worker.slot)
+                since = self.board.busy_since(worker.slot)
                 if since > 0 and now - since > self.slow_log and worker.slow_since != since:
                     worker.slow_since = since
                     self.board.count_slow()
                     self._kill(worker.pid, _SLOW_SIGNAL)
         if self.timeout:
             for worker in list(self.workers.values()):
-                since = self.slot_value(worker.slot)
+                since = self.board.busy_since(worker.slot)
                 if worker.aborted_at is not None:
                     if now - worker.aborted_at > _KILL_GRACE:
                         self._kill(worker.pid, signal.SIGKILL)
