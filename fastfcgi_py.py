@@ -4639,9 +4639,9 @@ class HTTPServer(Server):
 DURATION_BUCKETS = (0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0,
                     2.5, 5.0, 7.5, 10.0)
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
-RESPAWN_REASONS = ("crash", "timeout", "max_requests", "reload")
+RESPAWN_REASONS = ("crash", "timeout", "max_requests", "reload", "rss")
 
-_ROW = 80                   # items (8 bytes each) in a row
+_ROW = 96                   # items (8 bytes each) in a row
 # A worker's row:
 _W_BUSY = 0                 # d: monotonic time its request began; 0 idle; -1 booting
 _W_PID = 1                  # q: 0 when the slot is free (written by the supervisor)
@@ -4656,7 +4656,9 @@ _W_QUEUE_DROPPED = 14       # q: requests answered 503 for --max-queue-wait
 _W_QUEUE_SUM = 15           # d: queue waits' sum (X-Request-Start)
 _W_BUCKETS = 16             # q x 16: durations <= DURATION_BUCKETS[i], then +Inf
 _W_QUEUE_BUCKETS = 32       # q x 16: queue waits, the same buckets
-_W_TEXT = 48                # "METHOD URI" of the current request, utf-8, to the row's end
+_W_LAST_CPU = 48            # d: the last request's CPU seconds (when measured)
+_W_LAST_RSS = 49            # q: the worker's RSS after its last request, bytes (when measured)
+_W_TEXT = 64                # "METHOD URI" of the current request, utf-8, to the row's end
 _TEXT_BYTES = (_ROW - _W_TEXT) * 8
 # What the retired row adds up: counts, and sums of seconds.
 _COUNTED = tuple(range(_W_CLASSES, _W_CLASSES + 6)) + (_W_CONNS, _W_REJECTED,
@@ -4665,15 +4667,20 @@ _COUNTED = tuple(range(_W_CLASSES, _W_CLASSES + 6)) + (_W_CONNS, _W_REJECTED,
 _SUMMED = (_W_SUM, _W_QUEUE_SUM)
 # The pool's row (row 0):
 _P_STARTED = 0              # d: wall-clock start
-_P_RESPAWNS = 1             # q x 4: by RESPAWN_REASONS
-_P_MAX_BUSY = 5             # q: most workers busy at once (sampled)
-_P_ALL_BUSY = 6             # q: times every worker was found busy (sampled)
-_P_QUEUE = 7                # q: listen queue now (sampled)
-_P_QUEUE_MAX = 8            # q: its maximum
-_P_BACKLOG = 9              # q: the listen backlog
-_P_WANTED = 10              # q: workers wanted (TTIN / TTOU change it)
-_P_SLOW = 11                # q: requests reported by --slow-log
-_P_SEQ = 12                 # q: odd while release() moves a row into the retired one
+_P_RESPAWNS = 1             # q x 5: by RESPAWN_REASONS
+_P_MAX_BUSY = 6             # q: most workers busy at once (sampled)
+_P_ALL_BUSY = 7             # q: times every worker was found busy (sampled)
+_P_QUEUE = 8                # q: listen queue now (sampled)
+_P_QUEUE_MAX = 9            # q: its maximum
+_P_BACKLOG = 10             # q: the listen backlog
+_P_WANTED = 11              # q: workers wanted (TTIN / TTOU change it)
+_P_SLOW = 12                # q: requests reported by --slow-log
+_P_SEQ = 13                 # q: odd while release() moves a row into the retired one
+# 14 .. 31: the dynamic worker manager's (--workers MIN:MAX).
+# Row 1: the retired workers' totals (a worker row's layout).
+# Row 2: the history the status page's chart draws.
+_HISTORY_ROW = 2
+_FIRST_WORKER_ROW = 3
 
 
 class Scoreboard(object):
@@ -4685,7 +4692,7 @@ class Scoreboard(object):
         import mmap
         self.rows = rows
         self.info = dict(info or {})
-        self.memory = mmap.mmap(-1, 8 * _ROW * (rows + 2))     # shared with the children
+        self.memory = mmap.mmap(-1, 8 * _ROW * (rows + _FIRST_WORKER_ROW))     # shared with the children
         self.d = memoryview(self.memory).cast("d")
         self.q = memoryview(self.memory).cast("Q")
         self.d[_P_STARTED] = time.time()
@@ -4695,7 +4702,7 @@ class Scoreboard(object):
         return WorkerRow(self, slot)
 
     def _base(self, slot):
-        return _ROW * (slot + 2)
+        return _ROW * (slot + _FIRST_WORKER_ROW)
 
     # -- the supervisor's side -----------------------------------------------------
 
