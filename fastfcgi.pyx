@@ -1583,7 +1583,6 @@ cdef object _peer_address(sockaddr_storage* addr, socklen_t addr_len):
 
 _RequestError = _py.RequestError
 _ROLE_NAMES = _py.ROLE_NAMES
-_time = _py.time.time
 _log_excess = _py._log_excess
 
 
@@ -1879,7 +1878,6 @@ class WSGIGateway(_py.WSGIGateway):
         """Run the application on request. See `fastfcgi_py.WSGIGateway.__call__`."""
         if self.core is not _this_core or type(self) is not WSGIGateway:
             return _py.WSGIGateway.__call__(self, request)   # another core, or a subclass
-        started = _time() if self.access_log else 0
         env = _wsgi_environ(self._constant_keys, request)
         response = _Response(request, env.get("REQUEST_METHOD") == "HEAD")
         result = None
@@ -1898,8 +1896,6 @@ class WSGIGateway(_py.WSGIGateway):
                     result.close()
                 except Exception:
                     self._app_failed(request, response.head_sent)
-        if self.access_log:
-            self._log_access(request, response.status, started)
         return response.status
 
 
@@ -1937,6 +1933,8 @@ cdef Py_ssize_t _W_TEXT_LEN = _py._W_TEXT_LEN, _W_BUCKETS = _py._W_BUCKETS
 cdef Py_ssize_t _W_TEXT = _py._W_TEXT, _ROW = _py._ROW
 cdef Py_ssize_t _W_QUEUE_SUM = _py._W_QUEUE_SUM, _W_QUEUE_BUCKETS = _py._W_QUEUE_BUCKETS
 cdef Py_ssize_t _W_QUEUE_DROPPED = _py._W_QUEUE_DROPPED
+cdef Py_ssize_t _W_LAST_CPU = _py._W_LAST_CPU, _W_LAST_RSS = _py._W_LAST_RSS
+cdef Py_ssize_t _W_RECYCLE = _py._W_RECYCLE
 cdef double _bounds[32]
 cdef int _bounds_count = len(_py.DURATION_BUCKETS)
 for _i, _bound in enumerate(_py.DURATION_BUCKETS):
@@ -2066,6 +2064,15 @@ cdef class WorkerRow:
 
     def rejected(self):
         self.q[_W_REJECTED] += 1
+
+    def cost(self, double cpu, uint64_t rss):
+        """What the last request cost. See `fastfcgi_py.WorkerRow.cost`."""
+        self.d[_W_LAST_CPU] = cpu
+        self.q[_W_LAST_RSS] = rss
+
+    def recycling(self, uint64_t reason):
+        """The worker ends by itself. See `fastfcgi_py.WorkerRow.recycling`."""
+        self.q[_W_RECYCLE] = reason
 
     def current_request(self):
         return self.board.current_request(self.slot)

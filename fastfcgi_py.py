@@ -77,7 +77,7 @@ __all__ = [
     "Request", "RequestError", "Connection", "WSGIGateway", "RawGateway", "FileWrapper",
     "Offload", "HTTPRequest", "request_headers", "AsyncRequest", "ASGIGateway", "AsyncRawGateway", "AsyncServer", "asgi_scope",
     "Server", "HTTPServer", "Supervisor", "WORKER_BOOT_ERROR", "parse_address", "bind_listener",
-    "tune_listener",
+    "tune_listener", "AccessLog", "ACCESS_LOG_FIELDS", "ACCESS_LOG_COMMON",
     # status
     "Scoreboard", "WorkerRow", "DURATION_BUCKETS", "listen_queue", "serve_status_connection",
     "queue_wait",
@@ -1959,13 +1959,6 @@ class Gateway(object):
         request.finish(1, request.connection.writer.head(status, headers) + body)
         return status
 
-    def _log_access(self, request, status, started):
-        p = request.params
-        log.info('%s "%s %s %s" %s %d %.1fms', p.get("REMOTE_ADDR", "-"),
-                 p.get("REQUEST_METHOD", "-"), p.get("REQUEST_URI", p.get("PATH_INFO", "")),
-                 p.get("SERVER_PROTOCOL", "-"), (status or "-")[:3],
-                 request.stdout_bytes, (time.time() - started) * 1000)
-
 
 class Offload(object):
     """``--offload-files``: a file under one of ``maps``' directories is not
@@ -2227,7 +2220,6 @@ class WSGIGateway(Gateway):
         return self._make_environ(self._constant_keys, request)
 
     def __call__(self, request):
-        started = time.time() if self.access_log else 0
         env = self._make_environ(self._constant_keys, request)
         response = self.response_class(request, env.get("REQUEST_METHOD") == "HEAD")
         result = None
@@ -2248,8 +2240,6 @@ class WSGIGateway(Gateway):
                     result.close()
                 except Exception:
                     self._app_failed(request, response.head_sent)
-        if self.access_log:
-            self._log_access(request, response.status, started)
         return response.status
 
     def _send(self, request, response, result):
@@ -2364,17 +2354,16 @@ class RawGateway(Gateway):
     must finish it (it is finished with exit code 0 if it returns without)."""
 
     def __call__(self, request):
-        started = time.time() if self.access_log else 0
         try:
             self.app(request)
         except Exception as exc:
-            return self._end(request, started, exc)
-        return self._end(request, started)
+            return self._end(request, exc)
+        return self._end(request)
 
-    def _end(self, request, started, exc=None):
+    def _end(self, request, exc=None):
         """After the application (AsyncRawGateway's too): a failure
         answered by the policy (called in the ``except``: the traceback is
-        logged), the request finished, the access log."""
+        logged), and the request finished."""
         status = None
         if isinstance(exc, RequestError):
             status = self._request_failed(request, request.stdout_used, exc)
@@ -2382,8 +2371,6 @@ class RawGateway(Gateway):
             status = self._app_failed(request, request.stdout_used)
         if not request.finished:
             request.finish(0)
-        if self.access_log:
-            self._log_access(request, status, started)
         return status
 
 
@@ -2647,16 +2634,211 @@ def peer_allowed(allow, peer):
 _NOT_COUNTED = object()
 
 
-class _Intercepts(object):
-    """A server's --status-path, --ping-path and --max-queue-wait."""
+##############################################################################
+# The access log: one line per request, written by the server after the
+# request (so every gateway's requests are logged the same way).  The
+# default line goes through the logger, as it always did; a named format
+# or JSON lines are written as they are, to --access-log-file or stderr,
+# with one write(2) each (O_APPEND: workers never interleave a line).
 
-    __slots__ = ("status_paths", "max_queue_wait", "dropped", "dropped_logged")
+# The fields of --access-log-format, and of a JSON line.
+ACCESS_LOG_FIELDS = {
+    "time": "when the request began, ISO 8601 with the UTC offset",
+    "client": "REMOTE_ADDR",
+    "method": "REQUEST_METHOD",
+    "uri": "REQUEST_URI (else SCRIPT_NAME + PATH_INFO)",
+    "protocol": "SERVER_PROTOCOL",
+    "host": "the Host header",
+    "status": "the response's status code (- if none was sent)",
+    "bytes": "response bytes sent (head and body)",
+    "duration_ms": "from the request's params to its end, milliseconds",
+    "queue_ms": "the wait before a worker took it, from X-Request-Start (- without)",
+    "cpu_ms": "the worker's CPU time during the request (- in an asyncio worker, "
+              "whose requests interleave)",
+    "rss_kb": "the worker's resident memory after the request, KiB",
+    "rss_growth_kb": "how much it grew during the request, KiB",
+    "pid": "the worker's process id",
+    "request_id": "the FastCGI request id",
+    "referer": "the Referer header",
+    "user_agent": "the User-Agent header",
+}
+ACCESS_LOG_COMMON = '{client} "{method} {uri} {protocol}" {status} {bytes} {duration_ms}ms'
+_PARAM_FIELDS = {"client": "REMOTE_ADDR", "method": "REQUEST_METHOD",
+                 "protocol": "SERVER_PROTOCOL", "host": "HTTP_HOST", "referer": "HTTP_REFERER",
+                 "user_agent": "HTTP_USER_AGENT"}
 
-    def __init__(self, status_path, ping_path, max_queue_wait):
+
+def _log_safe(text):
+    """A field for a text line: quotes, backslashes and control characters
+    escaped as nginx does (\\xHH), so a request cannot forge a line."""
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return "".join(c if c.isprintable() and c not in '"\\' else
+                   "\\x%02X" % ord(c) if ord(c) < 256 else c.encode("unicode_escape").decode()
+                   for c in text)
+
+
+class _Statm(object):
+    """The process's resident memory, read from /proc/self/statm through
+    a kept descriptor (one pread); where there is none, the peak RSS."""
+
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def __init__(self):
+        try:
+            self.fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.fd = None
+
+    def rss(self):
+        """Bytes resident now."""
+        if self.fd is not None:
+            return int(os.pread(self.fd, 128, 0).split()[1]) * self.page
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak * (1 if sys.platform == "darwin" else 1024)
+
+
+class AccessLog(object):
+    """The access log.  ``format``: "common" (the default line, through
+    the ``fastfcgi`` logger), "json" (a JSON object per line, every field),
+    or a template of ``{field}`` names (ACCESS_LOG_FIELDS).  ``path``: a
+    file the lines are appended to (reopened by reopen(), for logrotate's
+    SIGUSR1); without one, a named format or JSON goes to stderr.
+
+    A server calls begin() as a request starts and write() after it; the
+    CPU and memory fields cost a system call each, and are read only when
+    the format names them."""
+
+    def __init__(self, format="common", path=None):
+        import string
+        self.format = format
+        self.json = format == "json"
+        template = ACCESS_LOG_COMMON if format == "common" else format
+        if self.json:
+            self.fields = tuple(ACCESS_LOG_FIELDS)
+        else:
+            self.fields = tuple(name for _, name, spec, conv in string.Formatter().parse(template)
+                                if name is not None)
+            unknown = sorted(set(self.fields) - set(ACCESS_LOG_FIELDS))
+            if unknown or any(not name for name in self.fields):
+                raise ValueError("unknown field(s) %s; the fields are: %s" % (
+                    ", ".join("{%s}" % n for n in unknown) or "{}", ", ".join(ACCESS_LOG_FIELDS)))
+        self.template = template
+        self.cpu = "cpu_ms" in self.fields
+        self.memory = "rss_kb" in self.fields or "rss_growth_kb" in self.fields
+        self.statm = _Statm() if self.memory else None
+        self.path = path
+        self.to_logger = format == "common" and path is None
+        self.fd = 2
+        self.reopen_wanted = False
+        if path is not None:
+            self.fd = self._open()
+
+    def _open(self):
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def reopen(self):
+        """Open the file again before the next line (signal-safe: sets a
+        flag): logrotate has moved it away and sent SIGUSR1."""
+        self.reopen_wanted = self.path is not None
+
+    def begin(self):
+        """What write() needs of the request's start."""
+        return (time.time(), time.monotonic(), time.process_time() if self.cpu else 0.0,
+                self.statm.rss() if self.memory else 0)
+
+    def cost(self, began, concurrent=False):
+        """(CPU seconds or None, RSS bytes or None) since ``began``."""
+        cpu = None if concurrent or not self.cpu else time.process_time() - began[2]
+        return cpu, self.statm.rss() if self.memory else None
+
+    def values(self, request, status, began, cpu=None, rss=None):
+        """The fields of a request, by name."""
+        params = request.params
+        wall, mono, _, rss_before = began
+        values = {}
+        for name in self.fields:
+            if name in _PARAM_FIELDS:
+                value = params.get(_PARAM_FIELDS[name]) or "-"
+            elif name == "uri":
+                value = params.get("REQUEST_URI") or params.get("SCRIPT_NAME", "") + \
+                    params.get("PATH_INFO", "") or "-"
+            elif name == "status":
+                value = int(status[:3]) if isinstance(status, str) and status[:3].isdigit() \
+                    else status if isinstance(status, int) else None
+            elif name == "time":
+                value = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(wall)) + \
+                    ".%03d" % (wall % 1 * 1000) + _utc_offset(wall)
+            elif name == "bytes":
+                value = request.stdout_bytes
+            elif name == "duration_ms":
+                value = round((time.monotonic() - mono) * 1000, 3)
+            elif name == "queue_ms":
+                wait = _queue_wait_of(request)
+                value = None if wait is None else round(wait * 1000, 3)
+            elif name == "cpu_ms":
+                value = None if cpu is None else round(cpu * 1000, 3)
+            elif name == "rss_kb":
+                value = None if rss is None else rss // 1024
+            elif name == "rss_growth_kb":
+                value = None if rss is None else (rss - rss_before) // 1024
+            elif name == "pid":
+                value = os.getpid()
+            else:
+                value = request.request_id
+            values[name] = value
+        return values
+
+    def write(self, request, status, began, cpu=None, rss=None):
+        """Log one request (``status``: what the server answered)."""
+        values = self.values(request, status, began, cpu, rss)
+        if self.json:
+            import json
+            line = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+        else:
+            for name, value in values.items():
+                values[name] = "-" if value is None else _log_safe(value) \
+                    if isinstance(value, str) else value
+            if self.to_logger:
+                values["duration_ms"] = "%.1f" % values["duration_ms"]
+                log.info("%s", self.template.format(**values))
+                return
+            line = self.template.format(**values)
+        if self.reopen_wanted:
+            self.reopen_wanted = False
+            fd = self._open()
+            os.dup2(fd, self.fd)        # the old name's descriptor now writes the new file
+            os.close(fd)
+        try:
+            os.write(self.fd, (line + "\n").encode("utf-8", "replace"))
+        except OSError as exc:
+            log.warning("access log: cannot write %s: %s", self.path or "stderr", exc)
+
+
+def _utc_offset(wall):
+    offset = time.localtime(wall).tm_gmtoff or 0
+    sign = "+" if offset >= 0 else "-"
+    return "%s%02d:%02d" % (sign, abs(offset) // 3600, abs(offset) % 3600 // 60)
+
+
+class _Extras(object):
+    """What a server does around a request besides serving it: before,
+    --max-queue-wait and the --status-path and --ping-path answers; after,
+    the access log and --max-rss.  One attribute on the server (see
+    _ServerBase._configure)."""
+
+    __slots__ = ("status_paths", "max_queue_wait", "dropped", "dropped_logged", "access_log",
+                 "max_rss", "statm")
+
+    def __init__(self, status_path, ping_path, max_queue_wait, access_log, max_rss):
         self.status_paths = (status_path, ping_path) if status_path or ping_path else None
         self.max_queue_wait = max_queue_wait
         self.dropped = 0            # 503s for --max-queue-wait not logged yet
         self.dropped_logged = 0.0
+        self.access_log = access_log
+        self.max_rss = max_rss      # bytes, or 0
+        self.statm = _Statm() if max_rss else None
 
 
 class _ServerBase(object):
@@ -2667,7 +2849,7 @@ class _ServerBase(object):
 
     def _configure(self, gateway, listener, core, max_body, max_param_size, max_params_size,
                    allow, max_requests, max_conns, workers, board, status_path, ping_path,
-                   max_queue_wait):
+                   max_queue_wait, access_log, max_rss):
         core = core or self.core or sys.modules[__name__]
         self.core = core
         self.parser_class = core.Parser
@@ -2687,13 +2869,18 @@ class _ServerBase(object):
             board = core.WorkerRow(board.board, board.slot)     # the core's twin
         self.board = board
         self.busy_slot = board.busy if board is not None else None
-        # What intercept() answers before the gateway, or None.  One
+        # What is done around a request besides serving it, or None.  One
         # attribute for it all: past 30 attributes CPython 3.11 stops
         # sharing an instance dict's keys, and every self.x on the request
         # path costs more (1k instructions a request, under callgrind).
-        self.intercepts = None
-        if status_path or ping_path or max_queue_wait:
-            self.intercepts = _Intercepts(status_path, ping_path, max_queue_wait)
+        if access_log is None:
+            access_log = getattr(gateway, "access_log", None)   # Gateway(app, access_log=True)
+        if access_log is True:
+            access_log = AccessLog()
+        access_log = access_log or None
+        self.extras = None
+        if status_path or ping_path or max_queue_wait or access_log or max_rss:
+            self.extras = _Extras(status_path, ping_path, max_queue_wait, access_log, max_rss)
         self.writer = self.writer_class()
         self.alive = True
         self.served = 0
@@ -2704,7 +2891,7 @@ class _ServerBase(object):
         has likely given up); then the status and ping paths.  ``waited``
         is the queue wait the scoreboard row counted (WorkerRow.began);
         without a row it is read here."""
-        config = self.intercepts
+        config = self.extras
         if config.max_queue_wait:
             if waited is None and self.board is None:
                 waited = _queue_wait_of(request)
@@ -2714,10 +2901,35 @@ class _ServerBase(object):
             return _NOT_COUNTED
         return False
 
+    def after(self, request, status, began, concurrent=False):
+        """After a request: its access log line (``began``: the access
+        log's begin()), its CPU and memory on the scoreboard row, and
+        --max-rss: a worker grown past it finishes what it runs and exits
+        (the supervisor starts a new one)."""
+        extras = self.extras
+        access_log = extras.access_log
+        cpu = rss = None
+        if began is not None:
+            cpu, rss = access_log.cost(began, concurrent)
+        if extras.max_rss and rss is None:
+            rss = extras.statm.rss()
+        if status is _NOT_COUNTED:
+            return
+        if self.board is not None and (cpu is not None or rss is not None):
+            self.board.cost(cpu if cpu is not None else -1.0, rss or 0)
+        if began is not None:
+            access_log.write(request, status, began, cpu, rss)
+        if extras.max_rss and rss > extras.max_rss and self.alive:
+            log.warning("worker %d: %d MB resident after a request, over --max-rss %d MB: "
+                        "recycling it", os.getpid(), rss >> 20, extras.max_rss >> 20)
+            if self.board is not None:
+                self.board.recycling(_RECYCLE_RSS)
+            self.stop()
+
     def _queued_too_long(self, request, wait):
         if self.board is not None:
             self.board.queue_dropped()
-        config = self.intercepts
+        config = self.extras
         config.dropped += 1
         now = time.monotonic()
         if now - config.dropped_logged >= 1.0:      # one line a second at most
@@ -2738,9 +2950,9 @@ class _ServerBase(object):
         any other path, which the application gets."""
         params = request.params
         path = params.get("SCRIPT_NAME", "") + params.get("PATH_INFO", "")
-        if path not in self.intercepts.status_paths:
+        if path not in self.extras.status_paths:
             return False
-        status_path, ping_path = self.intercepts.status_paths
+        status_path, ping_path = self.extras.status_paths
         if self.board is None and path == status_path:
             answer = _plain_response("503 Service Unavailable",
                                      "no status: the server runs without its supervisor\n")
@@ -2753,6 +2965,12 @@ class _ServerBase(object):
             body = b""
         request.finish(0, writer.head(status, headers) + body)
         return status
+
+    def reopen_logs(self):
+        """SIGUSR1: the access log file is opened again before its next
+        line (signal-safe)."""
+        if self.extras is not None and self.extras.access_log is not None:
+            self.extras.access_log.reopen()
 
     def connection_failed(self, conn, code):
         """One log line naming the code that ended the connection."""
@@ -2781,10 +2999,11 @@ class Server(_ServerBase):
                  max_param_size=DEFAULT_MAX_PARAM_SIZE,
                  max_params_size=DEFAULT_MAX_PARAMS_SIZE, allow=None,
                  max_requests=0, max_conns=MAX_KEPT_CONNECTIONS, workers=1, board=None,
-                 status_path=None, ping_path=None, max_queue_wait=0):
+                 status_path=None, ping_path=None, max_queue_wait=0, access_log=None,
+                 max_rss=0):
         self._configure(gateway, listener, core, max_body, max_param_size, max_params_size,
                         allow, max_requests, max_conns, workers, board, status_path, ping_path,
-                        max_queue_wait)
+                        max_queue_wait, access_log, max_rss)
         self.request_class = self.core.Request
         if self.connection_class is None:
             self.connection_class = self.core.Connection
@@ -3034,11 +3253,15 @@ class Server(_ServerBase):
         frees it."""
         self.served += 1
         board = self.board
+        extras = self.extras
         status = None
+        began = None
+        if extras is not None and extras.access_log is not None:
+            began = extras.access_log.begin()
         try:
             # The row shows the request, and counts its queue wait.
             waited = board.began(request) if board is not None else None
-            status = self.intercept(request, waited) if self.intercepts is not None else False
+            status = self.intercept(request, waited) if extras is not None else False
             if status is False:
                 status = self.gateway(request)
             if not request.finished:
@@ -3063,6 +3286,8 @@ class Server(_ServerBase):
                 board.finished(status)      # counted, and the worker idle
             else:
                 board.busy(0.0)             # scrapes do not count as requests
+        if extras is not None:
+            self.after(request, status, began)
         if self.max_requests and self.served >= self.max_requests:
             log.info("served %d requests (--max-requests): worker recycles", self.served)
             self.alive = False
@@ -3638,12 +3863,11 @@ class AsyncRawGateway(RawGateway):
     0 if it returns without)."""
 
     async def __call__(self, request):
-        started = time.time() if self.access_log else 0
         try:
             await self.app(request)
         except Exception as exc:
-            return self._end(request, started, exc)
-        return self._end(request, started)
+            return self._end(request, exc)
+        return self._end(request)
 
 
 # -- ASGI 3 -----------------------------------------------------------------------------
@@ -3867,7 +4091,6 @@ class ASGIGateway(Gateway):
         self._lifespan_receiving = False
 
     async def __call__(self, request):
-        started = time.time() if self.access_log else 0
         response = _ASGIResponse(request, self.offload)
         status = None
         try:
@@ -3886,8 +4109,6 @@ class ASGIGateway(Gateway):
             # The web server aborted it or went away, and the application
             # stopped (frameworks raise their ClientDisconnect): one line.
             self._request_failed(request, response.head_sent, _gone_error(request))
-        if self.access_log:
-            self._log_access(request, status, started)
         return status
 
     # -- lifespan (the ASGI lifespan spec) --------------------------------------
@@ -3987,6 +4208,7 @@ class BlockingASGIGateway(object):
     def __init__(self, app, access_log=False, offload=None, loop="auto"):
         import atexit
         self.gateway = ASGIGateway(app, access_log, offload)
+        self.access_log = access_log
         self.loop = _new_loop(loop)[0]
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self.gateway.startup())
@@ -4026,10 +4248,11 @@ class AsyncServer(_ServerBase):
                  max_params_size=DEFAULT_MAX_PARAMS_SIZE, allow=None,
                  max_requests=0, max_conns=ASYNC_MAX_CONNECTIONS, workers=1,
                  board=None, status_path=None, ping_path=None, max_queue_wait=0,
-                 max_concurrency=DEFAULT_MAX_CONCURRENCY, loop="auto"):
+                 access_log=None, max_rss=0, max_concurrency=DEFAULT_MAX_CONCURRENCY,
+                 loop="auto"):
         self._configure(gateway, listener, core, max_body, max_param_size, max_params_size,
                         allow, max_requests, max_conns, workers, board, status_path, ping_path,
-                        max_queue_wait)
+                        max_queue_wait, access_log, max_rss)
         self.max_concurrency = max_concurrency
         self.refused = 0            # OVERLOADED answers not logged yet
         self.refused_logged = 0.0
@@ -4174,12 +4397,15 @@ class AsyncServer(_ServerBase):
             if first:
                 self.busy_slot(self._running[request])
             waited = self.board.began(request, first)
-        request.task = self.loop.create_task(self._run(request, waited))
+        began = None
+        if self.extras is not None and self.extras.access_log is not None:
+            began = self.extras.access_log.begin()
+        request.task = self.loop.create_task(self._run(request, waited, began))
 
-    async def _run(self, request, waited=None):
+    async def _run(self, request, waited=None, began=None):
         status = None
         try:
-            status = self.intercept(request, waited) if self.intercepts is not None else False
+            status = self.intercept(request, waited) if self.extras is not None else False
             if status is False:
                 status = await self.gateway(request)
         finally:
@@ -4194,9 +4420,9 @@ class AsyncServer(_ServerBase):
                 conn._close_if_idle()
             if request.unread_error:
                 self.connection_failed(conn, request.unread_error)
-            self._end(request, status)
+            self._end(request, status, began)
 
-    def _end(self, request, status=None):
+    def _end(self, request, status=None, began=None):
         running = self._running
         first = next(iter(running)) is request
         started = running.pop(request)
@@ -4212,6 +4438,9 @@ class AsyncServer(_ServerBase):
                 self.board.began(oldest, True, False)
             else:
                 self.busy_slot(0.0)
+        if self.extras is not None:
+            # Requests interleave here: no CPU time of one request.
+            self.after(request, status, began, concurrent=True)
         self.served += 1
         if self.max_requests and self.served >= self.max_requests and self.alive:
             log.info("served %d requests (--max-requests): worker recycles", self.served)
@@ -4658,6 +4887,7 @@ _W_BUCKETS = 16             # q x 16: durations <= DURATION_BUCKETS[i], then +In
 _W_QUEUE_BUCKETS = 32       # q x 16: queue waits, the same buckets
 _W_LAST_CPU = 48            # d: the last request's CPU seconds (when measured)
 _W_LAST_RSS = 49            # q: the worker's RSS after its last request, bytes (when measured)
+_W_RECYCLE = 50             # q: why the worker ends on its own: 0, or _RECYCLE_RSS
 _W_TEXT = 64                # "METHOD URI" of the current request, utf-8, to the row's end
 _TEXT_BYTES = (_ROW - _W_TEXT) * 8
 # What the retired row adds up: counts, and sums of seconds.
@@ -4681,6 +4911,7 @@ _P_SEQ = 13                 # q: odd while release() moves a row into the retire
 # Row 2: the history the status page's chart draws.
 _HISTORY_ROW = 2
 _FIRST_WORKER_ROW = 3
+_RECYCLE_RSS = 1            # --max-rss
 
 
 class Scoreboard(object):
@@ -4737,6 +4968,10 @@ class Scoreboard(object):
 
     def busy_since(self, slot):
         return self.d[self._base(slot) + _W_BUSY]
+
+    def recycled_for(self, slot):
+        """Why the worker in ``slot`` ended by itself: "rss", or None."""
+        return "rss" if self.q[self._base(slot) + _W_RECYCLE] == _RECYCLE_RSS else None
 
     def count_slow(self):
         self.q[_P_SLOW] += 1
@@ -4808,6 +5043,12 @@ class Scoreboard(object):
                     "current_request": self.current_request(slot) if state == "busy" else "",
                     "elapsed_seconds": round(mono - since, 6) if since > 0 else 0.0,
                     "last_request_duration_seconds": round(d[base + _W_LAST], 6),
+                    # Measured only when asked (--max-rss, the access log's
+                    # cpu_ms and rss_kb): else None.
+                    "last_request_cpu_seconds": round(d[base + _W_LAST_CPU], 6)
+                    if d[base + _W_LAST_CPU] > 0 else None,
+                    "last_request_rss_bytes": q[base + _W_LAST_RSS] or None,
+                    "rss_bytes": _process_rss(pid),
                     "started": d[base + _W_STARTED]})
         started = d[_P_STARTED]
         classes = [total[_W_CLASSES + i] for i in range(6)]
@@ -4852,6 +5093,15 @@ class Scoreboard(object):
         if "openmetrics" in words:
             return "text/plain; version=0.0.4; charset=utf-8", _openmetrics(doc).encode()
         return "text/plain; charset=utf-8", _plain_status(doc).encode()
+
+
+def _process_rss(pid):
+    """A process's resident bytes now (Linux's /proc), or None."""
+    try:
+        with open("/proc/%d/statm" % pid, "rb") as f:
+            return int(f.read().split()[1]) * _Statm.page
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _histogram(total, first, summed):
@@ -4968,6 +5218,17 @@ class WorkerRow(object):
     def rejected(self):
         self.q[_W_REJECTED] += 1
 
+    def cost(self, cpu, rss):
+        """What the last request cost: CPU seconds (-1: not measured) and
+        the worker's RSS after it, bytes (0: not measured)."""
+        self.d[_W_LAST_CPU] = cpu
+        self.q[_W_LAST_RSS] = rss
+
+    def recycling(self, reason):
+        """The worker ends by itself, for ``reason`` (_RECYCLE_RSS): the
+        supervisor counts the respawn by it."""
+        self.q[_W_RECYCLE] = reason
+
     def current_request(self):
         return self.board.current_request(self.slot)
 
@@ -4999,8 +5260,9 @@ def _plain_status(doc):
     for worker in doc.get("worker", ()):
         lines.append("")
         for key in ("pid", "state", "requests", "current_request", "elapsed_seconds",
-                    "last_request_duration_seconds"):
-            add(key.replace("_", " "), worker[key])
+                    "last_request_duration_seconds", "last_request_cpu_seconds",
+                    "last_request_rss_bytes", "rss_bytes"):
+            add(key.replace("_", " "), "-" if worker[key] is None else worker[key])
     return "\n".join(lines) + "\n"
 
 
@@ -5064,6 +5326,9 @@ def _openmetrics(doc):
                [(label(pid=w["pid"]), w["requests"]) for w in doc["worker"]])
         metric("worker_busy_seconds", "gauge", "How long each busy worker has run its request.",
                [(label(pid=w["pid"]), w["elapsed_seconds"]) for w in doc["worker"]])
+        metric("worker_resident_memory_bytes", "gauge", "Each worker's resident memory.",
+               [(label(pid=w["pid"]), w["rss_bytes"]) for w in doc["worker"]
+                if w["rss_bytes"] is not None])
     return "\n".join(out) + "\n"
 
 
@@ -5344,13 +5609,14 @@ class Supervisor(object):
     (``--status``), answering ``status_path`` and ``ping_path`` to the
     peers ``allow`` lets in (see parse_allow; None: anyone)."""
 
-    SIGNALS = ("TERM", "INT", "HUP", "CHLD", "TTIN", "TTOU")
+    SIGNALS = ("TERM", "INT", "HUP", "CHLD", "TTIN", "TTOU", "USR1")
 
     def __init__(self, listener, make_server, *, workers=1, max_requests=(0, 0),
                  timeout=0, graceful_timeout=30.0, watcher=None, info=None,
                  status_listener=None, status_path="/status", ping_path="/ping", slow_log=0,
-                 allow=None):
+                 allow=None, reopen_logs=None):
         self.watcher = watcher
+        self.reopen_logs = reopen_logs
         self.allow = allow
         self.slow_log = slow_log
         self.next_watch = 0.0
@@ -5398,6 +5664,15 @@ class Supervisor(object):
     def handle_chld(self):
         pass                        # reap() runs every loop
 
+    def handle_usr1(self):
+        """logrotate moved the logs away: the workers reopen theirs (so do
+        the ones started later: ``reopen_logs`` marks the supervisor's
+        copy, which they inherit)."""
+        if self.reopen_logs is not None:
+            self.reopen_logs()
+        for worker in self.workers.values():
+            self._kill(worker.pid, signal.SIGUSR1)
+
     def handle_ttin(self):
         self.workers_wanted += 1
 
@@ -5444,6 +5719,7 @@ class Supervisor(object):
         for name in self.SIGNALS:
             signal.signal(getattr(signal, "SIG" + name), signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)     # until the server can reopen
         if self.status_listener is not None:
             self.status_listener.close()
         row = self.board.row(slot)
@@ -5483,6 +5759,7 @@ class Supervisor(object):
         signal.signal(signal.SIGINT, graceful)
         signal.signal(signal.SIGABRT, dump_and_exit)
         signal.signal(_SLOW_SIGNAL, report_slow)
+        signal.signal(signal.SIGUSR1, lambda signum, frame: server.reopen_logs())
         row.busy(0.0)
         server.serve_forever(parent_pid=parent)
         return 0
@@ -5534,7 +5811,9 @@ class Supervisor(object):
             return "timeout"
         if worker.retiring:
             return "reload" if worker.generation < self.generation else None
-        return "crash" if code != 0 else "max_requests"
+        if code != 0:
+            return "crash"
+        return self.board.recycled_for(worker.slot) or "max_requests"
 
     def manage(self):
         """Keep the wanted number of workers in the newest generation, retire
@@ -6005,6 +6284,16 @@ def build_arg_parser():
                    help="a path answered 'pong' by the workers on the main listener, and on "
                         "--status (default there: /ping)")
     p.add_argument("--access-log", action="store_true", help="log one line per request")
+    p.add_argument("--access-log-format", metavar="FORMAT",
+                   help="the access log's lines (implies --access-log): 'common' (the "
+                        "default), 'json' (JSON lines, every field), or a template of "
+                        "{fields}: " + ", ".join(ACCESS_LOG_FIELDS))
+    p.add_argument("--access-log-file", metavar="PATH",
+                   help="append the access log to PATH (implies --access-log), reopened on "
+                        "SIGUSR1 for logrotate; default: stderr")
+    p.add_argument("--max-rss", type=float, default=0, metavar="MB",
+                   help="recycle a worker whose resident memory passes MB after a request "
+                        "(it finishes what it runs; a new one starts)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     p.add_argument("--reload", action="store_true",
@@ -6061,6 +6350,19 @@ def main(argv=None, core=None):
     except ValueError as exc:
         log.error("--allow: %s", exc)
         return 2
+    access_log = None
+    if args.access_log or args.access_log_format or args.access_log_file:
+        try:
+            access_log = AccessLog(args.access_log_format or "common", args.access_log_file)
+        except ValueError as exc:
+            log.error("--access-log-format: %s", exc)
+            return 2
+        except OSError as exc:
+            log.error("--access-log-file: cannot open %s: %s", args.access_log_file, exc)
+            return 1
+    if args.max_rss < 0:
+        log.error("--max-rss must not be negative")
+        return 2
 
     # Bind first: the workers inherit the socket.
     reexecuted = "FASTFCGI_LISTEN_FD" in os.environ
@@ -6098,7 +6400,7 @@ def main(argv=None, core=None):
     # The status page reads the supervisor's scoreboard.
     single = (args.workers == 1 and not args.timeout and not args.max_requests[0]
               and not args.reload and not args.status and not args.status_path
-              and not args.slow_log)
+              and not args.slow_log and not args.max_rss)
 
     server_class = HTTPServer if args.http else Server
 
@@ -6107,21 +6409,22 @@ def main(argv=None, core=None):
         limits = dict(core=core, max_body=args.max_body, max_param_size=args.max_param_size,
                       max_params_size=args.max_params_size, allow=allow,
                       max_requests=max_requests, board=board, status_path=args.status_path,
-                      ping_path=args.ping_path, max_queue_wait=args.max_queue_wait)
+                      ping_path=args.ping_path, max_queue_wait=args.max_queue_wait,
+                      access_log=access_log, max_rss=int(args.max_rss * 1024 * 1024))
         if args.asgi and args.http:
-            gateway = BlockingASGIGateway(app, access_log=args.access_log, offload=offload,
+            gateway = BlockingASGIGateway(app, access_log=access_log, offload=offload,
                                           loop=loop_name)
             return server_class(gateway, listener, **limits)
         if args.asgi or (args.raw and _is_async(app) and not args.http):
-            gateway = (ASGIGateway(app, access_log=args.access_log, offload=offload)
-                       if args.asgi else AsyncRawGateway(app, access_log=args.access_log))
+            gateway = (ASGIGateway(app, access_log=access_log, offload=offload)
+                       if args.asgi else AsyncRawGateway(app, access_log=access_log))
             return AsyncServer(gateway, listener, workers=args.workers, max_concurrency=args.max_concurrency,
                                loop=loop_name, **limits)
         if args.raw and _is_async(app):
             raise TypeError("--http runs blocking --raw applications only; %s is async"
                             % args.app)
-        gateway = (RawGateway(app, access_log=args.access_log) if args.raw else
-                   WSGIGateway(app, access_log=args.access_log, core=core, offload=offload))
+        gateway = (RawGateway(app, access_log=access_log) if args.raw else
+                   WSGIGateway(app, access_log=access_log, core=core, offload=offload))
         return server_class(gateway, listener, workers=args.workers, **limits)
 
     log.info("fastfcgi %s serving %s on %s%s: %d worker(s), %s core, Python %s%s",
@@ -6139,7 +6442,8 @@ def main(argv=None, core=None):
                 "max_requests": "%d:%d" % args.max_requests, "timeout": args.timeout,
                 "slow_log": args.slow_log, "max_queue_wait": args.max_queue_wait,
                 "max_body": args.max_body or 0, "max_param_size": args.max_param_size,
-                "max_params_size": args.max_params_size}
+                "max_params_size": args.max_params_size, "max_rss_mb": args.max_rss,
+                "access_log": (access_log.path or "stderr") if access_log else ""}
         if status_listener is not None:
             log.info("status on %s", format_address(status_listener.family,
                                                     status_listener.getsockname()))
@@ -6149,7 +6453,7 @@ def main(argv=None, core=None):
                           status_listener=status_listener,
                           status_path=args.status_path or "/status",
                           ping_path=args.ping_path or "/ping", slow_log=args.slow_log,
-                          allow=allow).run()
+                          allow=allow, reopen_logs=access_log and access_log.reopen).run()
     finally:
         if status_listener is not None and status_listener.family == socket.AF_UNIX:
             unix_paths = [unix_path, status_listener.getsockname()]
@@ -6284,6 +6588,7 @@ def _serve_single(make_server, listener):
 
     for sig in _STOP_SIGNALS:
         signal.signal(sig, graceful)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: server.reopen_logs())
     # A re-executed process starts with these blocked (see below): the ones
     # that came while it booted are delivered now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)

@@ -169,6 +169,17 @@ def slow(environ, start_response):
     return _respond(start_response, b"slept")
 
 
+_KEPT = []
+
+
+@validator
+def grow(environ, start_response):
+    """Keeps the MiB the query string names (a leak, for --max-rss), and
+    answers with the worker's pid."""
+    _KEPT.append(bytearray(int(environ.get("QUERY_STRING") or 1) << 20))
+    return _respond(start_response, str(os.getpid()).encode())
+
+
 @validator
 def pid(environ, start_response):
     return _respond(start_response, str(os.getpid()).encode())

@@ -602,6 +602,9 @@ row_calls = st.lists(st.one_of(
     st.tuples(st.just("connection")), st.tuples(st.just("rejected")),
     st.tuples(st.just("queued"), st.floats(0, 1e6, allow_nan=False)),
     st.tuples(st.just("queue_dropped")),
+    st.tuples(st.just("cost"), st.one_of(st.just(-1.0), st.floats(0, 1e3, allow_nan=False)),
+              st.integers(0, 2 ** 64 - 1)),
+    st.tuples(st.just("recycling"), st.sampled_from([0, 1])),
     st.tuples(st.just("began"), st.builds(
         lambda params, start: dict(params, **start),
         st.dictionaries(

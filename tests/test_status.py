@@ -26,7 +26,8 @@ ENV = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "SERVER_NAME": "test", "SERVE
 
 def fcgi(address, path, query="", body=b"", timeout=30, **extra):
     env = dict(ENV, PATH_INFO=path, REQUEST_URI=path + ("?" + query if query else ""),
-               QUERY_STRING=query, **extra)
+               QUERY_STRING=query)
+    env.update(extra)
     with fastfcgi_py.Client(address, timeout=timeout) as client:
         return client.request(env, body)
 
