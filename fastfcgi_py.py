@@ -4869,6 +4869,9 @@ DURATION_BUCKETS = (0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 
                     2.5, 5.0, 7.5, 10.0)
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
 RESPAWN_REASONS = ("crash", "timeout", "max_requests", "reload", "rss")
+# What changed the pool's size last: the dynamic manager (up for load, down
+# for idleness) or a signal (TTIN, TTOU move the range).
+SCALING_DECISIONS = ("none", "up", "down", "ttin", "ttou")
 
 _ROW = 96                   # items (8 bytes each) in a row
 # A worker's row:
@@ -4906,7 +4909,15 @@ _P_BACKLOG = 10             # q: the listen backlog
 _P_WANTED = 11              # q: workers wanted (TTIN / TTOU change it)
 _P_SLOW = 12                # q: requests reported by --slow-log
 _P_SEQ = 13                 # q: odd while release() moves a row into the retired one
-# 14 .. 31: the dynamic worker manager's (--workers MIN:MAX).
+# The dynamic worker manager's (--workers MIN:MAX; a static pool has MIN = MAX):
+_P_MIN = 14                 # q: workers kept at least (TTIN / TTOU move MIN and MAX)
+_P_MAX = 15                 # q: workers started for load at most
+_P_SCALE_UPS = 16           # q: workers added because all were busy and connections waited
+_P_SCALE_DOWNS = 17         # q: workers retired after --idle-timeout idle
+_P_LAST_SCALING = 18        # q: the last decision, an index in SCALING_DECISIONS
+_P_LAST_SCALING_TIME = 19   # d: its wall-clock time; 0 none yet
+_P_LAST_SCALING_WANTED = 20  # q: the workers wanted after it
+# 21 .. 31: free.
 # Row 1: the retired workers' totals (a worker row's layout).
 # Row 2: the history the status page's chart draws.
 _HISTORY_ROW = 2
@@ -4973,6 +4984,36 @@ class Scoreboard(object):
         """Why the worker in ``slot`` ended by itself: "rss", or None."""
         return "rss" if self.q[self._base(slot) + _W_RECYCLE] == _RECYCLE_RSS else None
 
+    def idle_mark(self, slot):
+        """None while the worker in ``slot`` is busy or booting; else a
+        count that moves with every connection and request it serves, so
+        equal marks at two looks mean it stayed idle in between (the
+        supervisor measures idleness from its own looks: nothing more to
+        store on the request path)."""
+        base = self._base(slot)
+        if self.d[base + _W_BUSY] != 0:
+            return None
+        q = self.q
+        return (q[base + _W_CONNS] + q[base + _W_REJECTED]
+                + sum(q[base + _W_CLASSES + i] for i in range(6)))
+
+    def scaled(self, minimum, maximum, wanted, decision=None):
+        """The pool's range is ``minimum`` .. ``maximum`` workers and it
+        wants ``wanted``; ``decision`` (one of SCALING_DECISIONS) says
+        what just changed it, counting the workers "up" adds and "down"
+        retires."""
+        q = self.q
+        change = wanted - q[_P_WANTED]
+        q[_P_MIN], q[_P_MAX], q[_P_WANTED] = minimum, maximum, wanted
+        if decision is not None:
+            if decision == "up":
+                q[_P_SCALE_UPS] += change
+            elif decision == "down":
+                q[_P_SCALE_DOWNS] -= change
+            q[_P_LAST_SCALING] = SCALING_DECISIONS.index(decision)
+            q[_P_LAST_SCALING_WANTED] = wanted
+            self.d[_P_LAST_SCALING_TIME] = time.time()
+
     def count_slow(self):
         self.q[_P_SLOW] += 1
 
@@ -4985,7 +5026,8 @@ class Scoreboard(object):
 
     def sample(self, listener, wanted):
         """Twice a second, from the supervisor: busy workers and the
-        listen queue, with their maxima."""
+        listen queue, with their maxima.  Returns the connections waiting
+        in the listen queue, or None where the kernel does not say."""
         q = self.q
         q[_P_WANTED] = wanted
         busy = live = 0
@@ -5001,6 +5043,8 @@ class Scoreboard(object):
         if queue is not None:
             q[_P_QUEUE], q[_P_BACKLOG] = queue
             q[_P_QUEUE_MAX] = max(q[_P_QUEUE_MAX], queue[0])
+            return queue[0]
+        return None
 
     # -- reading -----------------------------------------------------------------------
 
@@ -5070,6 +5114,12 @@ class Scoreboard(object):
             "listen_queue_backlog": q[_P_BACKLOG],
             "worker_respawns_total": {reason: q[_P_RESPAWNS + i]
                                       for i, reason in enumerate(RESPAWN_REASONS)},
+            "workers_min": q[_P_MIN], "workers_max": q[_P_MAX],
+            "worker_scale_ups_total": q[_P_SCALE_UPS],
+            "worker_scale_downs_total": q[_P_SCALE_DOWNS],
+            "last_scaling": SCALING_DECISIONS[min(q[_P_LAST_SCALING], len(SCALING_DECISIONS) - 1)],
+            "last_scaling_time_seconds": d[_P_LAST_SCALING_TIME],
+            "last_scaling_workers": q[_P_LAST_SCALING_WANTED],
             "request_duration_seconds": _histogram(total, _W_BUCKETS, _W_SUM),
             "request_queue_seconds": _histogram(total, _W_QUEUE_BUCKETS, _W_QUEUE_SUM),
         }
@@ -5254,6 +5304,13 @@ def _plain_status(doc):
         add("responses " + name, count)
     for reason, count in doc["worker_respawns_total"].items():
         add("respawns " + reason.replace("_", " "), count)
+    if doc["last_scaling_time_seconds"]:
+        wanted = doc["last_scaling_workers"]
+        add("last scaling", "%s at %s, to %d worker%s" % (
+            doc["last_scaling"], time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(
+                doc["last_scaling_time_seconds"])), wanted, "s"[wanted == 1:]))
+    else:
+        add("last scaling", "none")
     for name in ("request_duration_seconds", "request_queue_seconds"):
         add(name.replace("_", " ").replace(" seconds", "") + " count", doc[name]["count"])
         add(name.replace("_", " ").replace(" seconds", "") + " sum seconds", doc[name]["sum"])
@@ -5281,6 +5338,11 @@ _POOL_METRICS = (
     ("listen_queue", "gauge", "Connections waiting in the listen queue."),
     ("listen_queue_max", "gauge", "Most connections seen waiting in the listen queue."),
     ("listen_queue_backlog", "gauge", "Size of the listen queue."),
+    ("workers_min", "gauge", "Fewest worker processes the pool keeps (--workers MIN:MAX)."),
+    ("workers_max", "gauge", "Most worker processes the pool starts for load."),
+    ("worker_scale_ups_total", "counter",
+     "Workers started because every worker was busy and connections waited."),
+    ("worker_scale_downs_total", "counter", "Workers retired after --idle-timeout idle."),
 )
 
 
@@ -5309,6 +5371,8 @@ def _openmetrics(doc):
         metric(name, kind, text, [("", doc[name])])
     metric("worker_respawns_total", "counter", "Workers replaced, by reason.",
            [(label(reason=r), n) for r, n in sorted(doc["worker_respawns_total"].items())])
+    metric("last_scaling_time_seconds", "gauge", "When the pool's size or range last "
+           "changed, seconds since the epoch; 0 never.", [("", doc["last_scaling_time_seconds"])])
     for name, help_text in (
             ("request_duration_seconds", "Time a request held its worker."),
             ("request_queue_seconds", "Time a request waited before a worker took it "
@@ -5502,7 +5566,24 @@ class _StatusReader(object):
 # crashing), kills workers whose request outlived --timeout, and handles
 #   TERM, INT  graceful stop: workers finish their request, then exit 0;
 #   HUP        graceful reload: a new generation imports fresh code, and once
-#              it is up the old one retires (oldest first).
+#              it is up the old one retires (oldest first);
+#   TTIN, TTOU one worker more or fewer: they move --workers MIN:MAX by one
+#              (MIN never below 1), so a static pool (MIN = MAX) grows and
+#              shrinks as gunicorn's does, and a dynamic one keeps its width.
+#
+# With --workers MIN:MAX the pool's size follows the load (PHP-FPM's
+# pm = dynamic, uWSGI's cheaper), decided from what the supervisor samples
+# anyway, at least twice a second: when every worker that is up is busy
+# and more connections wait in the listen queue than workers are on their
+# way, it starts workers, as a token bucket of --spawn-rate per second
+# allows (a Python worker imports the whole application: a burst shorter
+# than a boot is better served by the queue), never above MAX; a worker
+# seen idle for --idle-timeout seconds, while more than MIN run, retires
+# gracefully (SIGTERM), the longest idle first: the one the load needed
+# least.  Idle means its busy mark was 0 and its counts did not move
+# between two looks, so the request path stores nothing more.  Retiring
+# for idleness is no respawn; crashes and --max-requests are replaced as
+# in a static pool, and HUP starts as many new workers as run.
 #
 # A worker's "busy since" time lives in a shared memory slot: written when
 # the worker starts reading a request (so a peer that stalls mid-request
@@ -5587,7 +5668,7 @@ class Worker(object):
     """The supervisor's record of one worker process."""
 
     __slots__ = ("pid", "slot", "generation", "started", "retiring", "aborted_at",
-                 "slow_since")
+                 "slow_since", "idle_mark", "idle_since")
 
     def __init__(self, pid, slot, generation):
         self.pid = pid
@@ -5597,6 +5678,8 @@ class Worker(object):
         self.retiring = False
         self.aborted_at = None
         self.slow_since = 0.0       # the busy mark --slow-log last reported
+        self.idle_mark = None       # Scoreboard.idle_mark at the last look
+        self.idle_since = None      # monotonic time it was first seen idle so
 
 
 class Supervisor(object):
@@ -5607,11 +5690,17 @@ class Supervisor(object):
 
     ``status_listener``: a listening socket the supervisor serves itself
     (``--status``), answering ``status_path`` and ``ping_path`` to the
-    peers ``allow`` lets in (see parse_allow; None: anyone)."""
+    peers ``allow`` lets in (see parse_allow; None: anyone).
+
+    ``workers`` is the pool's size, or with ``max_workers`` above it the
+    least of a dynamic pool that grows to ``max_workers`` under load, by
+    ``spawn_rate`` workers a second at most, and retires workers idle for
+    ``idle_timeout`` seconds (see the section's top)."""
 
     SIGNALS = ("TERM", "INT", "HUP", "CHLD", "TTIN", "TTOU", "USR1")
 
-    def __init__(self, listener, make_server, *, workers=1, max_requests=(0, 0),
+    def __init__(self, listener, make_server, *, workers=1, max_workers=None,
+                 spawn_rate=1.0, idle_timeout=10.0, max_requests=(0, 0),
                  timeout=0, graceful_timeout=30.0, watcher=None, info=None,
                  status_listener=None, status_path="/status", ping_path="/ping", slow_log=0,
                  allow=None, reopen_logs=None):
@@ -5622,12 +5711,20 @@ class Supervisor(object):
         self.next_watch = 0.0
         self.listener = listener
         self.make_server = make_server
-        self.workers_wanted = workers
+        self.workers_wanted = self.workers_min = workers
+        self.workers_max = max(workers, max_workers or workers)
+        self.spawn_rate = spawn_rate
+        self.idle_timeout = idle_timeout
+        self.spawn_tokens = max(1.0, spawn_rate)    # a full bucket: load at start is served
+        self.tokens_at = time.monotonic()
         self.max_requests = max_requests
         self.timeout = timeout
         self.graceful_timeout = graceful_timeout
-        self.slots_count = 4 * workers + 8
+        # Room for a reload at MAX (two generations) and workers still
+        # finishing their request after they were retired.
+        self.slots_count = 4 * self.workers_max + 8
         self.board = Scoreboard(self.slots_count, info)
+        self.board.scaled(self.workers_min, self.workers_max, self.workers_wanted)
         self.status_listener = status_listener
         self.status_path = status_path
         self.ping_path = ping_path
@@ -5674,11 +5771,24 @@ class Supervisor(object):
             self._kill(worker.pid, signal.SIGUSR1)
 
     def handle_ttin(self):
-        self.workers_wanted += 1
+        if 2 * (self.workers_max + 1) > self.slots_count:
+            log.warning("TTIN: at most %d workers (the scoreboard's size, fixed at start)",
+                        self.workers_max)
+            return
+        self._move_range(1, "ttin")
 
     def handle_ttou(self):
-        if self.workers_wanted > 1:
-            self.workers_wanted -= 1
+        if self.workers_min > 1:
+            self._move_range(-1, "ttou")
+
+    def _move_range(self, step, decision):
+        self.workers_min += step
+        self.workers_max += step
+        self.workers_wanted += step
+        self.board.scaled(self.workers_min, self.workers_max, self.workers_wanted, decision)
+        if self.dynamic():
+            log.info("%s: --workers now %d:%d, %d wanted", decision.upper(), self.workers_min,
+                     self.workers_max, self.workers_wanted)
 
     # -- slots -------------------------------------------------------------------
 
@@ -5815,9 +5925,11 @@ class Supervisor(object):
             return "crash"
         return self.board.recycled_for(worker.slot) or "max_requests"
 
-    def manage(self):
+    def manage(self, queued=None):
         """Keep the wanted number of workers in the newest generation, retire
-        the older ones once it is up, kill the ones over --timeout."""
+        the older ones once it is up, kill the ones over --timeout; with
+        --workers MIN:MAX first move the wanted number with the load
+        (``queued``: the connections in the listen queue, None unknown)."""
         now = time.monotonic()
         current = [w for w in self.workers.values()
                    if w.generation == self.generation and not w.retiring]
@@ -5828,6 +5940,11 @@ class Supervisor(object):
             self.generation_failed = None
             current = [w for w in self.workers.values()
                        if w.generation == self.generation and not w.retiring]
+        if self.dynamic() and not any(w.generation < self.generation and not w.retiring
+                                      for w in self.workers.values()):
+            # (While a reload runs, the count is HUP's.)
+            self._scale(current, now, queued)
+            current = [w for w in current if not w.retiring]
         if len(current) < self.workers_wanted and now >= self.respawn_at:
             for _ in range(self.workers_wanted - len(current)):
                 self.spawn()
@@ -5858,6 +5975,50 @@ class Supervisor(object):
                               worker.pid, now - since, self.timeout)
                     worker.aborted_at = now
                     self._kill(worker.pid, signal.SIGABRT)
+
+    def dynamic(self):
+        """Whether the pool's size follows the load (--workers MIN:MAX)."""
+        return self.workers_max > self.workers_min
+
+    def _scale(self, current, now, queued):
+        """--workers MIN:MAX: start workers for the connections waiting,
+        retire one idle past --idle-timeout (see the section's top)."""
+        board = self.board
+        self.spawn_tokens = min(max(1.0, self.spawn_rate),
+                                self.spawn_tokens + (now - self.tokens_at) * self.spawn_rate)
+        self.tokens_at = now
+        up = [w for w in current if board.busy_since(w.slot) != _BOOTING]
+        coming = self.workers_wanted - len(up)      # booting, or not started yet
+        if queued and queued > coming and all(board.busy_since(w.slot) > 0 for w in up):
+            more = min(queued - coming, int(self.spawn_tokens),
+                       self.workers_max - self.workers_wanted)
+            if more > 0:
+                self.spawn_tokens -= more
+                self.workers_wanted += more
+                board.scaled(self.workers_min, self.workers_max, self.workers_wanted, "up")
+                log.info("scaling up: %s busy, %d connection%s queued: starting %d more "
+                         "(%d of --workers %d:%d)",
+                         "all %d workers" % len(up) if len(up) != 1 else "the 1 worker",
+                         queued, "s"[queued == 1:], more, self.workers_wanted,
+                         self.workers_min, self.workers_max)
+        idle = []
+        for worker in up:
+            mark = board.idle_mark(worker.slot)
+            if mark is None or mark != worker.idle_mark:
+                worker.idle_since = None if mark is None else now
+                worker.idle_mark = mark
+            elif now - worker.idle_since >= self.idle_timeout:
+                idle.append(worker)
+        if idle and self.workers_wanted > self.workers_min and len(current) >= self.workers_wanted:
+            # The longest idle; of equals, the newest (the older have warm caches).
+            worker = min(idle, key=lambda w: (w.idle_since, -w.started))
+            worker.retiring = True
+            self._kill(worker.pid, signal.SIGTERM)
+            self.workers_wanted -= 1
+            board.scaled(self.workers_min, self.workers_max, self.workers_wanted, "down")
+            log.info("scaling down: worker %d idle for %.0fs: retiring it (%d of --workers %d:%d)",
+                     worker.pid, now - worker.idle_since, self.workers_wanted,
+                     self.workers_min, self.workers_max)
 
     def watch(self):
         """--reload: a changed source file reloads the workers, unless it
@@ -5932,10 +6093,10 @@ class Supervisor(object):
                         for worker in self.workers.values():
                             self._kill(worker.pid, signal.SIGKILL)
                         self.stop_deadline = float("inf")
-                else:
-                    self.manage()
+                queued = self.board.sample(self.listener, self.workers_wanted)
+                if not self.stopping:
+                    self.manage(queued)
                     self.watch()
-                self.board.sample(self.listener, self.workers_wanted)
                 waiting = [self.pipe[0]]
                 if self.status_listener is not None:
                     waiting.append(self.status_listener)
@@ -6210,6 +6371,25 @@ def _max_requests(text):
     return low, high
 
 
+def _workers_range(text):
+    """``--workers N`` or ``MIN:MAX``: (MIN, MAX), equal for N.
+
+    Raises:
+        ValueError: saying what is wrong.
+    """
+    low, colon, high = text.partition(":")
+    try:
+        low = int(low)
+        high = int(high) if colon else low
+    except ValueError:
+        raise ValueError("want N or MIN:MAX (whole numbers), not %r" % text)
+    if low < 1:
+        raise ValueError("want at least 1 worker, not %r" % text)
+    if high < low:
+        raise ValueError("MAX must be at least MIN in MIN:MAX, not %r" % text)
+    return low, high
+
+
 def build_arg_parser():
     import argparse
     p = argparse.ArgumentParser(
@@ -6230,8 +6410,16 @@ def build_arg_parser():
     kind.add_argument("--asgi", action="store_true", help="the callable is an ASGI 3 app")
     kind.add_argument("--raw", action="store_true",
                       help="the callable receives the fastfcgi Request object")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="worker processes (default 1)")
+    p.add_argument("--workers", default="1", metavar="N|MIN:MAX",
+                   help="worker processes (default 1); MIN:MAX starts MIN and adds one when "
+                        "all are busy and connections wait, up to MAX, retiring the idle ones "
+                        "(TTIN/TTOU move MIN and MAX by one)")
+    p.add_argument("--spawn-rate", type=float, default=1.0, metavar="N",
+                   help="--workers MIN:MAX: workers started for load per second at most "
+                        "(default 1; 0.2 is one every 5 s)")
+    p.add_argument("--idle-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="--workers MIN:MAX: retire a worker idle this long while more than "
+                        "MIN run (default 10)")
     p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
                    help="--asgi / async --raw: the event loop (auto: uvloop when installed)")
     p.add_argument("--max-concurrency", type=int, default=DEFAULT_MAX_CONCURRENCY, metavar="N",
@@ -6342,8 +6530,13 @@ def main(argv=None, core=None):
     # _serve_single and Supervisor.run): a stop that comes during start-up
     # is then graceful too.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    if args.workers < 1:
-        log.error("--workers must be at least 1")
+    try:
+        workers_min, workers_max = _workers_range(args.workers)
+    except ValueError as exc:
+        log.error("--workers: %s", exc)
+        return 2
+    if not args.spawn_rate > 0 or not args.idle_timeout > 0:
+        log.error("--spawn-rate and --idle-timeout must be above 0")
         return 2
     try:
         allow = parse_allow(args.allow)
@@ -6398,7 +6591,7 @@ def main(argv=None, core=None):
                 os.unlink(unix_path)
             return 1
     # The status page reads the supervisor's scoreboard.
-    single = (args.workers == 1 and not args.timeout and not args.max_requests[0]
+    single = (workers_max == 1 and not args.timeout and not args.max_requests[0]
               and not args.reload and not args.status and not args.status_path
               and not args.slow_log and not args.max_rss)
 
@@ -6418,16 +6611,16 @@ def main(argv=None, core=None):
         if args.asgi or (args.raw and _is_async(app) and not args.http):
             gateway = (ASGIGateway(app, access_log=access_log, offload=offload)
                        if args.asgi else AsyncRawGateway(app, access_log=access_log))
-            return AsyncServer(gateway, listener, workers=args.workers, max_concurrency=args.max_concurrency,
+            return AsyncServer(gateway, listener, workers=workers_max, max_concurrency=args.max_concurrency,
                                loop=loop_name, **limits)
         if args.raw and _is_async(app):
             raise TypeError("--http runs blocking --raw applications only; %s is async"
                             % args.app)
         gateway = (RawGateway(app, access_log=access_log) if args.raw else
                    WSGIGateway(app, access_log=access_log, core=core, offload=offload))
-        return server_class(gateway, listener, workers=args.workers, **limits)
+        return server_class(gateway, listener, workers=workers_max, **limits)
 
-    log.info("fastfcgi %s serving %s on %s%s: %d worker(s), %s core, Python %s%s",
+    log.info("fastfcgi %s serving %s on %s%s: %s worker(s), %s core, Python %s%s",
              __version__, args.app, where,
              " over plain HTTP, FOR DEVELOPMENT ONLY" if args.http else "",
              args.workers, core_name(core), sys.version.split()[0],
@@ -6437,17 +6630,21 @@ def main(argv=None, core=None):
             return _serve_single(make_server, listener)
         watcher = SourceWatcher(args.app, args.reload_path) if args.reload else None
         info = {"core": core_name(core), "listen": where, "backlog": args.backlog,
-                "workers": args.workers, "app": args.app,
+                "workers": workers_max if workers_min == workers_max else args.workers,
+                "app": args.app,
                 "mode": "asgi" if args.asgi else "raw" if args.raw else "wsgi",
                 "max_requests": "%d:%d" % args.max_requests, "timeout": args.timeout,
                 "slow_log": args.slow_log, "max_queue_wait": args.max_queue_wait,
                 "max_body": args.max_body or 0, "max_param_size": args.max_param_size,
                 "max_params_size": args.max_params_size, "max_rss_mb": args.max_rss,
                 "access_log": (access_log.path or "stderr") if access_log else ""}
+        if workers_max > workers_min:
+            info.update(spawn_rate=args.spawn_rate, idle_timeout=args.idle_timeout)
         if status_listener is not None:
             log.info("status on %s", format_address(status_listener.family,
                                                     status_listener.getsockname()))
-        return Supervisor(listener, make_server, workers=args.workers,
+        return Supervisor(listener, make_server, workers=workers_min, max_workers=workers_max,
+                          spawn_rate=args.spawn_rate, idle_timeout=args.idle_timeout,
                           max_requests=args.max_requests, timeout=args.timeout,
                           graceful_timeout=args.graceful_timeout, watcher=watcher, info=info,
                           status_listener=status_listener,
