@@ -2400,6 +2400,9 @@ MAX_KEPT_CONNECTIONS = 64
 # How long a stopping worker still answers requests on its kept
 # connections (see Server._linger).
 KEPT_LINGER = 1.0
+# A stopping pool serves its listen queue until no connection came for
+# this long (see Server._finish_backlog).
+BACKLOG_SETTLE = 0.3
 # After answering a request whose body was not read, we read and drop what
 # the web server still sends (so it never sees a reset before our reply), up
 # to this long.
@@ -2617,6 +2620,49 @@ def tune_listener(listener):
     except (OSError, AttributeError):
         pass                # an optimisation: serve without it
     return True
+
+
+# A classic BPF socket filter that drops a TCP segment with SYN set and ACK
+# clear (a new connection's first packet), and passes every other; a
+# socket filter sees the TCP header at offset 0.  (code, jt, jf, k)
+_DROP_NEW_SYNS = ((0x30, 0, 0, 13),             # ldb [13]: the flags
+                  (0x54, 0, 0, 0x12),           # and #(SYN|ACK)
+                  (0x15, 0, 1, 0x02),           # jeq #SYN: drop, else pass
+                  (0x06, 0, 0, 0),              # ret #0
+                  (0x06, 0, 0, 0xFFFFFFFF))     # ret #all
+_SO_ATTACH_FILTER = 26      # Linux
+
+
+def close_the_door(listener, unix_path=None):
+    """Stopping gracefully: no new connection reaches ``listener``, and
+    those already in its listen queue stay, to be served (a balancer
+    never retries a request it has sent: a reset would fail it).
+
+    A unix socket's path is removed, so the next connect fails at once
+    and a balancer moves on to another host.  A TCP listener (Linux) gets
+    a socket filter that drops new SYNs: a new connect waits, then meets
+    the closed port (refused) once every process has closed the listener,
+    while connections half-way through their handshake still complete.
+    Returns what was done, for the log."""
+    if unix_path:
+        try:
+            os.unlink(unix_path)
+        except OSError:
+            pass
+        return "removed %s" % unix_path
+    if listener.family not in (socket.AF_INET, socket.AF_INET6) or \
+            not sys.platform.startswith("linux"):
+        return "no way to refuse new connections only: closing when done"
+    import ctypes
+    program = b"".join(struct.pack("HBBI", *op) for op in _DROP_NEW_SYNS)
+    code = ctypes.create_string_buffer(program, len(program))
+    try:
+        # struct sock_fprog: the length, then a pointer; the kernel copies it.
+        listener.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER,
+                            struct.pack("HP", len(_DROP_NEW_SYNS), ctypes.addressof(code)))
+    except OSError as exc:
+        return "cannot drop new connections (%s): closing when done" % exc
+    return "new connections dropped"
 
 
 def peer_allowed(allow, peer):
@@ -2883,6 +2929,9 @@ class _ServerBase(object):
             self.extras = _Extras(status_path, ping_path, max_queue_wait, access_log, max_rss)
         self.writer = self.writer_class()
         self.alive = True
+        # Stopping with the pool (not a reload, nor a retirement): serve
+        # the listen queue first (see Server._finish_backlog).
+        self.drain_backlog = False
         self.served = 0
 
     def intercept(self, request, waited=None):
@@ -3039,7 +3088,11 @@ class Server(_ServerBase):
                 self._dispatch(poller.poll(1.0), listener_fd)
                 if self._draining:
                     self._expire_drains()
+            if self.drain_backlog:
+                self._finish_backlog(listener_fd)
             poller.unregister(listener_fd)
+            if self.drain_backlog:
+                self.listener.close()       # the last one out: new connects are refused
             self._linger()
         finally:
             for conn in list(self._kept.values()):
@@ -3076,8 +3129,23 @@ class Server(_ServerBase):
                     pass
             elif fd in self._draining and not (closed and fd in closed):
                 self._drain_some(self._draining[fd])
-            if not self.alive and listener_fd is not None:
+            if not self.alive and listener_fd is not None and not self.drain_backlog:
                 break       # stopping: the rest of the batch is _linger's
+
+    def _finish_backlog(self, listener_fd):
+        """The pool stops and its door is closed (close_the_door): serve
+        the connections still in the listen queue, and the kept ones
+        meanwhile, until none has come for BACKLOG_SETTLE seconds (one
+        half-way through its handshake lands within a round trip)."""
+        quiet_since = time.monotonic()
+        while True:
+            left = quiet_since + BACKLOG_SETTLE - time.monotonic()
+            if left <= 0:
+                return
+            ready = self._poller.poll(left)
+            if any(fd == listener_fd for fd, _ in ready):
+                quiet_since = time.monotonic()
+            self._dispatch(ready, listener_fd)
 
     def _linger(self):
         """Stopping: serve what arrives on kept connections for a moment,
@@ -4259,6 +4327,7 @@ class AsyncServer(_ServerBase):
         self.connections = set()
         self._running = {}          # AsyncRequest -> its start (monotonic), oldest first
         self._accepting = False
+        self.last_accept = 0.0      # loop time (a stopping pool waits for a quiet queue)
         self._stopped = None
         self.loop, self.loop_name = _new_loop(loop)
         asyncio.set_event_loop(self.loop)
@@ -4319,7 +4388,14 @@ class AsyncServer(_ServerBase):
                 self.alive = False
                 break
             await asyncio.wait([self._stopped], timeout=1.0)
+        if self.drain_backlog:
+            # As Server._finish_backlog: accepting on until the queue is quiet.
+            self.last_accept = loop.time()
+            while loop.time() - self.last_accept < BACKLOG_SETTLE:
+                await asyncio.sleep(0.05)
         self._stop_accepting()
+        if self.drain_backlog:
+            self.listener.close()
         # As Server._linger: kept connections are served a moment longer,
         # each closed after its answer; the running requests end.
         deadline = loop.time() + KEPT_LINGER
@@ -4359,6 +4435,7 @@ class AsyncServer(_ServerBase):
                 self._stop_accepting()      # e.g. EMFILE: do not spin
                 self.loop.call_later(0.1, self._start_accepting)
                 return
+            self.last_accept = self.loop.time()
             if self.board is not None:
                 self.board.connection()
             if self.allow is not None and not peer_allowed(self.allow, peer):
@@ -4917,12 +4994,17 @@ _P_SCALE_DOWNS = 17         # q: workers retired after --idle-timeout idle
 _P_LAST_SCALING = 18        # q: the last decision, an index in SCALING_DECISIONS
 _P_LAST_SCALING_TIME = 19   # d: its wall-clock time; 0 none yet
 _P_LAST_SCALING_WANTED = 20  # q: the workers wanted after it
-# 21 .. 31: free.
+_P_STATE = 21               # q: an index in POOL_STATES (the ping answers 503 but serving)
+# 22 .. 31: free.
 # Row 1: the retired workers' totals (a worker row's layout).
 # Row 2: the history the status page's chart draws.
 _HISTORY_ROW = 2
 _FIRST_WORKER_ROW = 3
 _RECYCLE_RSS = 1            # --max-rss
+# The pool's state: serving; draining (--drain-file, SIGUSR2: the ping
+# fails so balancers take the host out, and everything is still served);
+# stopping (TERM: new connections refused, what waits is served).
+POOL_STATES = ("serving", "draining", "stopping")
 
 
 class Scoreboard(object):
@@ -5016,6 +5098,13 @@ class Scoreboard(object):
 
     def count_slow(self):
         self.q[_P_SLOW] += 1
+
+    def set_state(self, state):
+        """The pool is one of POOL_STATES now."""
+        self.q[_P_STATE] = POOL_STATES.index(state)
+
+    def state(self):
+        return POOL_STATES[min(self.q[_P_STATE], len(POOL_STATES) - 1)]
 
     def current_request(self, slot):
         """The "METHOD URI" the worker in ``slot`` runs or last ran."""
@@ -5114,6 +5203,7 @@ class Scoreboard(object):
             "listen_queue_backlog": q[_P_BACKLOG],
             "worker_respawns_total": {reason: q[_P_RESPAWNS + i]
                                       for i, reason in enumerate(RESPAWN_REASONS)},
+            "state": self.state(),
             "workers_min": q[_P_MIN], "workers_max": q[_P_MAX],
             "worker_scale_ups_total": q[_P_SCALE_UPS],
             "worker_scale_downs_total": q[_P_SCALE_DOWNS],
@@ -5456,6 +5546,12 @@ def _status_answer(board, path, query, status_path, ping_path):
     """(status line, headers, body) for ``path`` on a status listener or
     a worker's status and ping paths, or None for any other path."""
     if path == ping_path:
+        state = board.state() if board is not None else "serving"
+        if state != "serving":
+            # A balancer's health check takes the host out.
+            return "503 Service Unavailable", [
+                ("Content-Type", "text/plain"), ("Content-Length", str(len(state) + 1)),
+                ("Cache-Control", "no-store")], state.encode() + b"\n"
         kind, body = "text/plain", b"pong\n"
     elif path == status_path:
         kind, body = board.render(query)
@@ -5697,14 +5793,17 @@ class Supervisor(object):
     ``spawn_rate`` workers a second at most, and retires workers idle for
     ``idle_timeout`` seconds (see the section's top)."""
 
-    SIGNALS = ("TERM", "INT", "HUP", "CHLD", "TTIN", "TTOU", "USR1")
+    SIGNALS = ("TERM", "INT", "HUP", "CHLD", "TTIN", "TTOU", "USR1", "USR2")
 
     def __init__(self, listener, make_server, *, workers=1, max_workers=None,
                  spawn_rate=1.0, idle_timeout=10.0, max_requests=(0, 0),
                  timeout=0, graceful_timeout=30.0, watcher=None, info=None,
                  status_listener=None, status_path="/status", ping_path="/ping", slow_log=0,
-                 allow=None, reopen_logs=None):
+                 allow=None, reopen_logs=None, unix_path=None, drain_file=None):
         self.watcher = watcher
+        self.unix_path = unix_path          # removed first when the pool stops
+        self.drain_file = drain_file
+        self.drain_signalled = False        # SIGUSR2 turns draining on and off
         self.reopen_logs = reopen_logs
         self.allow = allow
         self.slow_log = slow_log
@@ -5770,6 +5869,23 @@ class Supervisor(object):
         for worker in self.workers.values():
             self._kill(worker.pid, signal.SIGUSR1)
 
+    def handle_usr2(self):
+        self.drain_signalled = not self.drain_signalled
+        self.follow_drain_file()
+
+    def follow_drain_file(self):
+        """Draining while --drain-file exists or after SIGUSR2 (until the
+        next): the ping answers 503 so balancers take the host out, and
+        everything that still comes is served."""
+        draining = self.drain_signalled or bool(self.drain_file and
+                                                os.path.exists(self.drain_file))
+        state = "draining" if draining else "serving"
+        if self.board.state() != state:
+            self.board.set_state(state)
+            why = "SIGUSR2" if self.drain_signalled else self.drain_file
+            log.info("draining (%s): the ping path answers 503; still serving" % why
+                     if draining else "draining over: serving, the ping path answers pong")
+
     def handle_ttin(self):
         if 2 * (self.workers_max + 1) > self.slots_count:
             log.warning("TTIN: at most %d workers (the scoreboard's size, fixed at start)",
@@ -5830,6 +5946,7 @@ class Supervisor(object):
             signal.signal(getattr(signal, "SIG" + name), signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)     # until the server can reopen
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)     # the supervisor's (drain)
         if self.status_listener is not None:
             self.status_listener.close()
         row = self.board.row(slot)
@@ -5842,6 +5959,9 @@ class Supervisor(object):
             return WORKER_BOOT_ERROR
 
         def graceful(signum, frame):
+            # The pool stopping serves its listen queue first; a worker
+            # retired (reload, fewer workers) leaves it to the others.
+            server.drain_backlog = self.board.state() == "stopping"
             server.stop()
 
         def where_is(frame):
@@ -6042,9 +6162,19 @@ class Supervisor(object):
             pass
 
     def stop(self, graceful=True):
+        """Stop the pool.  Gracefully: the ping fails, no new connection
+        gets in (close_the_door), the workers serve what waits in the
+        listen queue and on kept connections, and end their requests."""
         if not self.stopping:
             self.stopping = True
             self.stop_deadline = time.monotonic() + (self.graceful_timeout if graceful else 0)
+            if graceful:
+                # Before the workers hear TERM: they read it to tell a
+                # stop from a retirement (see _worker_main).
+                self.board.set_state("stopping")
+                log.info("stopping: %s; serving what is queued and running",
+                         close_the_door(self.listener, self.unix_path))
+                self.listener.close()       # the workers hold it until they are done
             for worker in self.workers.values():
                 self._kill(worker.pid, signal.SIGTERM if graceful else signal.SIGKILL)
 
@@ -6093,8 +6223,9 @@ class Supervisor(object):
                         for worker in self.workers.values():
                             self._kill(worker.pid, signal.SIGKILL)
                         self.stop_deadline = float("inf")
-                queued = self.board.sample(self.listener, self.workers_wanted)
                 if not self.stopping:
+                    queued = self.board.sample(self.listener, self.workers_wanted)
+                    self.follow_drain_file()
                     self.manage(queued)
                     self.watch()
                 waiting = [self.pipe[0]]
@@ -6444,6 +6575,10 @@ def build_arg_parser():
     p.add_argument("--slow-log", type=float, default=0, metavar="SECONDS",
                    help="log the stack of a request running longer, once, and let it run "
                         "(PHP-FPM's slowlog; checked twice a second)")
+    p.add_argument("--drain-file", metavar="PATH",
+                   help="while PATH exists the ping path answers 503 (balancers take the host "
+                        "out) and everything that comes is still served; SIGUSR2 turns the "
+                        "same on and off")
     p.add_argument("--graceful-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long in-flight requests may run after TERM (default 30)")
     p.add_argument("--allow", metavar="ADDR,...", default=os.environ.get("FCGI_WEB_SERVER_ADDRS"),
@@ -6593,7 +6728,8 @@ def main(argv=None, core=None):
     # The status page reads the supervisor's scoreboard.
     single = (workers_max == 1 and not args.timeout and not args.max_requests[0]
               and not args.reload and not args.status and not args.status_path
-              and not args.slow_log and not args.max_rss)
+              and not args.slow_log and not args.max_rss and not args.ping_path
+              and not args.drain_file)
 
     server_class = HTTPServer if args.http else Server
 
@@ -6627,7 +6763,7 @@ def main(argv=None, core=None):
              ", ASGI on %s" % loop_name if args.asgi else "")
     try:
         if single:
-            return _serve_single(make_server, listener)
+            return _serve_single(make_server, listener, unix_path)
         watcher = SourceWatcher(args.app, args.reload_path) if args.reload else None
         info = {"core": core_name(core), "listen": where, "backlog": args.backlog,
                 "workers": workers_max if workers_min == workers_max else args.workers,
@@ -6650,7 +6786,8 @@ def main(argv=None, core=None):
                           status_listener=status_listener,
                           status_path=args.status_path or "/status",
                           ping_path=args.ping_path or "/ping", slow_log=args.slow_log,
-                          allow=allow, reopen_logs=access_log and access_log.reopen).run()
+                          allow=allow, reopen_logs=access_log and access_log.reopen,
+                          unix_path=unix_path, drain_file=args.drain_file).run()
     finally:
         if status_listener is not None and status_listener.family == socket.AF_UNIX:
             unix_paths = [unix_path, status_listener.getsockname()]
@@ -6769,8 +6906,10 @@ def client_main(argv=None):
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def _serve_single(make_server, listener):
-    """One process serves by itself.  HUP re-executes it on the same socket."""
+def _serve_single(make_server, listener, unix_path=None):
+    """One process serves by itself.  HUP re-executes it on the same socket;
+    TERM serves what waits in the listen queue, as a pool does (see
+    Supervisor.stop)."""
     try:
         server = make_server(listener)
     except BaseException:
@@ -6781,6 +6920,10 @@ def _serve_single(make_server, listener):
     def graceful(signum, frame):
         if signum == signal.SIGHUP:
             reload_wanted.append(True)
+        elif not server.drain_backlog:
+            log.info("stopping: %s; serving what is queued and running",
+                     close_the_door(listener, unix_path))
+            server.drain_backlog = True
         server.stop()
 
     for sig in _STOP_SIGNALS:
