@@ -4678,8 +4678,16 @@ _P_SLOW = 12                # q: requests reported by --slow-log
 _P_SEQ = 13                 # q: odd while release() moves a row into the retired one
 # 14 .. 31: the dynamic worker manager's (--workers MIN:MAX).
 # Row 1: the retired workers' totals (a worker row's layout).
-# Row 2: the history the status page's chart draws.
+# Row 2: the history the status page's chart draws, written by the
+# supervisor only: every _HISTORY_STEP seconds the requests served so far,
+# into a ring.  A reader takes one sample less than the ring holds, so the
+# one slot being overwritten meanwhile is never among those it reads.
 _HISTORY_ROW = 2
+_H_WRITTEN = 0              # q: samples written so far
+_H_TIME = 1                 # d: wall-clock time of the newest sample
+_H_RING = 2                 # q x 94: requests served at each sample
+_HISTORY_SIZE = _ROW - _H_RING
+_HISTORY_STEP = 5           # seconds: 92 steps, the last 7.7 minutes
 _FIRST_WORKER_ROW = 3
 
 
@@ -4696,6 +4704,7 @@ class Scoreboard(object):
         self.d = memoryview(self.memory).cast("d")
         self.q = memoryview(self.memory).cast("Q")
         self.d[_P_STARTED] = time.time()
+        self._history_due = 0.0      # monotonic time of sample()'s next history entry
 
     def row(self, slot):
         """The worker's view of its row (slot 0 .. rows - 1)."""
@@ -4750,15 +4759,14 @@ class Scoreboard(object):
 
     def sample(self, listener, wanted):
         """Twice a second, from the supervisor: busy workers and the
-        listen queue, with their maxima."""
+        listen queue, with their maxima; every _HISTORY_STEP seconds, the
+        requests served for the status page's chart."""
         q = self.q
         q[_P_WANTED] = wanted
         busy = live = 0
-        for slot in range(self.rows):
-            base = self._base(slot)
-            if q[base + _W_PID]:
-                live += 1
-                busy += self.d[base + _W_BUSY] > 0
+        for _, base in self._live():
+            live += 1
+            busy += self.d[base + _W_BUSY] > 0
         q[_P_MAX_BUSY] = max(q[_P_MAX_BUSY], busy)
         if live and busy >= live:
             q[_P_ALL_BUSY] += 1
@@ -4766,6 +4774,36 @@ class Scoreboard(object):
         if queue is not None:
             q[_P_QUEUE], q[_P_BACKLOG] = queue
             q[_P_QUEUE_MAX] = max(q[_P_QUEUE_MAX], queue[0])
+        now = time.monotonic()
+        if now >= self._history_due:
+            # On the step's beat (sample() runs every half second or
+            # sooner), so the rates' divisor holds; after a stall, anew.
+            self._history_due += _HISTORY_STEP
+            if self._history_due <= now:
+                self._history_due = now + _HISTORY_STEP
+            self._record_history()
+
+    def _record_history(self):
+        q = self.q
+        base = _ROW * _HISTORY_ROW
+        # The retired workers' row, plus every live worker's (as _read).
+        served = self._requests(_ROW) + sum(self._requests(base) for _, base in self._live())
+        written = q[base + _H_WRITTEN]
+        q[base + _H_RING + written % _HISTORY_SIZE] = served
+        self.d[base + _H_TIME] = time.time()
+        q[base + _H_WRITTEN] = written + 1      # last: it publishes the entry
+
+    def _live(self):
+        """(slot, row base) of every slot a worker holds."""
+        q = self.q
+        for slot in range(self.rows):
+            base = self._base(slot)
+            if q[base + _W_PID]:
+                yield slot, base
+
+    def _requests(self, base):
+        """Requests the row at ``base`` answered (its responses by class)."""
+        return sum(self.q[base + _W_CLASSES:base + _W_CLASSES + 6])
 
     # -- reading -----------------------------------------------------------------------
 
@@ -4789,11 +4827,7 @@ class Scoreboard(object):
         total.update((i, d[_ROW + i]) for i in _SUMMED)
         states = {"idle": 0, "busy": 0, "booting": 0}
         workers = []
-        for slot in range(self.rows):
-            base = self._base(slot)
-            pid = q[base + _W_PID]
-            if not pid:
-                continue
+        for slot, base in self._live():
             since = d[base + _W_BUSY]
             state = "booting" if since < 0 else "busy" if since > 0 else "idle"
             states[state] += 1
@@ -4803,8 +4837,8 @@ class Scoreboard(object):
                 total[i] += d[base + i]
             if full:
                 workers.append({
-                    "pid": pid, "state": state,
-                    "requests": sum(q[base + _W_CLASSES + i] for i in range(6)),
+                    "pid": q[base + _W_PID], "state": state,
+                    "requests": self._requests(base),
                     "current_request": self.current_request(slot) if state == "busy" else "",
                     "elapsed_seconds": round(mono - since, 6) if since > 0 else 0.0,
                     "last_request_duration_seconds": round(d[base + _W_LAST], 6),
@@ -4832,9 +4866,22 @@ class Scoreboard(object):
             "request_duration_seconds": _histogram(total, _W_BUCKETS, _W_SUM),
             "request_queue_seconds": _histogram(total, _W_QUEUE_BUCKETS, _W_QUEUE_SUM),
         }
+        doc["history"] = self._history()
         if full:
             doc["worker"] = workers
         return doc
+
+    def _history(self):
+        """The chart's data: requests per second over each step, oldest
+        first, and when the newest step ended."""
+        q, base = self.q, _ROW * _HISTORY_ROW
+        written = q[base + _H_WRITTEN]
+        newest = self.d[base + _H_TIME]
+        first = max(0, written - (_HISTORY_SIZE - 1))    # see _HISTORY_ROW
+        served = [q[base + _H_RING + i % _HISTORY_SIZE] for i in range(first, written)]
+        return {"step_seconds": _HISTORY_STEP, "end_time_seconds": newest,
+                "requests_per_second": [round(max(0, b - a) / _HISTORY_STEP, 3)
+                                        for a, b in zip(served, served[1:])]}
 
     def render(self, query=""):
         """(content type, body bytes) of the status page in the format the
