@@ -80,7 +80,7 @@ __all__ = [
     "tune_listener", "AccessLog", "ACCESS_LOG_FIELDS", "ACCESS_LOG_COMMON",
     # status
     "Scoreboard", "WorkerRow", "DURATION_BUCKETS", "listen_queue", "serve_status_connection",
-    "queue_wait",
+    "queue_wait", "POOL_STATES", "close_the_door",
     "Client", "ClientResponse", "main", "client_main", "select_core", "load_app",
     "authorizer", "CORE",
 ]
@@ -4997,8 +4997,16 @@ _P_LAST_SCALING_WANTED = 20  # q: the workers wanted after it
 _P_STATE = 21               # q: an index in POOL_STATES (the ping answers 503 but serving)
 # 22 .. 31: free.
 # Row 1: the retired workers' totals (a worker row's layout).
-# Row 2: the history the status page's chart draws.
+# Row 2: the history the status page's chart draws, written by the
+# supervisor only: every _HISTORY_STEP seconds the requests served so far,
+# into a ring.  A reader takes one sample less than the ring holds, so the
+# one slot being overwritten meanwhile is never among those it reads.
 _HISTORY_ROW = 2
+_H_WRITTEN = 0              # q: samples written so far
+_H_TIME = 1                 # d: wall-clock time of the newest sample
+_H_RING = 2                 # q x 94: requests served at each sample
+_HISTORY_SIZE = _ROW - _H_RING
+_HISTORY_STEP = 5           # seconds: 92 steps, the last 7.7 minutes
 _FIRST_WORKER_ROW = 3
 _RECYCLE_RSS = 1            # --max-rss
 # The pool's state: serving; draining (--drain-file, SIGUSR2: the ping
@@ -5020,6 +5028,7 @@ class Scoreboard(object):
         self.d = memoryview(self.memory).cast("d")
         self.q = memoryview(self.memory).cast("Q")
         self.d[_P_STARTED] = time.time()
+        self._history_due = 0.0      # monotonic time of sample()'s next history entry
 
     def row(self, slot):
         """The worker's view of its row (slot 0 .. rows - 1)."""
@@ -5076,8 +5085,7 @@ class Scoreboard(object):
         if self.d[base + _W_BUSY] != 0:
             return None
         q = self.q
-        return (q[base + _W_CONNS] + q[base + _W_REJECTED]
-                + sum(q[base + _W_CLASSES + i] for i in range(6)))
+        return q[base + _W_CONNS] + q[base + _W_REJECTED] + self._requests(base)
 
     def scaled(self, minimum, maximum, wanted, decision=None):
         """The pool's range is ``minimum`` .. ``maximum`` workers and it
@@ -5115,16 +5123,16 @@ class Scoreboard(object):
 
     def sample(self, listener, wanted):
         """Twice a second, from the supervisor: busy workers and the
-        listen queue, with their maxima.  Returns the connections waiting
-        in the listen queue, or None where the kernel does not say."""
+        listen queue, with their maxima; every _HISTORY_STEP seconds, the
+        requests served for the status page's chart.  Returns the
+        connections waiting in the listen queue, or None where the kernel
+        does not say."""
         q = self.q
         q[_P_WANTED] = wanted
         busy = live = 0
-        for slot in range(self.rows):
-            base = self._base(slot)
-            if q[base + _W_PID]:
-                live += 1
-                busy += self.d[base + _W_BUSY] > 0
+        for _, base in self._live():
+            live += 1
+            busy += self.d[base + _W_BUSY] > 0
         q[_P_MAX_BUSY] = max(q[_P_MAX_BUSY], busy)
         if live and busy >= live:
             q[_P_ALL_BUSY] += 1
@@ -5132,8 +5140,37 @@ class Scoreboard(object):
         if queue is not None:
             q[_P_QUEUE], q[_P_BACKLOG] = queue
             q[_P_QUEUE_MAX] = max(q[_P_QUEUE_MAX], queue[0])
-            return queue[0]
-        return None
+        now = time.monotonic()
+        if now >= self._history_due:
+            # On the step's beat (sample() runs every half second or
+            # sooner), so the rates' divisor holds; after a stall, anew.
+            self._history_due += _HISTORY_STEP
+            if self._history_due <= now:
+                self._history_due = now + _HISTORY_STEP
+            self._record_history()
+        return queue[0] if queue is not None else None
+
+    def _record_history(self):
+        q = self.q
+        base = _ROW * _HISTORY_ROW
+        # The retired workers' row, plus every live worker's (as _read).
+        served = self._requests(_ROW) + sum(self._requests(base) for _, base in self._live())
+        written = q[base + _H_WRITTEN]
+        q[base + _H_RING + written % _HISTORY_SIZE] = served
+        self.d[base + _H_TIME] = time.time()
+        q[base + _H_WRITTEN] = written + 1      # last: it publishes the entry
+
+    def _live(self):
+        """(slot, row base) of every slot a worker holds."""
+        q = self.q
+        for slot in range(self.rows):
+            base = self._base(slot)
+            if q[base + _W_PID]:
+                yield slot, base
+
+    def _requests(self, base):
+        """Requests the row at ``base`` answered (its responses by class)."""
+        return sum(self.q[base + _W_CLASSES:base + _W_CLASSES + 6])
 
     # -- reading -----------------------------------------------------------------------
 
@@ -5157,11 +5194,7 @@ class Scoreboard(object):
         total.update((i, d[_ROW + i]) for i in _SUMMED)
         states = {"idle": 0, "busy": 0, "booting": 0}
         workers = []
-        for slot in range(self.rows):
-            base = self._base(slot)
-            pid = q[base + _W_PID]
-            if not pid:
-                continue
+        for slot, base in self._live():
             since = d[base + _W_BUSY]
             state = "booting" if since < 0 else "busy" if since > 0 else "idle"
             states[state] += 1
@@ -5171,8 +5204,8 @@ class Scoreboard(object):
                 total[i] += d[base + i]
             if full:
                 workers.append({
-                    "pid": pid, "state": state,
-                    "requests": sum(q[base + _W_CLASSES + i] for i in range(6)),
+                    "pid": q[base + _W_PID], "state": state,
+                    "requests": self._requests(base),
                     "current_request": self.current_request(slot) if state == "busy" else "",
                     "elapsed_seconds": round(mono - since, 6) if since > 0 else 0.0,
                     "last_request_duration_seconds": round(d[base + _W_LAST], 6),
@@ -5181,7 +5214,7 @@ class Scoreboard(object):
                     "last_request_cpu_seconds": round(d[base + _W_LAST_CPU], 6)
                     if d[base + _W_LAST_CPU] > 0 else None,
                     "last_request_rss_bytes": q[base + _W_LAST_RSS] or None,
-                    "rss_bytes": _process_rss(pid),
+                    "rss_bytes": _process_rss(q[base + _W_PID]),
                     "started": d[base + _W_STARTED]})
         started = d[_P_STARTED]
         classes = [total[_W_CLASSES + i] for i in range(6)]
@@ -5213,17 +5246,34 @@ class Scoreboard(object):
             "request_duration_seconds": _histogram(total, _W_BUCKETS, _W_SUM),
             "request_queue_seconds": _histogram(total, _W_QUEUE_BUCKETS, _W_QUEUE_SUM),
         }
+        doc["history"] = self._history()
         if full:
             doc["worker"] = workers
         return doc
 
+    def _history(self):
+        """The chart's data: requests per second over each step, oldest
+        first, and when the newest step ended."""
+        q, base = self.q, _ROW * _HISTORY_ROW
+        written = q[base + _H_WRITTEN]
+        newest = self.d[base + _H_TIME]
+        first = max(0, written - (_HISTORY_SIZE - 1))    # see _HISTORY_ROW
+        served = [q[base + _H_RING + i % _HISTORY_SIZE] for i in range(first, written)]
+        return {"step_seconds": _HISTORY_STEP, "end_time_seconds": newest,
+                "requests_per_second": [round(max(0, b - a) / _HISTORY_STEP, 3)
+                                        for a, b in zip(served, served[1:])]}
+
     def render(self, query=""):
         """(content type, body bytes) of the status page in the format the
-        query string names, as PHP-FPM's: plain text by default, ``json``,
+        query string names, as PHP-FPM's: plain text by default, ``html``
+        (a page for people, with a row per worker), ``json``,
         ``openmetrics`` (Prometheus' text format), and ``full`` for a row
-        per worker."""
+        per worker.  Of several formats named, the first of that list
+        wins, as in PHP-FPM."""
         words = {word.partition("=")[0] for word in query.split("&")}     # ?json, ?json=1
-        doc = self.snapshot(full="full" in words)
+        doc = self.snapshot(full=bool(words & {"full", "html"}))
+        if "html" in words:
+            return "text/html; charset=utf-8", _html_status(doc).encode()
         if "json" in words:
             import json
             for name in ("request_duration_seconds", "request_queue_seconds"):
@@ -5383,6 +5433,7 @@ def _plain_status(doc):
     add("start time", time.strftime("%Y-%m-%dT%H:%M:%S%z",
                                     time.localtime(doc["start_time_seconds"])))
     add("uptime seconds", int(doc["uptime_seconds"]))
+    add("state", doc["state"])
     for key, value in sorted(doc["config"].items()):
         add("config " + key, value)
     for state in ("idle", "busy", "booting"):
@@ -5453,6 +5504,8 @@ def _openmetrics(doc):
                                  for k, v in sorted(kw.items()))
     metric("info", "gauge", "Version, core and Python of the server.",
            [(label(version=doc["version"], core=doc["core"], python=doc["python"]), 1)])
+    metric("state", "gauge", "The pool's state: serving, draining (the ping fails, all is "
+           "served) or stopping.", [(label(state=s), int(s == doc["state"])) for s in POOL_STATES])
     metric("workers", "gauge", "Worker processes by state.",
            [(label(state=s), n) for s, n in sorted(doc["workers"].items())])
     metric("requests_total", "counter", "Requests answered, by status class.",
@@ -5484,6 +5537,192 @@ def _openmetrics(doc):
                [(label(pid=w["pid"]), w["rss_bytes"]) for w in doc["worker"]
                 if w["rss_bytes"] is not None])
     return "\n".join(out) + "\n"
+
+
+# The ?html page: one self-contained document (no script, no external
+# asset, so a Content-Security-Policy of 'none' holds it), reloaded by a
+# meta refresh without a URL: the browser asks for the same address
+# again, whatever path the web server mounted the status on.
+_HTML_REFRESH_SECONDS = 5
+
+_HTML_STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.2em 2em;
+       color: #1d2430; background: #f7f8fa; }
+h1 { font-size: 1.5em; margin: 0; }
+h2 { font-size: 1.05em; margin: 1.4em 0 .4em; }
+.sub { color: #5b6575; margin: .2em 0 1em; }
+.tiles { display: flex; flex-wrap: wrap; gap: .6em; }
+.tile { background: #fff; border: 1px solid #dde1e8; border-radius: 6px;
+        padding: .5em .8em; min-width: 9em; }
+.tile b { display: block; font-size: 1.45em; font-variant-numeric: tabular-nums; }
+.tile span { color: #5b6575; font-size: .9em; }
+.columns { display: flex; flex-wrap: wrap; gap: 0 2.5em; align-items: flex-start; }
+table { border-collapse: collapse; background: #fff; border: 1px solid #dde1e8; }
+th, td { padding: .25em .7em; text-align: left; border-bottom: 1px solid #eceff3; }
+th { background: #eef1f5; font-weight: 600; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+td code { word-break: break-all; }
+.state { padding: 0 .5em; border-radius: 4px; font-size: .9em; }
+.idle { background: #dcf2e3; } .busy { background: #fde7b5; } .booting { background: #e3e6eb; }
+svg { background: #fff; border: 1px solid #dde1e8; border-radius: 6px; }
+svg text { font: 11px system-ui, sans-serif; fill: #5b6575; }
+"""
+
+
+def _html_status(doc):
+    """The status page for people: the pool's figures, a chart of
+    requests per second over the history, a row per worker (``doc`` is
+    a full snapshot) and the config.  Everything from the document is
+    escaped: a worker's current request is whatever URI a client sent."""
+    from html import escape
+
+    def text(value):
+        return escape(str(value))
+
+    def tile(value, label):
+        return '<div class="tile"><b>%s</b><span>%s</span></div>' % (text(value), text(label))
+
+    def table(head, rows, numeric=()):
+        # Cells are HTML already: their callers escape what they put in.
+        out = ["<table><thead><tr>%s</tr></thead><tbody>"
+               % "".join("<th>%s</th>" % text(h) for h in head)]
+        for row in rows:
+            out.append("<tr>%s</tr>" % "".join(
+                '<td class="n">%s</td>' % v if i in numeric else "<td>%s</td>" % v
+                for i, v in enumerate(row)))
+        out.append("</tbody></table>")
+        return "".join(out)
+
+    now = doc["start_time_seconds"] + doc["uptime_seconds"]
+    workers = doc["workers"]
+    durations = doc["request_duration_seconds"]
+    tiles = [
+        tile(doc["state"], "pool state (the ping answers %s)"
+             % ("pong" if doc["state"] == "serving" else "503")),
+        tile("%d idle · %d busy · %d booting" % (workers["idle"], workers["busy"],
+                                                  workers["booting"]),
+             "workers (%d wanted, at most %d busy at once)"
+             % (doc["workers_wanted"], doc["max_busy_workers"])),
+        tile(doc["requests_total"], "requests"),
+        tile("%d / %d / %d" % (doc["listen_queue"], doc["listen_queue_max"],
+                               doc["listen_queue_backlog"]),
+             "listen queue: now / max / backlog"),
+        tile(doc["max_workers_reached_total"], "times every worker was busy"),
+        tile(doc["slow_requests_total"], "slow requests (--slow-log)"),
+        tile(doc["rejected_requests_total"], "rejected (limits, --allow)"),
+        tile(doc["max_queue_wait_exceeded_total"], "503 for --max-queue-wait"),
+        tile(doc["accepted_connections_total"], "connections accepted"),
+        tile(_duration_text(durations["sum"] / durations["count"])
+             if durations["count"] else "-", "mean request duration"),
+    ]
+    worker_rows = [
+        (text(w["pid"]), '<span class="state %s">%s</span>' % (text(w["state"]), text(w["state"])),
+         w["requests"],
+         "<code>%s</code>" % text(w["current_request"]) if w["current_request"] else "",
+         _duration_text(w["elapsed_seconds"]) if w["state"] == "busy" else "",
+         _duration_text(w["last_request_duration_seconds"]) if w["requests"] else "",
+         "%.1f MB" % (w["rss_bytes"] / 1048576) if w["rss_bytes"] else "",
+         text(_local_time(w["started"])))
+        for w in doc.get("worker", ())]
+    page = [
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
+        '<meta http-equiv="refresh" content="%d">' % _HTML_REFRESH_SECONDS,
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<title>fastfcgi status</title><style>%s</style></head><body>" % _HTML_STYLE,
+        "<h1>fastfcgi status</h1>",
+        '<p class="sub">fastfcgi %s, %s core, Python %s · up %s, since %s · refreshed every '
+        "%d s</p>" % (text(doc["version"]), text(doc["core"]), text(doc["python"]),
+                      _span_text(doc["uptime_seconds"]),
+                      text(_local_time(doc["start_time_seconds"])), _HTML_REFRESH_SECONDS),
+        '<div class="tiles">%s</div>' % "".join(tiles),
+        "<h2>Requests per second</h2>",
+        _history_svg(doc["history"], now),
+        "<h2>Workers</h2>",
+        table(("pid", "state", "requests", "current request", "elapsed", "last duration",
+               "memory", "started"), worker_rows, numeric=(2, 6)),
+        '<div class="columns"><div><h2>Responses</h2>',
+        table(("status", "responses"), [(text(status), count) for status, count
+                                        in doc["responses_total"].items()], numeric=(1,)),
+        "</div><div><h2>Worker respawns</h2>",
+        table(("reason", "respawns"), [(text(reason.replace("_", " ")), count) for reason, count
+                                       in doc["worker_respawns_total"].items()], numeric=(1,)),
+        "</div><div><h2>Config</h2>",
+        table(("setting", "value"), [(text(k), text(v)) for k, v in sorted(doc["config"].items())]),
+        "</div></div></body></html>\n"]
+    return "\n".join(page)
+
+
+def _local_time(seconds):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def _duration_text(seconds):
+    return "%.3f s" % seconds if seconds >= 1 else "%.2f ms" % (1000 * seconds)
+
+
+def _span_text(seconds):
+    """A duration as people say it: "3 d 4 h", "2 h 5 min", "42 s"."""
+    seconds = int(seconds)
+    for unit, size, smaller, smaller_size in (("d", 86400, "h", 3600), ("h", 3600, "min", 60),
+                                              ("min", 60, "s", 1)):
+        if seconds >= size:
+            return "%d %s %d %s" % (seconds // size, unit, seconds % size // smaller_size, smaller)
+    return "%d s" % seconds
+
+
+def _history_svg(history, now):
+    """The chart: requests per second, each step's rate drawn flat across
+    the step it was measured over, on at least a minute of time axis."""
+    rates = history["requests_per_second"]
+    step = history["step_seconds"]
+    width, height, left, right, top, bottom = 860, 200, 50, 18, 12, 38
+    plot_w, plot_h = width - left - right, height - top - bottom
+    # Seconds ago of the newest sample, then of each step's start.
+    newest = max(0.0, now - history["end_time_seconds"]) if rates else 0.0
+    span = max(60, 60 * -(-(newest + step * len(rates)) // 60))
+    peak, factors = 1, (2, 2.5, 2)      # the top of the axis: 1, 2, 5, 10, 20, 50...
+    while peak < max(rates or [0]):
+        peak *= factors[0]
+        factors = factors[1:] + factors[:1]
+
+    def x(ago):
+        return left + plot_w * (1 - ago / span)
+
+    def y(rate):
+        return top + plot_h * (1 - rate / peak)
+    out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" '
+           'role="img" aria-label="requests per second, the last %d minutes">'
+           % (width, height, width, height, span // 60)]
+    for share in (0, 0.5, 1):
+        out.append('<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#e3e6eb"/>'
+                   '<text x="%d" y="%.1f" text-anchor="end">%s</text>'
+                   % (left, width - right, y(peak * share), y(peak * share), left - 6,
+                      y(peak * share) + 4, "%g" % (peak * share)))
+    every = 60 if span <= 300 else 120
+    for ago in range(0, int(span) + 1, every):
+        out.append('<line x1="%.1f" x2="%.1f" y1="%d" y2="%d" stroke="#c4cad3"/>'
+                   '<text x="%.1f" y="%d" text-anchor="middle">%s</text>'
+                   % (x(ago), x(ago), top + plot_h, top + plot_h + 5, x(ago), top + plot_h + 18,
+                      "now" if ago == 0 else "\u2212%d min" % (ago // 60)))
+    out.append('<text transform="translate(13 %d) rotate(-90)" text-anchor="middle">'
+               "requests/s</text>" % (top + plot_h // 2))
+    out.append('<text x="%d" y="%d" text-anchor="middle">time (step %d s)</text>'
+               % (left + plot_w // 2, height - 4, step))
+    if rates:
+        points = []
+        for i, rate in enumerate(rates):
+            began = newest + step * (len(rates) - i)
+            points.append("%.1f,%.1f %.1f,%.1f" % (x(began), y(rate), x(began - step), y(rate)))
+        line = " ".join(points)
+        out.append('<polygon points="%.1f,%.1f %s %.1f,%.1f" fill="#3b6fd8" fill-opacity="0.15"/>'
+                   % (x(newest + step * len(rates)), y(0), line, x(newest), y(0)))
+        out.append('<polyline class="rps" points="%s" fill="none" stroke="#3b6fd8" '
+                   'stroke-width="2"/>' % line)
+    else:
+        out.append('<text x="%d" y="%d" text-anchor="middle">no point yet: the first comes '
+                   "%d s after the start</text>" % (left + plot_w // 2, top + plot_h // 2, step))
+    out.append("</svg>")
+    return "".join(out)
 
 
 def _number(value):
@@ -5557,8 +5796,13 @@ def _status_answer(board, path, query, status_path, ping_path):
         kind, body = board.render(query)
     else:
         return None
-    return "200 OK", [("Content-Type", kind), ("Content-Length", str(len(body))),
-                      ("Cache-Control", "no-store")], body
+    headers = [("Content-Type", kind), ("Content-Length", str(len(body))),
+               ("Cache-Control", "no-store")]
+    if kind.startswith("text/html"):
+        # The page needs no script and nothing from elsewhere: should an
+        # escape ever be missed, the browser still runs nothing.
+        headers.append(("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"))
+    return "200 OK", headers, body
 
 
 def serve_status_connection(sock, board, status_path, ping_path, timeout=1.0):
@@ -5869,6 +6113,10 @@ class Supervisor(object):
         for worker in self.workers.values():
             self._kill(worker.pid, signal.SIGUSR1)
 
+    def handle_usr1_in_worker(self):
+        if self.reopen_logs is not None:
+            self.reopen_logs()
+
     def handle_usr2(self):
         self.drain_signalled = not self.drain_signalled
         self.follow_drain_file()
@@ -5945,7 +6193,9 @@ class Supervisor(object):
         for name in self.SIGNALS:
             signal.signal(getattr(signal, "SIG" + name), signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)     # until the server can reopen
+        # A SIGUSR1 while the application loads marks the access log the
+        # worker inherited (the one its server will write).
+        signal.signal(signal.SIGUSR1, lambda signum, frame: self.handle_usr1_in_worker())
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)     # the supervisor's (drain)
         if self.status_listener is not None:
             self.status_listener.close()
@@ -6601,8 +6851,9 @@ def build_arg_parser():
                         "or plain HTTP GET), so it answers when every worker is busy")
     p.add_argument("--status-path", metavar="PATH",
                    help="the status page's path (e.g. /fastcgi-status): on --status, and "
-                        "answered by the workers on the main listener; ?json, "
-                        "?openmetrics, ?full choose the format (default on --status: /status)")
+                        "answered by the workers on the main listener; ?html (a page for "
+                        "people), ?json, ?openmetrics, ?full choose the format (default on "
+                        "--status: /status)")
     p.add_argument("--ping-path", metavar="PATH",
                    help="a path answered 'pong' by the workers on the main listener, and on "
                         "--status (default there: /ping)")

@@ -235,10 +235,17 @@ async def pid(scope, receive, send):
     await respond(send, str(os.getpid()).encode())
 
 
+async def block(scope, receive, send):
+    """?SECONDS: blocks the whole loop (an application's mistake), so new
+    connections wait in the listen queue."""
+    time.sleep(float(query(scope)))
+    await respond(send, b"blocked")
+
+
 ROUTES = {name: globals()[name] for name in [
     "hello", "upload", "count_body", "chunks", "download", "sleep", "wait_disconnect",
     "read_later", "read_in_close", "fail_before_head", "fail_after_head", "no_response",
-    "sse", "filter_upper", "pathsend", "stuck", "pid"]}
+    "sse", "filter_upper", "pathsend", "stuck", "pid", "block"]}
 ROUTES["scope"] = scope_dump
 
 

@@ -218,8 +218,9 @@ def check_three_ways(core, data, expected_events, expected_replies=b"",
 # -- front ends: the web servers the integration tests put in front of us ------
 #
 # Tests that need one (nginx, lighttpd, Apache, Caddy, h2o, HAProxy, uwsgi,
-# cgi-fcgi, spawn-fcgi) carry the ``frontend`` marker, so ``pytest -m "not
-# frontend"`` runs the rest with no system package at all.  need_frontend()
+# cgi-fcgi, spawn-fcgi), or a program that reads what we serve (Prometheus,
+# Chromium), carry the ``frontend`` marker, so ``pytest -m "not frontend"``
+# runs the rest with no system package at all.  need_frontend()
 # records which front ends ran and which could not, and the summary at the
 # end of the run lists both.  tests/run.sh installs them all and sets
 # FASTFCGI_REQUIRE_FRONTENDS=1: a missing one then fails its tests instead

@@ -32,6 +32,7 @@ have cgi-fcgi || need+=(libfcgi-bin)
 have spawn-fcgi || need+=(spawn-fcgi)
 have openssl || need+=(openssl)
 have promtool || need+=(prometheus)
+have chromium || need+=(chromium)
 if [ "${FASTFCGI_NO_FRONTENDS:-0}" = 1 ]; then
     echo "tests/run.sh: FASTFCGI_NO_FRONTENDS=1: no system packages, no front-end tests"
     need=()
