@@ -503,3 +503,41 @@ def test_Server_ipv6_address_and_allow(start):
     server = start("--allow", "::1,127.0.0.1", address="[::1]:%d" % free_port())
     assert_serving(server)
     assert "serving dispatch:app on [::1]:" in server.log()
+
+
+def reset(sock):
+    """Close with an RST, as a balancer dropping a connection does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_a_kept_connection_reset_between_requests_is_no_warning(start):
+    """HAProxy drops kept connections it no longer wants with an RST: not
+    worth a warning a second.  A reset in the middle of a request is."""
+    server = start()
+    client = fastfcgi_py.Client(server.address, timeout=30)
+    assert client.request(env("/hello"), keep_conn=True).status == 200
+    reset(client.sock)
+    assert_serving(server)
+    client = fastfcgi_py.Client(server.address, timeout=30)
+    client.send_raw(begin(1) + rec(fastfcgi_py.FCGI_PARAMS, 1, b"\x0b\x05PATH_I"))
+    time.sleep(0.2)         # the worker has read the half record
+    reset(client.sock)
+    assert wait_until(lambda: "IO (-2): read error" in server.log(), 5), server.log()
+    assert_serving(server)
+    assert server.log().count("IO (-2)") == 1, server.log()
+
+
+def test_connections_before_any_worker_runs_get_tcp_nodelay():
+    """bind_listener tunes the listener before listen(): a connection the
+    kernel takes while the workers still load inherits TCP_NODELAY (else
+    a response's last record waits for the web server's delayed ACK)."""
+    listener = fastfcgi_py.bind_listener("127.0.0.1:0")
+    client = socket.create_connection(listener.getsockname())
+    try:
+        conn, _ = listener.accept()
+        assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        conn.close()
+    finally:
+        client.close()
+        listener.close()
