@@ -186,6 +186,25 @@ def pid(environ, start_response):
 
 
 @validator
+def host(environ, start_response):
+    """For the scale-out tests (tests/netns.py): answers "HOST PID" (HOST
+    from FASTFCGI_TEST_HOST, set per host: the namespaces share one host
+    name), then for a POST its body.  ?SECONDS sleeps first, after a
+    "host: started" line on stderr; while the file FASTFCGI_TEST_HANG names
+    exists it hangs (an application stuck on a backend, for --timeout)."""
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    delay = float(environ.get("QUERY_STRING") or 0)
+    if delay:
+        print("host: started %s" % environ["REQUEST_METHOD"], file=sys.stderr, flush=True)
+        time.sleep(delay)
+    hang = os.environ.get("FASTFCGI_TEST_HANG", "")
+    while hang and os.path.exists(hang):
+        time.sleep(0.05)
+    name = os.environ.get("FASTFCGI_TEST_HOST", "?")
+    return _respond(start_response, ("%s %d\n" % (name, os.getpid())).encode() + body)
+
+
+@validator
 def errors(environ, start_response):
     environ["wsgi.errors"].write("a line for the web server's error log\n")
     environ["wsgi.errors"].flush()

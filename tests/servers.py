@@ -70,9 +70,11 @@ def accepts(address):
 
 
 class FastCGIProcess(object):
-    """``fastfcgi`` in a subprocess, on the given core ("c" or "py")."""
+    """``fastfcgi`` in a subprocess, on the given core ("c" or "py");
+    ``prefix`` goes before the command (``ip netns exec NAME``: tests/netns.py,
+    whose subclass also redefines ``accepts`` for an address in a namespace)."""
 
-    def __init__(self, core_id, app, *args, address=None, env=None, tmpdir=None):
+    def __init__(self, core_id, app, *args, address=None, env=None, tmpdir=None, prefix=()):
         self.tmpdir = tmpdir or tempfile.mkdtemp(prefix="fastfcgi-test-")
         self.address = address or "127.0.0.1:%d" % free_port()
         self.log_path = os.path.join(self.tmpdir, "fastfcgi-%d.log" % free_port())
@@ -89,21 +91,25 @@ class FastCGIProcess(object):
         if core_id == "py":
             environment["FASTFCGI_PURE"] = "1"
         environment.update(env or {})
-        cmd = [sys.executable, "-c", "import sys, fastfcgi_py; sys.exit(fastfcgi_py.main())",
-               "--fcgi", self.address] + list(args) + [app]
+        cmd = list(prefix) + [
+            sys.executable, "-c", "import sys, fastfcgi_py; sys.exit(fastfcgi_py.main())",
+            "--fcgi", self.address] + list(args) + [app]
         self.log_file = open(self.log_path, "w+")
         self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
                                      env=environment, cwd=TESTS, start_new_session=True)
         self.core_id = core_id
 
     def wait_ready(self):
-        if not wait_until(lambda: accepts(self.address) or self.proc.poll() is not None):
+        if not wait_until(lambda: self.accepts() or self.proc.poll() is not None):
             raise RuntimeError("fastfcgi did not start:\n" + self.log())
         if self.proc.poll() is not None:
             raise RuntimeError("fastfcgi exited %s:\n%s" % (self.proc.returncode, self.log()))
         want = "compiled core" if self.core_id == "c" else "pure core"
         assert wait_until(lambda: want in self.log(), 5), self.log()
         return self
+
+    def accepts(self):
+        return accepts(self.address)
 
     def log(self):
         with open(self.log_path) as f:
