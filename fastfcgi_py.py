@@ -2504,11 +2504,14 @@ def format_address(family, address):
     return "%s:%d" % address[:2]
 
 
-def bind_listener(text, backlog=1024, socket_mode=None):
+def bind_listener(text, backlog=1024, socket_mode=None, tune=False):
     """Bind and listen on the address ``text`` (see parse_address).
 
     A stale unix socket (nobody accepting) is replaced; a live one is an
     error.  ``socket_mode`` (int) is applied to a unix socket's file.
+    ``tune``: a TCP listener gets tune_listener()'s options before
+    listen(), so every connection inherits them (a web server's listener:
+    it speaks first).
     """
     family, address = parse_address(text)
     if family == socket.AF_UNIX:
@@ -2539,10 +2542,12 @@ def bind_listener(text, backlog=1024, socket_mode=None):
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(address)
-        # Before listen(): every connection the kernel accepts, even before
-        # a worker runs, inherits TCP_NODELAY (without it a response's
-        # last record waits for the web server's delayed ACK: 40 ms).
-        tune_listener(sock)
+        if tune:
+            # Before listen(): every connection the kernel accepts, even
+            # before a worker runs, inherits TCP_NODELAY (without it a
+            # response's last record waits for the web server's delayed
+            # ACK: 40 ms).
+            tune_listener(sock)
     sock.listen(backlog)
     return sock
 
@@ -6965,7 +6970,7 @@ def main(argv=None, core=None):
         if listener is not None:
             listener.close()
         try:
-            listener = bind_listener(address_text, args.backlog, args.socket_mode)
+            listener = bind_listener(address_text, args.backlog, args.socket_mode, tune=True)
         except (OSError, ValueError) as exc:
             log.error("cannot listen on %s: %s", address_text, exc)
             return 1

@@ -529,11 +529,13 @@ def test_a_kept_connection_reset_between_requests_is_no_warning(start):
 
 
 def test_connections_before_any_worker_runs_get_tcp_nodelay():
-    """bind_listener tunes the listener before listen(): a connection the
-    kernel takes while the workers still load inherits TCP_NODELAY (else
-    a response's last record waits for the web server's delayed ACK)."""
-    listener = fastfcgi_py.bind_listener("127.0.0.1:0")
+    """bind_listener(tune=True), as main() calls it, tunes the listener
+    before listen(): a connection the kernel takes while the workers
+    still load inherits TCP_NODELAY (else a response's last record waits
+    for the web server's delayed ACK)."""
+    listener = fastfcgi_py.bind_listener("127.0.0.1:0", tune=True)
     client = socket.create_connection(listener.getsockname())
+    client.sendall(b"x")        # TCP_DEFER_ACCEPT: accept() sees it once data came
     try:
         conn, _ = listener.accept()
         assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
