@@ -1551,6 +1551,11 @@ def summarize_stacks(path, top=22):
 # request costs in user space, start-up and all fixed costs cancelled.  The
 # same binary, input and hash seed give the same count within about 1%,
 # however busy the machine: to compare commits, run it in a worktree of each.
+#
+# With --asgi the worker is an asyncio one (uvloop) serving an ASGI hello
+# world, and uvicorn (uvloop, httptools) serves the same application to
+# the same client speaking HTTP/1.1 instead: the two counts are the CPU
+# issue 16 compares, without the noise of a shared machine.
 
 INSTR_SERVER = """\
 import os, socket, sys
@@ -1577,16 +1582,60 @@ print("ready", flush=True)
 server.serve_forever()
 """
 
+INSTR_ASGI_APP = """\
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            kind = message["type"].rpartition(".")[2]
+            await send({"type": "lifespan.%s.complete" % kind})
+            if kind == "shutdown":
+                return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"13")]})
+    await send({"type": "http.response.body", "body": b"Hello, world!"})
+"""
+
+INSTR_ASGI_SERVER = INSTR_ASGI_APP + """\
+import os, socket, sys
+backend, n, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if backend == "uvicorn":
+    import uvicorn
+    config = uvicorn.Config(app, uds=path, loop="uvloop", http="httptools", lifespan="on",
+                            limit_max_requests=n, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    import threading, time
+    def ready():
+        while not server.started:
+            time.sleep(0.01)
+        print("ready", flush=True)
+    threading.Thread(target=ready, daemon=True).start()
+    server.run()
+    sys.exit(0)
+import fastfcgi as core
+assert core.CORE == "compiled", core.__file__
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(path)
+listener.listen(1024)
+server = core.AsyncServer(core.ASGIGateway(app), listener, core=core, max_requests=n,
+                          loop="uvloop")
+print("ready", flush=True)
+server.serve_forever()
+"""
+
 INSTR_CLIENT = """\
 import socket, sys
 path, n, keep, stream_path = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "keep", sys.argv[4]
+http = stream_path.endswith(".http")      # uvicorn's side: the request in HTTP/1.1
 data = open(stream_path, "rb").read()
-if keep:
+if keep and not http:
     data = data[:10] + b"\\x01" + data[11:]      # FCGI_KEEP_CONN in BEGIN_REQUEST
+
 
 def read_response(s):
     buf = b""
-    while not (len(buf) >= 16 and buf[-16] == 1 and buf[-15] == 3):   # END_REQUEST
+    while not (buf.endswith(b"Hello, world!") if http else
+               len(buf) >= 16 and buf[-16] == 1 and buf[-15] == 3):   # END_REQUEST
         got = s.recv(65536)
         if not got:
             break
@@ -1620,7 +1669,7 @@ def count_instructions(args, python, build_dir, core, mode, n, tmp):
     server_py = os.path.join(tmp, "instr_server.py")
     client_py = os.path.join(tmp, "instr_client.py")
     with open(server_py, "w") as f:
-        f.write(INSTR_SERVER)
+        f.write(INSTR_ASGI_SERVER if args.asgi else INSTR_SERVER)
     with open(client_py, "w") as f:
         f.write(INSTR_CLIENT)
     env = _clean_env(PYTHONPATH=build_dir, PYTHONHASHSEED="0")
@@ -1631,8 +1680,13 @@ def count_instructions(args, python, build_dir, core, mode, n, tmp):
     try:
         if server.stdout.readline().strip() != b"ready":
             raise BenchError("the %s server did not start under valgrind" % core)
-        subprocess.check_call([DEBIAN_PYTHON, client_py, sock, str(n), mode,
-                               os.path.join(CORPUS, GET_FILE)], env=_clean_env())
+        stream = os.path.join(CORPUS, GET_FILE)
+        if core == "uvicorn":
+            stream = os.path.join(tmp, "request.http")
+            with open(stream, "wb") as f:
+                f.write(_http_request_of(os.path.join(CORPUS, GET_FILE), mode == "keep"))
+        subprocess.check_call([DEBIAN_PYTHON, client_py, sock, str(n), mode, stream],
+                              env=_clean_env())
         server.wait(300)
     finally:
         if server.poll() is None:
@@ -1645,12 +1699,37 @@ def count_instructions(args, python, build_dir, core, mode, n, tmp):
     raise BenchError("no total in %s" % out)
 
 
+def _http_request_of(stream_path, keep):
+    """The HTTP/1.1 request a FastCGI request stream (nginx's) came from:
+    its method, URI and every HTTP_* param as a header, so an HTTP server
+    parses what ours decodes."""
+    import fastfcgi_py
+    parser = fastfcgi_py.Parser()
+    with open(stream_path, "rb") as f:
+        parser.feed(f.read())
+    params = None
+    while params is None:       # the first event: (PARAMS done, id, role, flags, params)
+        params = next((item for item in parser.next_event() if isinstance(item, dict)), None)
+    lines = ["%s %s HTTP/1.1" % (params["REQUEST_METHOD"], params["REQUEST_URI"])]
+    for name, value in params.items():
+        if name.startswith("HTTP_") and name != "HTTP_CONNECTION":
+            lines.append("%s: %s" % (name[5:].replace("_", "-").title(), value))
+    if not keep:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
 def run_instructions(args):
     say = sys.stderr.write
     try:
         if not shutil.which("valgrind"):
             _apt_install(["valgrind"], say, "valgrind is missing")
         args.profile = None
+        if args.asgi:
+            # The compiled core's asyncio worker, and uvicorn (installed
+            # into the venv as e2e --asgi does).
+            args.backends = ["asgi-compiled", "uvicorn"]
+            args.cores = ["compiled", "uvicorn"]
         py = prepare_python(args, say)
         tmp = tempfile.mkdtemp(prefix="fastfcgi-instr-")
         rows = []
@@ -1671,12 +1750,24 @@ def run_instructions(args):
         return 2
     print("source:      %s (%s)" % (HERE, _git_revision()))
     print("python:      %s (%s)" % (py["python_version"], py["python"]))
-    print("request:     tests/corpus/%s, 16 at a time, hello world, one worker%s"
-          % (GET_FILE, ", publishing into a scoreboard row" if args.board else ""))
-    print("%-10s %-26s %s" % ("core", "connections", "instructions/request"))
+    print("request:     tests/corpus/%s, 16 at a time, %s hello world, one worker%s"
+          % (GET_FILE, "ASGI" if args.asgi else "WSGI",
+             ", publishing into a scoreboard row" if args.board else ""))
+    if args.asgi:
+        print("uvicorn:     %s (uvloop, httptools), the same request in HTTP/1.1"
+              % py["uvicorn"])
+    print("%-10s %-26s %s" % ("backend" if args.asgi else "core", "connections",
+                              "instructions/request"))
+    counts = {}
     for core, mode, count in rows:
+        counts[core, mode] = count
         print("%-10s %-26s %.0f" % (core, "kept (KEEP_CONN)" if mode == "keep"
                                     else "one per request", count))
+    for mode in args.modes:
+        if ("compiled", mode) in counts and ("uvicorn", mode) in counts:
+            print("compiled / uvicorn, %s: %.2f" % (
+                "kept" if mode == "keep" else "one per request",
+                counts["compiled", mode] / counts["uvicorn", mode]))
     return 0
 
 
@@ -1887,6 +1978,10 @@ def main(argv=None):
     instr.add_argument("--modes", type=lambda s: _csv(s, ("close", "keep"), "--modes"),
                        default=["close", "keep"], metavar="LIST",
                        help="close (a connection per request), keep, or both (default both)")
+    instr.add_argument("--asgi", action="store_true",
+                       help="an asyncio worker (uvloop) serving an ASGI hello world, and "
+                            "uvicorn (uvloop, httptools) serving it over HTTP/1.1 to the same "
+                            "client: issue 16's CPU comparison, counted")
     instr.add_argument("--board", action="store_true",
                        help="the worker publishes into a scoreboard row, as under the "
                             "supervisor (--status, --timeout, --workers N)")
