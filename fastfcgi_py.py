@@ -2652,16 +2652,19 @@ def close_the_door(listener, unix_path=None):
     a socket filter that drops new SYNs: a new connect waits, then meets
     the closed port (refused) once every process has closed the listener,
     while connections half-way through their handshake still complete.
-    Returns what was done, for the log."""
+    Returns (closed, what was done for the log): when the door could not
+    be closed, the listen queue would never run dry under load, so the
+    caller stops accepting at once instead.  Only for a listener this
+    process bound: an inherited one's owner (systemd) keeps what waits."""
     if unix_path:
         try:
             os.unlink(unix_path)
         except OSError:
             pass
-        return "removed %s" % unix_path
+        return True, "removed %s" % unix_path
     if listener.family not in (socket.AF_INET, socket.AF_INET6) or \
             not sys.platform.startswith("linux"):
-        return "no way to refuse new connections only: closing when done"
+        return False, "no way to refuse new connections only"
     import ctypes
     program = b"".join(struct.pack("HBBI", *op) for op in _DROP_NEW_SYNS)
     code = ctypes.create_string_buffer(program, len(program))
@@ -2670,8 +2673,8 @@ def close_the_door(listener, unix_path=None):
         listener.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER,
                             struct.pack("HP", len(_DROP_NEW_SYNS), ctypes.addressof(code)))
     except OSError as exc:
-        return "cannot drop new connections (%s): closing when done" % exc
-    return "new connections dropped"
+        return False, "cannot drop new connections (%s)" % exc
+    return True, "new connections dropped"
 
 
 def peer_allowed(allow, peer):
@@ -2740,13 +2743,20 @@ class _Statm(object):
     page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
     def __init__(self):
-        try:
-            self.fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            self.fd = None
+        self.pid = self.fd = None
 
     def rss(self):
-        """Bytes resident now."""
+        """Bytes resident now, in this process (the descriptor is opened
+        in the process that reads: /proc/self is the opener's, and a
+        worker inherits its supervisor's objects)."""
+        if self.pid != os.getpid():
+            if self.fd is not None:
+                os.close(self.fd)
+            self.pid = os.getpid()
+            try:
+                self.fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self.fd = None
         if self.fd is not None:
             return int(os.pread(self.fd, 128, 0).split()[1]) * self.page
         import resource
@@ -2779,6 +2789,11 @@ class AccessLog(object):
             if unknown or any(not name for name in self.fields):
                 raise ValueError("unknown field(s) %s; the fields are: %s" % (
                     ", ".join("{%s}" % n for n in unknown) or "{}", ", ".join(ACCESS_LOG_FIELDS)))
+            if any(spec or conv for _, name, spec, conv in string.Formatter().parse(template)
+                   if name is not None):
+                # A field may be "-": {queue_ms:.1f} would fail on a request.
+                raise ValueError("fields take no format spec or conversion ({name:...}, "
+                                 "{name!r}): write {name}")
         self.template = template
         self.cpu = "cpu_ms" in self.fields
         self.memory = "rss_kb" in self.fields or "rss_growth_kb" in self.fields
@@ -2787,6 +2802,7 @@ class AccessLog(object):
         self.to_logger = format == "common" and path is None
         self.fd = 2
         self.reopen_wanted = False
+        self.failed_logged = 0.0        # write errors: one warning a minute
         if path is not None:
             self.fd = self._open()
 
@@ -2797,6 +2813,21 @@ class AccessLog(object):
         """Open the file again before the next line (signal-safe: sets a
         flag): logrotate has moved it away and sent SIGUSR1."""
         self.reopen_wanted = self.path is not None
+
+    def reopen_now(self):
+        """Open the file again now (not in a signal handler).  If it
+        cannot be, the lines go on to the old one, with a warning."""
+        self.reopen_wanted = False
+        if self.path is None:
+            return
+        try:
+            fd = self._open()
+        except OSError as exc:
+            log.warning("access log: cannot reopen %s (%s): writing on to the old file",
+                        self.path, exc)
+            return
+        os.dup2(fd, self.fd)        # the old name's descriptor now writes the new file
+        os.close(fd)
 
     def begin(self):
         """What write() needs of the request's start."""
@@ -2850,7 +2881,8 @@ class AccessLog(object):
         values = self.values(request, status, began, cpu, rss)
         if self.json:
             import json
-            line = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+            # ASCII: a U+2028 in a URI must not split the line for a reader.
+            line = json.dumps(values, separators=(",", ":"))
         else:
             for name, value in values.items():
                 values[name] = "-" if value is None else _log_safe(value) \
@@ -2861,14 +2893,16 @@ class AccessLog(object):
                 return
             line = self.template.format(**values)
         if self.reopen_wanted:
-            self.reopen_wanted = False
-            fd = self._open()
-            os.dup2(fd, self.fd)        # the old name's descriptor now writes the new file
-            os.close(fd)
+            self.reopen_now()
+        data = (line + "\n").encode("utf-8", "replace")
         try:
-            os.write(self.fd, (line + "\n").encode("utf-8", "replace"))
+            while data:
+                data = data[os.write(self.fd, data):]
         except OSError as exc:
-            log.warning("access log: cannot write %s: %s", self.path or "stderr", exc)
+            now = time.monotonic()
+            if now - self.failed_logged >= 60:      # a full disk: not a line a request
+                self.failed_logged = now
+                log.warning("access log: cannot write %s: %s", self.path or "stderr", exc)
 
 
 def _utc_offset(wall):
@@ -3034,8 +3068,8 @@ class _ServerBase(object):
         """One log line naming the code that ended the connection: a
         warning, but for a kept connection reset between requests, which
         is how balancers (HAProxy) drop the ones they no longer want."""
-        parser = conn.parser
-        idle = code == IO and not parser.active and not parser.buffered
+        parser = conn.parser    # (--http's has no requests to count)
+        idle = code == IO and not getattr(parser, "active", 1) and not parser.buffered
         log.log(logging.DEBUG if idle else logging.WARNING, "connection from %s: %s (%d): %s%s",
                 conn.peer_text, CODE_NAMES[code], code, _CODE_REASONS.get(code, ""),
                 " between requests" if idle else "")
@@ -4424,7 +4458,7 @@ class AsyncServer(_ServerBase):
         await asyncio.sleep(0)      # the transports' close callbacks
 
     def _start_accepting(self):
-        if not self._accepting and self.alive:
+        if not self._accepting and (self.alive or self.drain_backlog):
             self.loop.add_reader(self.listener.fileno(), self._accept)
             self._accepting = True
 
@@ -4474,7 +4508,8 @@ class AsyncServer(_ServerBase):
 
     def _connection_closed(self, conn):
         self.connections.discard(conn)
-        if self.alive and not self._accepting and len(self.connections) < self.max_conns:
+        if (self.alive or self.drain_backlog) and not self._accepting and \
+                len(self.connections) < self.max_conns:
             self._start_accepting()
 
     # -- requests -------------------------------------------------------------------------
@@ -5009,7 +5044,8 @@ _P_LAST_SCALING = 18        # q: the last decision, an index in SCALING_DECISION
 _P_LAST_SCALING_TIME = 19   # d: its wall-clock time; 0 none yet
 _P_LAST_SCALING_WANTED = 20  # q: the workers wanted after it
 _P_STATE = 21               # q: an index in POOL_STATES (the ping answers 503 but serving)
-# 22 .. 31: free.
+_P_SERVE_QUEUE = 22         # q: 1 when a stopping pool's door is closed: the queue is served
+# 23 .. 31: free.
 # Row 1: the retired workers' totals (a worker row's layout).
 # Row 2: the history the status page's chart draws, written by the
 # supervisor only: every _HISTORY_STEP seconds the requests served so far,
@@ -5121,9 +5157,15 @@ class Scoreboard(object):
     def count_slow(self):
         self.q[_P_SLOW] += 1
 
-    def set_state(self, state):
-        """The pool is one of POOL_STATES now."""
+    def set_state(self, state, serve_queue=False):
+        """The pool is one of POOL_STATES now; stopping with
+        ``serve_queue``, its workers serve the listen queue first."""
+        self.q[_P_SERVE_QUEUE] = serve_queue
         self.q[_P_STATE] = POOL_STATES.index(state)
+
+    def serves_queue(self):
+        """Whether the pool stops serving its listen queue first."""
+        return self.state() == "stopping" and bool(self.q[_P_SERVE_QUEUE])
 
     def state(self):
         return POOL_STATES[min(self.q[_P_STATE], len(POOL_STATES) - 1)]
@@ -6057,12 +6099,14 @@ class Supervisor(object):
                  spawn_rate=1.0, idle_timeout=10.0, max_requests=(0, 0),
                  timeout=0, graceful_timeout=30.0, watcher=None, info=None,
                  status_listener=None, status_path="/status", ping_path="/ping", slow_log=0,
-                 allow=None, reopen_logs=None, unix_path=None, drain_file=None):
+                 allow=None, access_log=None, unix_path=None, drain_file=None,
+                 owns_listener=True):
         self.watcher = watcher
         self.unix_path = unix_path          # removed first when the pool stops
+        self.owns_listener = owns_listener  # bound here (see close_the_door)
         self.drain_file = drain_file
         self.drain_signalled = False        # SIGUSR2 turns draining on and off
-        self.reopen_logs = reopen_logs
+        self.access_log = access_log        # an AccessLog the workers inherit (SIGUSR1)
         self.allow = allow
         self.slow_log = slow_log
         self.next_watch = 0.0
@@ -6113,23 +6157,24 @@ class Supervisor(object):
         log.info("reload: starting generation %d", self.generation + 1)
         self.generation += 1
         for _ in range(self.workers_wanted):
-            self.spawn()
+            if not self.spawn():
+                break               # manage() starts the rest
 
     def handle_chld(self):
         pass                        # reap() runs every loop
 
     def handle_usr1(self):
-        """logrotate moved the logs away: the workers reopen theirs (so do
-        the ones started later: ``reopen_logs`` marks the supervisor's
-        copy, which they inherit)."""
-        if self.reopen_logs is not None:
-            self.reopen_logs()
+        """logrotate moved the logs away: the supervisor reopens its copy
+        of the access log (the workers started later inherit it) and the
+        workers reopen theirs."""
+        if self.access_log is not None:
+            self.access_log.reopen_now()
         for worker in self.workers.values():
             self._kill(worker.pid, signal.SIGUSR1)
 
     def handle_usr1_in_worker(self):
-        if self.reopen_logs is not None:
-            self.reopen_logs()
+        if self.access_log is not None:
+            self.access_log.reopen()
 
     def handle_usr2(self):
         self.drain_signalled = not self.drain_signalled
@@ -6139,6 +6184,8 @@ class Supervisor(object):
         """Draining while --drain-file exists or after SIGUSR2 (until the
         next): the ping answers 503 so balancers take the host out, and
         everything that still comes is served."""
+        if self.stopping:
+            return                  # "stopping" stays: the ping says 503 to the end
         draining = self.drain_signalled or bool(self.drain_file and
                                                 os.path.exists(self.drain_file))
         state = "draining" if draining else "serving"
@@ -6175,18 +6222,24 @@ class Supervisor(object):
         for i in range(self.slots_count):
             if i not in used:
                 return i
-        raise RuntimeError("no free worker slot")
+        return None
 
     # -- workers -----------------------------------------------------------------
 
     def spawn(self):
+        """Start a worker; False when every scoreboard slot is taken (HUPs
+        faster than the old generations retire): manage() tries again."""
         slot = self._free_slot()
+        if slot is None:
+            log.warning("no free worker slot (%d, for retiring workers too): a worker "
+                        "starts when one is free", self.slots_count)
+            return False
         self.board.claim(slot)
         pid = os.fork()
         if pid:
             self.workers[pid] = Worker(pid, slot, self.generation)
             self.board.set_pid(slot, pid)
-            return
+            return True
         # In the child.
         code = 0
         try:
@@ -6202,15 +6255,17 @@ class Supervisor(object):
 
     def _worker_main(self, slot):
         parent = os.getppid()
-        os.close(self.pipe[0])
-        os.close(self.pipe[1])
-        for name in self.SIGNALS:
-            signal.signal(getattr(signal, "SIG" + name), signal.SIG_DFL)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        # A SIGUSR1 while the application loads marks the access log the
+        # First the signals the supervisor passes on (their default kills):
+        # a SIGUSR1 while the application loads marks the access log the
         # worker inherited (the one its server will write).
         signal.signal(signal.SIGUSR1, lambda signum, frame: self.handle_usr1_in_worker())
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)     # the supervisor's (drain)
+        os.close(self.pipe[0])
+        os.close(self.pipe[1])
+        for name in self.SIGNALS:
+            if name not in ("USR1", "USR2"):
+                signal.signal(getattr(signal, "SIG" + name), signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         if self.status_listener is not None:
             self.status_listener.close()
         row = self.board.row(slot)
@@ -6225,7 +6280,7 @@ class Supervisor(object):
         def graceful(signum, frame):
             # The pool stopping serves its listen queue first; a worker
             # retired (reload, fewer workers) leaves it to the others.
-            server.drain_backlog = self.board.state() == "stopping"
+            server.drain_backlog = self.board.serves_queue()
             server.stop()
 
         def where_is(frame):
@@ -6331,7 +6386,8 @@ class Supervisor(object):
             current = [w for w in current if not w.retiring]
         if len(current) < self.workers_wanted and now >= self.respawn_at:
             for _ in range(self.workers_wanted - len(current)):
-                self.spawn()
+                if not self.spawn():
+                    break
         elif len(current) > self.workers_wanted:
             for worker in sorted(current, key=lambda w: w.started)[:len(current) - self.workers_wanted]:
                 worker.retiring = True
@@ -6435,10 +6491,14 @@ class Supervisor(object):
             if graceful:
                 # Before the workers hear TERM: they read it to tell a
                 # stop from a retirement (see _worker_main).
-                self.board.set_state("stopping")
-                log.info("stopping: %s; serving what is queued and running",
-                         close_the_door(self.listener, self.unix_path))
-                self.listener.close()       # the workers hold it until they are done
+                closed, what = False, "the listener is inherited: its owner keeps what waits"
+                if self.owns_listener:
+                    closed, what = close_the_door(self.listener, self.unix_path)
+                self.board.set_state("stopping", serve_queue=closed)
+                log.info("stopping: %s; serving %s", what, "what is queued and running"
+                         if closed else "the requests running")
+                if closed:
+                    self.listener.close()   # the workers hold it until they are done
             for worker in self.workers.values():
                 self._kill(worker.pid, signal.SIGTERM if graceful else signal.SIGKILL)
 
@@ -6477,7 +6537,13 @@ class Supervisor(object):
             while True:
                 while self.signal_queue:
                     signum = self.signal_queue.pop(0)
-                    getattr(self, "handle_" + signal.Signals(signum).name[3:].lower())()
+                    name = signal.Signals(signum).name[3:]
+                    if self.stopping and name in ("HUP", "TTIN", "TTOU", "USR2"):
+                        # No new workers on a closed listener, and the
+                        # ping says "stopping" to the end.
+                        log.info("stopping: SIG%s ignored", name)
+                        continue
+                    getattr(self, "handle_" + name.lower())()
                 self.reap()
                 if self.stopping:
                     if not self.workers:
@@ -6981,6 +7047,9 @@ def main(argv=None, core=None):
         log.error("no address: give --fcgi ADDR, or start us with a listening socket on fd 0")
         return 2
     tune_listener(listener)     # an inherited one too, before any worker runs
+    # The socket file we made: removed at the end only if it is still
+    # ours (a new instance may have bound the path while we drained).
+    unix_ident = _file_identity(unix_path)
     where = format_address(listener.family, listener.getsockname())
     status_listener = None
     if args.status:
@@ -7029,7 +7098,8 @@ def main(argv=None, core=None):
              ", ASGI on %s" % loop_name if args.asgi else "")
     try:
         if single:
-            return _serve_single(make_server, listener, unix_path)
+            return _serve_single(make_server, listener, unix_path,
+                                 owns_listener=address_text is not None)
         watcher = SourceWatcher(args.app, args.reload_path) if args.reload else None
         info = {"core": core_name(core), "listen": where, "backlog": args.backlog,
                 "workers": workers_max if workers_min == workers_max else args.workers,
@@ -7052,19 +7122,20 @@ def main(argv=None, core=None):
                           status_listener=status_listener,
                           status_path=args.status_path or "/status",
                           ping_path=args.ping_path or "/ping", slow_log=args.slow_log,
-                          allow=allow, reopen_logs=access_log and access_log.reopen,
-                          unix_path=unix_path, drain_file=args.drain_file).run()
+                          allow=allow, access_log=access_log,
+                          unix_path=unix_path, drain_file=args.drain_file,
+                          owns_listener=address_text is not None).run()
     finally:
+        if unix_path and _file_identity(unix_path) == unix_ident:
+            try:
+                os.unlink(unix_path)
+            except OSError:
+                pass
         if status_listener is not None and status_listener.family == socket.AF_UNIX:
-            unix_paths = [unix_path, status_listener.getsockname()]
-        else:
-            unix_paths = [unix_path]
-        for path in unix_paths:
-            if path:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+            try:
+                os.unlink(status_listener.getsockname())
+            except OSError:
+                pass
         log.info("stopped")
 
 
@@ -7172,7 +7243,7 @@ def client_main(argv=None):
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def _serve_single(make_server, listener, unix_path=None):
+def _serve_single(make_server, listener, unix_path=None, owns_listener=True):
     """One process serves by itself.  HUP re-executes it on the same socket;
     TERM serves what waits in the listen queue, as a pool does (see
     Supervisor.stop)."""
@@ -7181,15 +7252,18 @@ def _serve_single(make_server, listener, unix_path=None):
     except BaseException:
         log.error("cannot load the application:\n%s", traceback.format_exc().rstrip())
         return 1
-    reload_wanted = []
+    wanted = []             # "reload", "stop": a stop wins
+    stopped = []            # what closing the door did, logged once out of the handler
 
     def graceful(signum, frame):
         if signum == signal.SIGHUP:
-            reload_wanted.append(True)
-        elif not server.drain_backlog:
-            log.info("stopping: %s; serving what is queued and running",
-                     close_the_door(listener, unix_path))
-            server.drain_backlog = True
+            wanted.append("reload")
+        elif "stop" not in wanted:
+            wanted.append("stop")
+            if owns_listener:
+                closed, what = close_the_door(listener, unix_path)
+                server.drain_backlog = closed
+                stopped.append(what)
         server.stop()
 
     for sig in _STOP_SIGNALS:
@@ -7199,7 +7273,10 @@ def _serve_single(make_server, listener, unix_path=None):
     # that came while it booted are delivered now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     server.serve_forever()
-    if reload_wanted:
+    if stopped:
+        log.info("stopped: %s; %s", stopped[0], "served what was queued and running"
+                 if server.drain_backlog else "served the request running")
+    if "reload" in wanted and "stop" not in wanted:
         log.info("reload: re-executing with the same listening socket")
         # The mask survives exec: a HUP or TERM during the new process's boot
         # waits for its handlers instead of killing it.
@@ -7210,6 +7287,15 @@ def _serve_single(make_server, listener, unix_path=None):
         argv = [sys.executable] + _original_argv()
         os.execv(sys.executable, argv)
     return 0
+
+
+def _file_identity(path):
+    """(device, inode) of the file at ``path``, or None."""
+    try:
+        stat = os.stat(path) if path else None
+    except OSError:
+        return None
+    return stat and (stat.st_dev, stat.st_ino)
 
 
 def _original_argv():

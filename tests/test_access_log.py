@@ -130,10 +130,16 @@ def test_sigusr1_reopens_the_file_logrotate_moved(start, tmp_path, workers):
     assert "Traceback" not in server.log()
 
 
-def test_max_rss_recycles_a_worker_that_grew(start):
+@pytest.mark.parametrize("logged", [False, True], ids=["", "logged"])
+def test_max_rss_recycles_a_worker_that_grew(start, tmp_path, logged):
+    """With the access log's memory fields too: they are the worker's own
+    (its supervisor made the AccessLog), and --max-rss reads the same."""
     status_address = "127.0.0.1:%d" % free_port()
+    log_path = str(tmp_path / "access.log")
     server = start("--workers", "1", "--max-rss", "150", "--status", status_address,
-                   "--status-path", "/status")
+                   "--status-path", "/status",
+                   *(("--access-log-format", "json", "--access-log-file", log_path)
+                     if logged else ()))
     first = fcgi(server.address, "/grow", "1").body
     assert fcgi(server.address, "/grow", "1").body == first      # under the limit: kept
     doc = json.loads(fcgi(server.address, "/status", "full&json").body)
@@ -149,6 +155,30 @@ def test_max_rss_recycles_a_worker_that_grew(start):
     assert wait_until(lambda: fcgi(server.address, "/grow", "1").body != first, 10)
     assert status_json(status_address)["worker_respawns_total"] == {
         "crash": 0, "timeout": 0, "max_requests": 0, "reload": 0, "rss": 1}
+    if logged:
+        grown = [entry for entry in json_lines(log_path) if entry["uri"] == "/grow?200"]
+        assert grown[0]["pid"] == int(first) and grown[0]["rss_kb"] > 150 * 1024, grown
+        assert grown[0]["rss_growth_kb"] > 150 * 1024, grown
+
+
+def test_a_log_file_that_cannot_be_reopened_keeps_the_old_one(start, tmp_path):
+    """logrotate moved the directory away: SIGUSR1 cannot reopen the file.
+    The workers write on to the old file, with a warning, and serve."""
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    log_path = str(directory / "access.log")
+    server = start("--workers", "2", "--access-log-format", "{uri}", "--access-log-file",
+                   log_path)
+    fcgi(server.address, "/hello/before")
+    os.rename(str(directory), str(tmp_path / "moved"))
+    server.signal(signal.SIGUSR1)
+    for i in range(6):
+        assert fcgi(server.address, "/hello/%d" % i).status == 200
+    moved = str(tmp_path / "moved" / "access.log")
+    assert wait_until(lambda: len(lines(moved)) == 7, 10), (lines(moved), server.log())
+    log = server.log()
+    assert "access log: cannot reopen %s" % log_path in log
+    assert "crashed" not in log and "died" not in log, log
 
 
 def test_max_rss_in_an_asyncio_worker(start):
@@ -170,6 +200,8 @@ def test_max_rss_in_an_asyncio_worker(start):
     ("--access-log-format", "{uri} {}", 2, "unknown field(s) {}"),
     ("--access-log-file", "/nonexistent/dir/access.log", 1, "cannot open /nonexistent/dir"),
     ("--max-rss", "-5", 2, "--max-rss must not be negative"),
+    ("--access-log-format", "{queue_ms:.1f}", 2, "fields take no format spec or conversion"),
+    ("--access-log-format", "{uri!r}", 2, "fields take no format spec or conversion"),
 ])
 def test_bad_options_say_what_is_wrong(core_id, option, value, code, message):
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]),

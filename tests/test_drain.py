@@ -10,13 +10,15 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 import fastfcgi_py
-from servers import NGINX_CONF, Nginx, free_port, need_nginx, wait_until
+from servers import NGINX_CONF, ROOT, TESTS, Nginx, free_port, need_nginx, wait_until
 from test_status import ENV, fcgi, status_json
 
 
@@ -92,6 +94,11 @@ def test_term_serves_the_listen_queue_and_refuses_new_connections(start, tmp_pat
 
     server.signal(signal.SIGTERM)
     assert wait_until(lambda: status_json(status_address)["state"] == "stopping", 5)
+    # A reload or a drain toggled while stopping changes nothing: no worker
+    # starts on the closed listener, the ping says "stopping" to the end.
+    server.signal(signal.SIGHUP)
+    server.signal(signal.SIGUSR2)
+    assert wait_until(lambda: "stopping: SIGUSR2 ignored" in server.log(), 5), server.log()
     # The ping fails at once, from the supervisor (the worker is busy).
     ping = fcgi(status_address, "/ping")
     assert (ping.status, ping.body) == (503, b"stopping\n")
@@ -106,6 +113,7 @@ def test_term_serves_the_listen_queue_and_refuses_new_connections(start, tmp_pat
     assert server.proc.wait(20) == 0, server.log()
     assert connect_fails(server.address)
     log = server.log()
+    assert "stopping: SIGHUP ignored" in log and "crashed" not in log, log
     assert "stopping: %s; serving what is queued and running" % (
         "removed %s" % address[5:] if transport == "unix" else "new connections dropped") in log
 
@@ -123,6 +131,91 @@ def test_a_single_process_serves_its_listen_queue_on_term(start, tmp_path):
     assert answer_of(slow).status == 200
     assert [answer_of(client).status for client in queued] == [200] * 3
     assert server.proc.wait(20) == 0, server.log()
+
+
+def test_term_then_hup_in_a_single_process_stops(start, tmp_path):
+    address = "unix:%s/app.sock" % tmp_path
+    server = start(address=address)
+    slow, _ = send_request(server.address, "/slow", "1")
+    time.sleep(0.3)
+    server.signal(signal.SIGTERM)
+    server.signal(signal.SIGHUP)            # a stop wins over a reload
+    assert answer_of(slow).status == 200
+    assert server.proc.wait(20) == 0, server.log()
+    assert "re-executing" not in server.log()
+
+
+def test_an_old_server_leaves_the_new_ones_socket(start, tmp_path):
+    """TERM removes the path at once, so a new server can bind it while
+    the old one finishes its request: the old one must not remove the new
+    one's socket when it exits."""
+    address = "unix:%s/app.sock" % tmp_path
+    old = start(address=address)
+    slow, _ = send_request(old.address, "/slow", "1")
+    time.sleep(0.3)
+    old.signal(signal.SIGTERM)
+    assert wait_until(lambda: not os.path.exists(address[5:]), 5)
+    new = start(address=address)
+    assert answer_of(slow).status == 200
+    assert old.proc.wait(20) == 0, old.log()
+    assert os.path.exists(address[5:])
+    assert fcgi(new.address, "/hello").status == 200
+
+
+def spawn_on_fd0(listener, core_id):
+    """fastfcgi started as spawn-fcgi or systemd would: its listening
+    socket on fd 0, owned by the spawner."""
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]),
+                       FASTFCGI_PURE="1" if core_id == "py" else "0")
+    return subprocess.Popen([sys.executable, "-c",
+                             "import sys, fastfcgi_py; sys.exit(fastfcgi_py.main())",
+                             "--workers", "2", "dispatch:app"], stdin=listener.fileno(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment,
+                            cwd=TESTS)
+
+
+def test_an_inherited_listener_is_left_as_it_came(core_id):
+    """The socket's owner (systemd) keeps it across our stop: TERM must not
+    leave it dropping new connections for the next instance."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    address = "127.0.0.1:%d" % listener.getsockname()[1]
+    try:
+        for _ in range(2):
+            proc = spawn_on_fd0(listener, core_id)
+            try:
+                assert wait_until(lambda: _answers(address), 15)
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(20) == 0
+                assert b"its owner keeps what waits" in proc.stderr.read()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                proc.stderr.close()
+    finally:
+        listener.close()
+
+
+def _answers(address):
+    try:
+        return fcgi(address, "/hello", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+def test_hups_faster_than_retirements_do_not_take_the_supervisor_down(start, tmp_path):
+    """More generations than the scoreboard has slots for: the workers
+    wait for a slot; the supervisor serves on."""
+    server = start("--workers", "2", "--status", "127.0.0.1:%d" % free_port())
+    for _ in range(12):
+        server.signal(signal.SIGHUP)
+        time.sleep(0.02)
+    for _ in range(10):
+        assert fcgi(server.address, "/hello").status == 200
+    assert server.proc.poll() is None, server.log()
+    assert "Traceback" not in server.log(), server.log()
 
 
 def test_reload_and_retirement_leave_the_queue_to_the_others(start, tmp_path):
