@@ -6,6 +6,7 @@ Usage::
     python bench.py core [--repeat N] [--min-time SECONDS] [--json]
     python bench.py e2e [--repeat N] [--duration SECONDS] [--conns 16,64]
                         [--transports tcp,unix] [--backends LIST] [--json] ...
+    python bench.py e2e --hosts N [--balancers nginx,haproxy] [--repeat N] ...
     python bench.py instructions [--requests N] [--cores LIST] [--modes LIST]
 
 ``core`` times the protocol core alone, on real nginx input from
@@ -63,6 +64,20 @@ had errors), 2 the benchmark could not run.  ``--profile DIR`` then samples
 each fastfcgi backend with py-spy under one more wrk run (wall clock, idle
 included, so time spent waiting shows) and prints its hottest functions.
 
+``e2e --hosts N`` (root) measures scale-out instead: tests/netns.py's
+cluster of a balancer namespace and N host namespaces, each host
+``fastfcgi --workers 1`` on the compiled core (hello world), and in the
+balancer namespace nginx and HAProxy (``--balancers``) in front of the
+first 1, 2 ... N hosts, each instance with the scale-out tests'
+configuration on a port of its own, all running at once; wrk runs in the
+balancer namespace (``ip netns exec``), at each ``--conns`` (default 16:
+the upstream keepalive pools hold 16).  A repeat runs every instance once,
+in an order rotated by the repeat; the table shows medians of req/s and
+p99, req/s against the same balancer's with one host, the CPU time of the
+hosts, the balancer and wrk, and how busy the whole machine was.  Missing
+nginx, HAProxy or wrk are installed with apt-get.  Without root it says
+why and exits 2.
+
 For a fair comparison every Python backend runs on Debian's
 /usr/bin/python3, the interpreter uWSGI's plugin embeds: ``e2e`` makes a
 venv from it in ``.venv-bench/`` (``--system-site-packages``; pip installs
@@ -85,6 +100,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -524,6 +540,7 @@ WSGIServer(app, bindAddress=bind, minSpare=1, maxSpare=1, maxChildren=1).run()
 DEBIAN_PACKAGES = {
     "nginx": "nginx-light (or nginx)",
     "wrk": "wrk",
+    "haproxy": "haproxy",
     "uwsgi": "uwsgi-core",
     "uwsgi python3 plugin": "uwsgi-plugin-python3",
     DEBIAN_PYTHON: "python3",
@@ -576,12 +593,20 @@ def _apt_install(packages, say, why):
              env=env)
 
 
-def check_tools(backends):
-    """{tool: path}; BenchError naming the Debian packages of missing ones."""
+def check_tools(backends, fronts=("nginx",), say=None):
+    """{tool: path}; BenchError naming the Debian packages of missing ones.
+    With ``say`` (--hosts, which runs as root), missing web servers and wrk
+    are installed with apt-get first."""
+    tools = tuple(fronts) + ("wrk",)
+    which = lambda tool: shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+    absent = [tool for tool in tools if not which(tool)]
+    if say and absent:
+        _apt_install([DEBIAN_PACKAGES[tool].split()[0] for tool in absent], say,
+                     "missing: %s" % ", ".join(absent))
     found = {}
     missing = []
-    for tool in ("nginx", "wrk"):
-        found[tool] = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+    for tool in tools:
+        found[tool] = which(tool)
         if not found[tool]:
             missing.append(tool)
     if "uwsgi" in backends:
@@ -869,6 +894,22 @@ class Proc(object):
                     pass
 
 
+def _netns():
+    """tests/netns.py: the network namespaces of the scale-out tests, which
+    --hosts builds the same way (it imports no pytest)."""
+    tests = os.path.join(HERE, "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import netns
+    return netns
+
+
+def in_namespace(netns, cmd):
+    """``cmd`` run by ``ip netns exec`` in namespace ``netns`` (it execs the
+    command: the PID stays the command's), or as is without one."""
+    return [_netns().IP, "netns", "exec", netns] + list(cmd) if netns else list(cmd)
+
+
 def _connectable(address):
     """Does ``address`` (HOST:PORT or unix:/PATH) accept a connection?"""
     if address.startswith("unix:"):
@@ -888,13 +929,16 @@ def _connectable(address):
         s.close()
 
 
-def _wait_ready(proc, address, timeout=20.0):
+def _wait_ready(proc, address, timeout=20.0, netns=None):
+    """Wait until ``address`` accepts connections (from inside network
+    namespace ``netns`` if given: --hosts)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not proc.alive():
             raise BenchError("%s exited (%s) before accepting connections:\n%s"
                              % (proc.name, proc.popen.returncode, proc.log_text(20)))
-        if _connectable(address):
+        if (_netns().in_netns(netns, _connectable, address) if netns
+                else _connectable(address)):
             return
         time.sleep(0.05)
     raise BenchError("%s does not accept connections on %s after %gs:\n%s"
@@ -903,13 +947,17 @@ def _wait_ready(proc, address, timeout=20.0):
 
 class Target(object):
     """One thing wrk hits: a backend on a transport, behind its own nginx
-    server block (with or without a keepalive upstream pool)."""
+    server block (with or without a keepalive upstream pool).  With
+    --hosts, one of the hosts: ``key`` names it, it runs in network
+    namespace ``netns`` with fastfcgi's ``options``."""
 
-    def __init__(self, backend, transport, keepalive):
+    def __init__(self, backend, transport, keepalive, key=None, netns=None, options=()):
         self.backend = backend
         self.transport = transport
         self.keepalive = keepalive
-        self.key = "%s-%s%s" % (backend, transport, "-keepalive" if keepalive else "")
+        self.key = key or "%s-%s%s" % (backend, transport, "-keepalive" if keepalive else "")
+        self.netns = netns
+        self.options = list(options)
         self.address = None    # the backend's, as fastfcgi spells it
         self.port = None       # nginx's
         self.proc = None
@@ -925,7 +973,8 @@ def backend_command(target, python, tmp):
     address = target.address
     if target.backend in ("compiled", "pure"):
         extra = {"FASTFCGI_PURE": "1"} if target.backend == "pure" else {}
-        return [python, "-c", FASTFCGI_RUNNER, "--fcgi", address, "bench_hello:app"], extra
+        return [python, "-c", FASTFCGI_RUNNER, "--fcgi", address] + target.options + [
+            "bench_hello:app"], extra
     if target.backend in ("asgi-compiled", "asgi-pure"):
         extra = {"FASTFCGI_PURE": "1"} if target.backend == "asgi-pure" else {}
         return [python, "-c", FASTFCGI_RUNNER, "--fcgi", address, "--asgi", "--loop", "uvloop",
@@ -960,9 +1009,10 @@ def start_backend(target, python, build_dir, tmp, say):
     if target.backend in FASTFCGI_BACKENDS:
         pythonpath = build_dir + os.pathsep + tmp
     env = _clean_env(PYTHONPATH=pythonpath, **extra)
-    target.proc = Proc(target.key, cmd, env, tmp, os.path.join(tmp, target.key + ".log"))
+    target.proc = Proc(target.key, in_namespace(target.netns, cmd), env, tmp,
+                       os.path.join(tmp, target.key + ".log"))
     target.proc.start()
-    _wait_ready(target.proc, target.address)
+    _wait_ready(target.proc, target.address, netns=target.netns)
     say("  %-26s pid %-7d %s\n" % (target.key, target.proc.pid, target.address))
     if target.backend in FASTFCGI_BACKENDS:
         # The start-up line names the core; it must be the one we asked for.
@@ -1120,28 +1170,51 @@ def wrk_command(args, port, conns, duration):
             "http://127.0.0.1:%d/" % port]
 
 
-def run_wrk(args, target, nginx, conns, duration):
-    """One wrk run against ``target``: its numbers, and the CPU the backend
-    and nginx used meanwhile."""
-    cmd = wrk_command(args, target.port, conns, duration)
-    backend_cpu = target.proc.cpu_times()
-    nginx_cpu = nginx.cpu_times()
+def _machine_ticks():
+    """(busy, all) ticks of every CPU so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait ...
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def run_wrk(args, port, backends, front, conns, duration, netns=None):
+    """One wrk run against the web server ``front`` (a Proc) on ``port``
+    (from inside network namespace ``netns`` if given): wrk's numbers, the
+    CPU the ``backends`` (Procs), ``front`` and wrk used meanwhile, each
+    backend's too, and how busy the whole machine was."""
+    cmd = in_namespace(netns, wrk_command(args, port, conns, duration))
+    before = [b.cpu_times() for b in backends]
+    front_cpu = front.cpu_times()
+    machine = _machine_ticks()
+    # wrk is the only child this process reaps meanwhile.
+    client = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = time.monotonic()
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, timeout=duration + 60)
     wall = time.monotonic() - wall
-    backend_cpu = [after - before for after, before in zip(target.proc.cpu_times(),
-                                                          backend_cpu)]
-    nginx_cpu = [after - before for after, before in zip(nginx.cpu_times(), nginx_cpu)]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = after.ru_utime + after.ru_stime - client.ru_utime - client.ru_stime
+    machine = [after - before for after, before in zip(_machine_ticks(), machine)]
+    each = [[a - b for a, b in zip(backend.cpu_times(), cpu)]
+            for backend, cpu in zip(backends, before)]
+    front_cpu = [after - before for after, before in zip(front.cpu_times(), front_cpu)]
     text = proc.stdout.decode("utf-8", "replace")
     if proc.returncode != 0:
         raise BenchError("wrk failed (exit %d): %s\n%s" % (proc.returncode, " ".join(cmd), text))
-    if not target.proc.alive():
-        raise BenchError("%s died during the run:\n%s" % (target.key, target.proc.log_text(20)))
+    for backend in backends:
+        if not backend.alive():
+            raise BenchError("%s died during the run:\n%s" % (backend.name, backend.log_text(20)))
     result = parse_wrk(text)
-    result["backend_user_s"], result["backend_sys_s"] = backend_cpu
-    result["backend_cpu_s"] = sum(backend_cpu)
-    result["nginx_cpu_s"] = sum(nginx_cpu)
+    result["backend_user_s"] = sum(user for user, _ in each)
+    result["backend_sys_s"] = sum(system for _, system in each)
+    result["backend_cpu_s"] = result["backend_user_s"] + result["backend_sys_s"]
+    result["backends_cpu_s"] = [sum(cpu) for cpu in each]
+    result["front_cpu_s"] = sum(front_cpu)
+    result["wrk_cpu_s"] = client
+    # In cores, as the processes' figures: 100 = one core the whole run.
+    cores = float(os.cpu_count() or 1)
+    result["machine_busy_pct"] = 100.0 * cores * machine[0] / machine[1] if machine[1] else None
     result["wall_s"] = wall
     return result
 
@@ -1196,12 +1269,12 @@ def make_targets(args):
     return targets
 
 
-def schedule(args, targets):
+def schedule(repeat, targets, transports, conns_list):
     """The runs of every repeat: per (transport, conns) scenario, each
     target of that transport once, in an order rotated by the repeat."""
-    scenarios = [(transport, conns) for transport in args.transports for conns in args.conns]
+    scenarios = [(transport, conns) for transport in transports for conns in conns_list]
     plan = []
-    for r in range(args.repeat):
+    for r in range(repeat):
         runs = []
         for transport, conns in scenarios:
             group = [t for t in targets if t.transport == transport]
@@ -1239,10 +1312,10 @@ def summarize(args, targets, samples):
                 "backend_sys_share": (sum(r["backend_sys_s"] for r in runs)
                                       / sum(r["backend_cpu_s"] for r in runs)
                                       if sum(r["backend_cpu_s"] for r in runs) else None),
-                "nginx_cpu_us_per_req": (sum(r["nginx_cpu_s"] for r in runs) * 1e6
+                "nginx_cpu_us_per_req": (sum(r["front_cpu_s"] for r in runs) * 1e6
                                          / requests if requests else None),
                 # 100: nginx kept one core busy the whole run.
-                "nginx_busy_pct": 100.0 * sum(r["nginx_cpu_s"] for r in runs)
+                "nginx_busy_pct": 100.0 * sum(r["front_cpu_s"] for r in runs)
                                   / sum(r["wall_s"] for r in runs),
                 "errors": sum(r["socket_errors"] + r["non_2xx"] for r in runs),
             })
@@ -1348,104 +1421,132 @@ def other_ratios(args, rows):
     return out
 
 
-def run_e2e(args):
-    """The ``e2e`` mode: wrk -> nginx -> backend; returns the exit code
-    (0: no target fails, 1: one fails or a run had errors, 2: could not
-    run)."""
-    say = (lambda text: (sys.stderr.write(text), sys.stderr.flush())) if args.json else \
-          (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
-    command = " ".join([os.path.basename(sys.executable), "bench.py"] + sys.argv[1:])
-    started_at = time.time()
-    load_before = os.getloadavg()
-    tmp = None
-    nginx = None
-    targets = []
-    # TERM and INT unwind, so the finally below stops everything (INT
-    # even where it came in ignored, as in a shell's background job).
+def _progress(args):
+    """Where progress goes: stderr with --json (stdout is the JSON), else
+    stdout."""
+    stream = sys.stderr if args.json else sys.stdout
+    return lambda text: (stream.write(text), stream.flush())
+
+
+def run_guarded(name, args, measure):
+    """``measure(tmp)`` in a temp dir (removed after, unless --keep-tmp),
+    with TERM and INT raising KeyboardInterrupt so that ``measure``'s own
+    ``finally`` stops what it started (INT even where it came in ignored,
+    as in a shell's background job).  Returns what ``measure`` returns,
+    or the exit code: 2 when it raised BenchError (or RuntimeError, from
+    tests/netns.py), 130 when interrupted."""
     old_handlers = dict((sig, signal.signal(sig, _raise_interrupt))
                         for sig in (signal.SIGTERM, signal.SIGINT))
+    tmp = None
     try:
-        tools = check_tools(args.backends)
-        py = prepare_python(args, say)
         tmp = tempfile.mkdtemp(prefix="fastfcgi-bench-")
-        with open(os.path.join(tmp, "bench_hello.py"), "w") as f:
-            f.write(HELLO_APP)
-        with open(os.path.join(tmp, "bench_flup.py"), "w") as f:
-            f.write(FLUP_RUNNER)
-        with open(os.path.join(tmp, "bench_hello_asgi.py"), "w") as f:
-            f.write(ASGI_HELLO_APP)
-
-        targets = make_targets(args)
-        ports = set()
-        for t in targets:
-            if t.transport == "tcp":
-                t.address = "127.0.0.1:%d" % _free_port(ports)
-            else:
-                t.address = "unix:%s/%s.sock" % (tmp, t.key)
-            t.port = _free_port(ports)
-        say("starting %d backends (%s)\n" % (len(targets), py["python"]))
-        for t in targets:
-            start_backend(t, py["python"], py["build_dir"], tmp, say)
-
-        conf = os.path.join(tmp, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(nginx_config(targets, tmp, args.keepalive_pool, args.nginx_workers))
-        nginx = Proc("nginx", [tools["nginx"], "-p", tmp, "-c", conf,
-                               "-e", os.path.join(tmp, "nginx-error.log")],
-                     _clean_env(), tmp, os.path.join(tmp, "nginx.log"))
-        nginx.start()
-        for t in targets:
-            _wait_ready(nginx, "127.0.0.1:%d" % t.port)
-        say("  %-26s pid %-7d %s\n" % ("nginx", nginx.pid, conf))
-        for t in targets:
-            check_response(t.port)
-
-        env_info = describe_e2e(args, tools, py, targets, command)
-        say(e2e_header_text(env_info))
-        if args.warmup > 0:
-            say("warm-up: %ds per target\n" % args.warmup)
-            for t in targets:
-                run_wrk(args, t, nginx, max(args.conns), args.warmup)
-
-        plan = schedule(args, targets)
-        per_run = args.duration + 0.3
-        say("%d repeats x %d runs of %ds: about %.0f s\n" % (
-            args.repeat, len(plan[0]), args.duration, args.repeat * len(plan[0]) * per_run))
-        samples = {}
-        for r, runs in enumerate(plan):
-            for t, conns in runs:
-                result = run_wrk(args, t, nginx, conns, args.duration)
-                samples.setdefault((t.key, conns), []).append(result)
-                say("repeat %d/%d  %-26s c=%-3d %9.0f req/s  p99 %7.2f ms%s\n" % (
-                    r + 1, args.repeat, t.key, conns, result["rps"], result["p99_ms"],
-                    "  ERRORS %d" % (result["socket_errors"] + result["non_2xx"])
-                    if result["socket_errors"] or result["non_2xx"] else ""))
-        load_after = os.getloadavg()
-        profiles = {}
-        if args.profile:
-            profiles = run_profiles(args, targets, nginx, say)
-    except BenchError as exc:
-        sys.stderr.write("bench.py e2e: %s\n" % exc)
+        return measure(tmp)
+    except (BenchError, RuntimeError) as exc:
+        sys.stderr.write("bench.py %s: %s\n" % (name, exc))
         return 2
     except KeyboardInterrupt as exc:
-        sys.stderr.write("bench.py e2e: interrupted (%s); stopping what it started\n"
-                         % (exc or "Ctrl-C"))
+        sys.stderr.write("bench.py %s: interrupted (%s); stopping what it started\n"
+                         % (name, exc or "Ctrl-C"))
         return 130
     finally:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
-        if nginx is not None:
-            nginx.stop(signal.SIGTERM)
-        for t in targets:
-            if t.proc is not None:
-                # uWSGI takes SIGTERM as "reload"; INT stops it.
-                t.proc.stop(signal.SIGINT if t.backend == "uwsgi" else signal.SIGTERM)
         if tmp is not None:
             if args.keep_tmp:
                 sys.stderr.write("kept %s\n" % tmp)
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
 
+
+def run_plan(args, plan, run_one, say):
+    """Every run of ``plan`` (see schedule), ``run_one(target, conns)``
+    measuring one; returns {(key, conns): [results]}."""
+    say("%d repeats x %d runs of %ds: about %.0f s\n" % (
+        args.repeat, len(plan[0]), args.duration,
+        args.repeat * len(plan[0]) * (args.duration + 0.3)))
+    samples = {}
+    for r, runs in enumerate(plan):
+        for t, conns in runs:
+            result = run_one(t, conns)
+            samples.setdefault((t.key, conns), []).append(result)
+            errors = result["socket_errors"] + result["non_2xx"]
+            say("repeat %d/%d  %-26s c=%-3d %9.0f req/s  p99 %7.2f ms%s\n" % (
+                r + 1, args.repeat, t.key, conns, result["rps"], result["p99_ms"],
+                "  ERRORS %d" % errors if errors else ""))
+    return samples
+
+
+def run_e2e(args):
+    """The ``e2e`` mode: wrk -> nginx -> backend; returns the exit code
+    (0: no target fails, 1: one fails or a run had errors, 2: could not
+    run)."""
+    if args.hosts:
+        return run_scale_out(args)
+    say = _progress(args)
+    started_at = time.time()
+    load_before = os.getloadavg()
+    targets = make_targets(args)
+
+    def measure(tmp):
+        nginx = None
+        try:
+            tools = check_tools(args.backends)
+            py = prepare_python(args, say)
+            for name, text in (("bench_hello.py", HELLO_APP), ("bench_flup.py", FLUP_RUNNER),
+                               ("bench_hello_asgi.py", ASGI_HELLO_APP)):
+                with open(os.path.join(tmp, name), "w") as f:
+                    f.write(text)
+            ports = set()
+            for t in targets:
+                if t.transport == "tcp":
+                    t.address = "127.0.0.1:%d" % _free_port(ports)
+                else:
+                    t.address = "unix:%s/%s.sock" % (tmp, t.key)
+                t.port = _free_port(ports)
+            say("starting %d backends (%s)\n" % (len(targets), py["python"]))
+            for t in targets:
+                start_backend(t, py["python"], py["build_dir"], tmp, say)
+
+            conf = os.path.join(tmp, "nginx.conf")
+            with open(conf, "w") as f:
+                f.write(nginx_config(targets, tmp, args.keepalive_pool, args.nginx_workers))
+            nginx = Proc("nginx", [tools["nginx"], "-p", tmp, "-c", conf,
+                                   "-e", os.path.join(tmp, "nginx-error.log")],
+                         _clean_env(), tmp, os.path.join(tmp, "nginx.log"))
+            nginx.start()
+            for t in targets:
+                _wait_ready(nginx, "127.0.0.1:%d" % t.port)
+            say("  %-26s pid %-7d %s\n" % ("nginx", nginx.pid, conf))
+            for t in targets:
+                check_response(t.port)
+
+            env_info = describe_e2e(args, tools, py, targets)
+            say(e2e_header_text(env_info))
+            if args.warmup > 0:
+                say("warm-up: %ds per target\n" % args.warmup)
+                for t in targets:
+                    run_wrk(args, t.port, [t.proc], nginx, max(args.conns), args.warmup)
+            samples = run_plan(
+                args, schedule(args.repeat, targets, args.transports, args.conns),
+                lambda t, conns: run_wrk(args, t.port, [t.proc], nginx, conns, args.duration),
+                say)
+            load_after = os.getloadavg()
+            profiles = {}
+            if args.profile:
+                profiles = run_profiles(args, targets, nginx, say)
+            return py, env_info, samples, profiles, load_after
+        finally:
+            if nginx is not None:
+                nginx.stop(signal.SIGTERM)
+            for t in targets:
+                if t.proc is not None:
+                    # uWSGI takes SIGTERM as "reload"; INT stops it.
+                    t.proc.stop(signal.SIGINT if t.backend == "uwsgi" else signal.SIGTERM)
+
+    outcome = run_guarded("e2e", args, measure)
+    if isinstance(outcome, int):
+        return outcome
+    py, env_info, samples, profiles, load_after = outcome
     rows = summarize(args, targets, samples)
     checks = evaluate_targets(args, rows)
     ratios = other_ratios(args, rows)
@@ -1468,6 +1569,260 @@ def run_e2e(args):
     failed = any(status == "FAIL" for _, _, _, status in checks)
     errors = any(row["errors"] for row in rows)
     return 1 if failed or errors else 0
+
+
+# ############################################################################
+# e2e --hosts: scale-out  ####################################################
+# ############################################################################
+#
+# Issue 18's question: how does throughput grow as hosts are added behind a
+# balancer?  The cluster is the scale-out tests' (tests/netns.py): a
+# balancer namespace and N host namespaces joined by veth pairs.  Each host
+# runs fastfcgi --workers 1 on the compiled core (the hello world; the
+# ping path for HAProxy's health check).  In the balancer namespace, for
+# each balancer and each k in 1..N, one instance in front of the first k
+# hosts with the configuration the tests run (netns.nginx_conf,
+# netns.haproxy_conf; HAProxy logs failed requests only, as nginx logs
+# none), on a port of its own; wrk runs there too.  All instances run at
+# once, and a repeat runs each once per --conns in a rotated order, as e2e
+# does.  wrk, the balancer and every host share this machine's cores: the
+# figures give a shape (where adding a host stops helping, and what is
+# busy then), not what N machines would do.
+
+SCALE_BALANCERS = ("nginx", "haproxy")
+HOST_OPTIONS = ("--workers", "1", "--ping-path", "/ping")
+FRONT_PORTS = {"nginx": 8100, "haproxy": 8200}      # + k, in the balancer namespace
+SCALE_CONNS = [16]      # the balancers' upstream keepalive pools hold 16
+
+
+class Front(object):
+    """One thing wrk hits with --hosts: balancer ``kind`` in front of the
+    first ``hosts`` hosts."""
+
+    transport = "tcp"       # for schedule(): every front is one group
+
+    def __init__(self, kind, hosts):
+        self.kind = kind
+        self.hosts = hosts
+        self.key = "%s-%d" % (kind, hosts)
+        self.port = FRONT_PORTS[kind] + hosts
+        self.proc = None
+
+
+def start_front(front, netns, cluster, tools, tmp):
+    """``front``'s balancer in the balancer namespace, with its own files
+    in ``tmp``/KEY; waits until it answers GET / with the application's
+    body."""
+    where = os.path.join(tmp, front.key)
+    os.makedirs(where)
+    listen = "127.0.0.1:%d" % front.port
+    addresses = cluster.addresses[:front.hosts]
+    if front.kind == "nginx":
+        conf = netns.nginx_conf(where, addresses, listen=listen)
+        cmd = [tools["nginx"], "-p", where, "-c", os.path.join(where, "nginx.conf")]
+    else:
+        conf = netns.haproxy_conf(where, addresses, listen=listen, log_requests=False)
+        cmd = [tools["haproxy"], "-db", "-f", os.path.join(where, "haproxy.cfg")]
+    with open(cmd[-1], "w") as f:
+        f.write(conf)
+    front.proc = Proc(front.key, in_namespace(cluster.balancer, cmd), _clean_env(), where,
+                      os.path.join(where, "console.log"))
+    front.proc.start()
+    _wait_ready(front.proc, listen, netns=cluster.balancer)
+    netns.in_netns(cluster.balancer, check_response, front.port)
+
+
+def summarize_fronts(args, fronts, samples):
+    """Rows of medians per (front, conns), and each front's req/s against
+    the same balancer's with one host."""
+    rows = []
+    for front in fronts:
+        for conns in args.conns:
+            runs = samples.get((front.key, conns), [])
+            if not runs:
+                continue
+            requests = sum(r["requests"] for r in runs)
+            wall = sum(r["wall_s"] for r in runs)
+            per_host = [sum(r["backends_cpu_s"][i] for r in runs) for i in range(front.hosts)]
+            rows.append({
+                "balancer": front.kind, "hosts": front.hosts, "conns": conns,
+                "key": front.key, "runs": len(runs),
+                "rps": _median([r["rps"] for r in runs]),
+                "rps_min": min(r["rps"] for r in runs),
+                "rps_max": max(r["rps"] for r in runs),
+                "p99_ms": _median([r["p99_ms"] for r in runs]),
+                "p50_ms": _median([r["percentiles_ms"].get("50") for r in runs
+                                   if "50" in r["percentiles_ms"]]),
+                "hosts_cpu_us_per_req": (sum(r["backend_cpu_s"] for r in runs) * 1e6
+                                         / requests if requests else None),
+                # 100: the hosts together kept one core busy the whole run.
+                "hosts_busy_pct": 100.0 * sum(r["backend_cpu_s"] for r in runs) / wall,
+                "host_cpu_share_pct": [100.0 * cpu / sum(per_host) if sum(per_host) else None
+                                       for cpu in per_host],
+                "balancer_cpu_us_per_req": (sum(r["front_cpu_s"] for r in runs) * 1e6
+                                            / requests if requests else None),
+                "balancer_busy_pct": 100.0 * sum(r["front_cpu_s"] for r in runs) / wall,
+                "wrk_busy_pct": 100.0 * sum(r["wrk_cpu_s"] for r in runs) / wall,
+                "machine_busy_pct": _median([r["machine_busy_pct"] for r in runs
+                                             if r["machine_busy_pct"] is not None]),
+                "errors": sum(r["socket_errors"] + r["non_2xx"] for r in runs),
+            })
+    for row in rows:
+        one = [r for r in rows if (r["balancer"], r["hosts"], r["conns"]) == (
+            row["balancer"], 1, row["conns"])]
+        row["vs_1_host"] = row["rps"] / one[0]["rps"] if one and one[0]["rps"] else None
+    return rows
+
+
+def scale_out_notes(rows):
+    notes = []
+    for row in rows:
+        low = [i for i, share in enumerate(row["host_cpu_share_pct"])
+               if share is not None and share < 50.0 / row["hosts"]]
+        if low:
+            notes.append("%s c=%d: host%s %s had under half an even share of the hosts' CPU"
+                         % (row["key"], row["conns"], "s" if len(low) > 1 else "",
+                            ", ".join("h%d" % i for i in low)))
+        if row["errors"]:
+            notes.append("%s c=%d: %d socket errors or non-2xx responses"
+                         % (row["key"], row["conns"], row["errors"]))
+    return notes
+
+
+def describe_scale_out(args, tools, py, hosts, fronts):
+    info = describe_common(args, py)
+    info.update({
+        "settings": {"hosts": args.hosts, "balancers": args.balancers, "repeat": args.repeat,
+                     "duration_s": args.duration, "warmup_s": args.warmup,
+                     "conns": args.conns, "threads": args.threads},
+        "hosts": dict((h.key, {"netns": h.netns, "address": h.address,
+                               "command": " ".join(h.proc.cmd),
+                               "startup": (h.core_line or "").split(" INFO ", 1)[-1]})
+                      for h in hosts),
+        "balancers": dict((f.key, {"port": f.port, "command": " ".join(f.proc.cmd)})
+                          for f in fronts),
+    })
+    if "nginx" in args.balancers:
+        info["nginx"] = _first_line(_output([tools["nginx"], "-v"]))
+    if "haproxy" in args.balancers:
+        info["haproxy"] = _first_line(_output([tools["haproxy"], "-v"]))
+    return info
+
+
+def scale_out_header_text(info):
+    lines = header_lines(info) + [
+        ", ".join(info[name] for name in ("nginx", "haproxy", "wrk") if name in info),
+        "wrk:         %s (in the balancer namespace)" % info["wrk_command"]]
+    for key, entry in info["hosts"].items():
+        lines.append("  %-10s %s" % (key, entry["command"]))
+        if entry["startup"]:
+            lines.append("  %-10s   -> %s" % ("", entry["startup"]))
+    for key, entry in info["balancers"].items():
+        lines.append("  %-10s %s" % (key, entry["command"]))
+    return "\n".join(lines) + "\n"
+
+
+def scale_out_table_text(info, rows, notes):
+    settings = info["settings"]
+    out = ["", "scale-out: wrk -> balancer -> 1..%d hosts (fastfcgi --workers 1, compiled "
+           "core), hello world (13 B), medians of %d runs of %ds; %s"
+           % (settings["hosts"], settings["repeat"], settings["duration_s"],
+              info["machine"].rsplit(", ", 1)[-1] + " shared by all")]
+    row = "%-8s %5s %5s %9s %6s %6s %7s %7s %12s %6s %15s %9s %5s %8s %6s"
+    out.append(row % ("balancer", "hosts", "conns", "req/s", "vs 1", "spread", "p99 ms",
+                      "p50 ms", "hosts us/req", "hosts%", "balancer us/req", "balancer%",
+                      "wrk%", "machine%", "errors"))
+    fmt = lambda value, spec: spec % value if value is not None else "-"
+    for r in sorted(rows, key=lambda r: (r["conns"], SCALE_BALANCERS.index(r["balancer"]),
+                                         r["hosts"])):
+        out.append(row % (r["balancer"], r["hosts"], r["conns"], "%.0f" % r["rps"],
+                          fmt(r["vs_1_host"], "%.2fx"),
+                          "%.0f%%" % (100.0 * (r["rps_max"] - r["rps_min"]) / r["rps"]),
+                          "%.2f" % r["p99_ms"], fmt(r["p50_ms"], "%.2f"),
+                          fmt(r["hosts_cpu_us_per_req"], "%.1f"),
+                          "%.0f" % r["hosts_busy_pct"],
+                          fmt(r["balancer_cpu_us_per_req"], "%.1f"),
+                          "%.0f" % r["balancer_busy_pct"], "%.0f" % r["wrk_busy_pct"],
+                          fmt(r["machine_busy_pct"], "%.0f"), r["errors"]))
+    out.append("(vs 1: req/s against the same balancer's with one host; spread: (max - min) "
+               "/ median of the runs' req/s; us/req: CPU time of all the hosts' processes, "
+               "and of the balancer, per request; hosts%, balancer%, wrk%: their CPU time over "
+               "the runs' time, 100 = one core; machine%: every CPU's busy time, the kernel's "
+               "packet work on the veths and loopback included, "
+               + "%d = all %d cores)" % (100 * (os.cpu_count() or 1), os.cpu_count() or 1))
+    return "\n".join(out + footer_lines(info, notes)) + "\n"
+
+
+def run_scale_out(args):
+    """``e2e --hosts N``: wrk -> nginx and HAProxy -> 1..N hosts in network
+    namespaces; returns the exit code (0, 1: a run had errors, 2: could
+    not run, as without root)."""
+    netns = _netns()
+    missing = netns.netns_skip_reason()
+    if missing:
+        sys.stderr.write("bench.py e2e --hosts: skipped: %s\n" % missing)
+        return 2
+    say = _progress(args)
+    started_at = time.time()
+    load_before = os.getloadavg()
+    fronts = [Front(kind, k) for kind in args.balancers for k in range(1, args.hosts + 1)]
+
+    def measure(tmp):
+        tools = check_tools((), args.balancers, say)
+        py = prepare_python(args, say)
+        with open(os.path.join(tmp, "bench_hello.py"), "w") as f:
+            f.write(HELLO_APP)
+        hosts = []
+        with netns.Cluster(tmp, hosts=args.hosts) as cluster:
+            try:
+                say("cluster: balancer namespace %s, hosts %s\n"
+                    % (cluster.balancer, " ".join(cluster.hosts)))
+                for i, ns in enumerate(cluster.hosts):
+                    hosts.append(Target("compiled", "tcp", True, key="h%d" % i, netns=ns,
+                                        options=HOST_OPTIONS))
+                    hosts[-1].address = cluster.addresses[i]
+                    start_backend(hosts[-1], py["python"], py["build_dir"], tmp, say)
+                for front in fronts:
+                    start_front(front, netns, cluster, tools, tmp)
+                    say("  %-26s pid %-7d 127.0.0.1:%d -> %s\n" % (
+                        front.key, front.proc.pid, front.port,
+                        " ".join(cluster.addresses[:front.hosts])))
+                env_info = describe_scale_out(args, tools, py, hosts, fronts)
+                say(scale_out_header_text(env_info))
+                procs = [h.proc for h in hosts]
+                if args.warmup > 0:
+                    say("warm-up: %ds per balancer and hosts\n" % args.warmup)
+                    for front in fronts:
+                        run_wrk(args, front.port, procs, front.proc, max(args.conns),
+                                args.warmup, netns=cluster.balancer)
+                samples = run_plan(
+                    args, schedule(args.repeat, fronts, ["tcp"], args.conns),
+                    lambda front, conns: run_wrk(args, front.port, procs, front.proc, conns,
+                                                 args.duration, netns=cluster.balancer),
+                    say)
+                return env_info, samples, os.getloadavg()
+            finally:
+                # Gracefully first; leaving the cluster kills what is left.
+                for started in fronts + hosts:
+                    if started.proc is not None:
+                        started.proc.stop(signal.SIGTERM)
+
+    outcome = run_guarded("e2e --hosts", args, measure)
+    if isinstance(outcome, int):
+        return outcome
+    env_info, samples, load_after = outcome
+    rows = summarize_fronts(args, fronts, samples)
+    notes = scale_out_notes(rows)
+    env_info["load_average"] = {"before": load_before, "after": load_after}
+    env_info["elapsed_s"] = time.time() - started_at
+    if args.json:
+        json.dump({"mode": "e2e-hosts", "environment": env_info, "results": rows,
+                   "samples": dict(("%s c=%d" % key, runs) for key, runs in samples.items()),
+                   "notes": notes}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(scale_out_table_text(env_info, rows, notes))
+    return 1 if any(row["errors"] for row in rows) else 0
 
 
 # ############################################################################
@@ -1499,7 +1854,7 @@ def run_profiles(args, targets, nginx, say):
                                    stderr=subprocess.DEVNULL)
         try:
             time.sleep(0.5)     # py-spy attaches
-            result = run_wrk(args, t, nginx, conns, args.duration)
+            result = run_wrk(args, t.port, [t.proc], nginx, conns, args.duration)
             sampler.wait(args.duration + 30)
         finally:
             if sampler.poll() is None:
@@ -1793,30 +2148,55 @@ def _first_line(text):
     return (text or "?").strip().splitlines()[0] if text and text.strip() else "?"
 
 
-def describe_e2e(args, tools, py, targets, command):
-    info = {
-        "command": command,
+def describe_common(args, py):
+    """What every e2e run reports about where it ran."""
+    return {
+        "command": " ".join([os.path.basename(sys.executable), "bench.py"] + sys.argv[1:]),
         "git": _git_revision(),
         "sources_sha256": py["sources_sha256"],
         "machine": "%s, %d CPUs" % (platform.platform(), os.cpu_count() or 0),
         "python": "%s (%s, venv of %s with --system-site-packages)" % (
             py["python_version"], py["python"], DEBIAN_PYTHON),
+        "wrk": _first_line(_output(["wrk", "--version"])).split(" Copyright")[0],
+        "compiled_server": "%s with %s, %s" % (py["compiled_server"], py["compiled_parser"],
+                                               py["compiled_writer"]),
+        "wrk_command": " ".join(wrk_command(args, 0, max(args.conns), args.duration)
+                                ).replace(":0/", ":PORT/"),
+    }
+
+
+def footer_lines(info, notes):
+    out = []
+    load = info.get("load_average")
+    if load:
+        out.append("")
+        out.append("load average before %.2f %.2f %.2f, after %.2f %.2f %.2f; %.0f s"
+                   % (tuple(load["before"]) + tuple(load["after"]) + (info["elapsed_s"],)))
+    return out + ["NOTE: " + note for note in notes]
+
+
+def header_lines(info):
+    return ["command:     %s" % info["command"],
+            "source:      git %s, snapshot %s" % (info["git"], info["sources_sha256"]),
+            "machine:     %s" % info["machine"],
+            "python:      %s" % info["python"],
+            "compiled:    %s" % info["compiled_server"]]
+
+
+def describe_e2e(args, tools, py, targets):
+    info = describe_common(args, py)
+    info.update({
         "cython": py["cython"],
         "flup": py["flup"],
         "uvicorn": py["uvicorn"], "granian": py["granian"], "uvloop": py["uvloop"],
         "nginx": _first_line(_output([tools["nginx"], "-v"])),
-        "wrk": _first_line(_output(["wrk", "--version"])).split(" Copyright")[0],
-        "compiled_server": "%s with %s, %s" % (py["compiled_server"], py["compiled_parser"],
-                                               py["compiled_writer"]),
         "settings": {"repeat": args.repeat, "duration_s": args.duration,
                      "nginx_workers": args.nginx_workers,
                      "warmup_s": args.warmup, "conns": args.conns, "threads": args.threads,
                      "transports": args.transports, "backends": args.backends,
                      "keepalive": args.keepalive, "keepalive_pool": args.keepalive_pool},
-        "wrk_command": " ".join(wrk_command(args, 0, max(args.conns), args.duration)
-                                ).replace(":0/", ":PORT/"),
         "backends": {},
-    }
+    })
     if "uwsgi" in tools:
         info["uwsgi"] = "uWSGI " + _first_line(_output([tools["uwsgi"], "--version"]))
     for t in targets:
@@ -1832,17 +2212,12 @@ def describe_e2e(args, tools, py, targets, command):
 
 
 def e2e_header_text(info):
-    lines = ["command:     %s" % info["command"],
-             "source:      git %s, snapshot %s" % (info["git"], info["sources_sha256"]),
-             "machine:     %s" % info["machine"],
-             "python:      %s" % info["python"],
-             "compiled:    %s" % info["compiled_server"],
-             "cython %s, flup %s, %s, %s%s" % (
-                 info["cython"], info["flup"], info["nginx"], info["wrk"],
-                 ", " + info["uwsgi"] if "uwsgi" in info else ""),
-             "uvicorn %s, granian %s, uvloop %s" % (info["uvicorn"], info["granian"],
-                                                     info["uvloop"]),
-             "wrk:         %s" % info["wrk_command"]]
+    lines = header_lines(info) + [
+        "cython %s, flup %s, %s, %s%s" % (info["cython"], info["flup"], info["nginx"],
+                                          info["wrk"],
+                                          ", " + info["uwsgi"] if "uwsgi" in info else ""),
+        "uvicorn %s, granian %s, uvloop %s" % (info["uvicorn"], info["granian"], info["uvloop"]),
+        "wrk:         %s" % info["wrk_command"]]
     for key, entry in info["backends"].items():
         extra = entry.get("startup") or (
             "embedded Python %s" % entry["python"] if "python" in entry else "")
@@ -1897,14 +2272,7 @@ def e2e_table_text(info, rows, checks, ratios, notes):
         out.append("other ratios of median req/s:")
         for title, value in ratios:
             out.append("  %-61s %.2fx" % (title, value))
-    load = info.get("load_average")
-    if load:
-        out.append("")
-        out.append("load average before %.2f %.2f %.2f, after %.2f %.2f %.2f; %.0f s"
-                   % (tuple(load["before"]) + tuple(load["after"]) + (info["elapsed_s"],)))
-    for note in notes:
-        out.append("NOTE: " + note)
-    return "\n".join(out) + "\n"
+    return "\n".join(out + footer_lines(info, notes)) + "\n"
 
 
 def main(argv=None):
@@ -1930,8 +2298,9 @@ def main(argv=None):
                      help="length of one wrk run, whole seconds (default 5)")
     e2e.add_argument("--warmup", type=int, default=1, metavar="SECONDS",
                      help="one unmeasured wrk run per backend first (default 1; 0: none)")
-    e2e.add_argument("--conns", type=_conns_list, default=[16, 64], metavar="N,...",
-                     help="wrk connections, one scenario each (default 16,64)")
+    e2e.add_argument("--conns", type=_conns_list, default=None, metavar="N,...",
+                     help="wrk connections, one scenario each (default 16,64; with --hosts "
+                          "16)")
     e2e.add_argument("--threads", type=int, default=2, metavar="N",
                      help="wrk threads (default 2)")
     e2e.add_argument("--nginx-workers", type=_positive, default=1, metavar="N",
@@ -1965,6 +2334,14 @@ def main(argv=None):
                           "the venv) under one more wrk run; raw stacks go to DIR")
     e2e.add_argument("--json", action="store_true",
                      help="print the results as JSON (progress goes to stderr)")
+    e2e.add_argument("--hosts", type=_positive, default=None, metavar="N",
+                     help="scale-out instead (root): wrk -> balancer -> 1, 2 ... N hosts in "
+                          "network namespaces (tests/netns.py), each fastfcgi --workers 1 on "
+                          "the compiled core; --transports, --backends, --asgi, keep-alive "
+                          "and --nginx-workers do not apply")
+    e2e.add_argument("--balancers", type=lambda s: _csv(s, SCALE_BALANCERS, "--balancers"),
+                     default=list(SCALE_BALANCERS), metavar="LIST",
+                     help="with --hosts: nginx, haproxy or both (default both)")
     e2e.set_defaults(func=run_e2e)
     instr = modes.add_parser(
         "instructions", help="callgrind's instruction count of a request, one worker",
@@ -1996,6 +2373,11 @@ def main(argv=None):
     if args.mode == "e2e" and (args.duration <= 0 or args.threads < 1
                                or args.keepalive_pool < 1):
         parser.error("--duration, --threads and --keepalive-pool must be positive")
+    if args.mode == "e2e" and args.hosts and (args.asgi or args.profile or args.backends):
+        parser.error("--hosts runs the compiled core's WSGI hello world: no --asgi, "
+                     "--profile or --backends")
+    if args.mode == "e2e" and args.conns is None:
+        args.conns = list(SCALE_CONNS if args.hosts else [16, 64])
     if args.mode == "e2e" and args.backends is None:
         args.backends = list(ASGI_BACKENDS if args.asgi else E2E_BACKENDS[:4])
     return args.func(args)

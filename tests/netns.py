@@ -18,6 +18,10 @@ to the namespace its creator was in): the load generator and the readiness
 probes run on such threads, so every client sits in the balancer's
 namespace and sees what a user would.  Everything the cluster starts is
 killed by process group, and every namespace deleted, even after a failure.
+
+``bench.py e2e --hosts N`` builds the same cluster and balancers to
+measure how throughput scales with hosts, so this module imports no
+pytest (a test hands ``Cluster`` conftest.need_frontend).
 """
 
 import collections
@@ -31,7 +35,6 @@ import subprocess
 import threading
 import time
 
-from conftest import need_frontend
 from frontends import HAPROXY_BIN, HAPROXY_CONF
 from servers import NGINX, NGINX_CONF, NGINX_PARAMS, FastCGIProcess, accepts, wait_until
 
@@ -99,6 +102,13 @@ def _ip(*args):
     return done.stdout
 
 
+def missing_is_an_error(name, missing=None, installable=True):
+    """``Cluster``'s ``need`` outside pytest (bench.py): a piece this
+    machine lacks is a RuntimeError naming it."""
+    if missing is not None:
+        raise RuntimeError("%s: %s" % (name, missing))
+
+
 def netns_skip_reason():
     """Why this machine cannot make network namespaces, or None."""
     if not os.access(IP, os.X_OK):
@@ -111,9 +121,12 @@ def netns_skip_reason():
 class Cluster(object):
     """The balancer namespace and ``hosts`` host namespaces (see the module
     docstring), files in ``tmpdir``.  A context manager: leaving it kills
-    everything it started and deletes the namespaces."""
+    everything it started and deletes the namespaces.  ``need`` is told
+    whether the namespaces can be made, as conftest.need_frontend is (the
+    tests pass that: a machine without them skips)."""
 
-    def __init__(self, tmpdir, hosts=3):
+    def __init__(self, tmpdir, hosts=3, need=missing_is_an_error):
+        self.need = need
         self.tmp = tmpdir
         self.tag = secrets.token_hex(2)
         self.balancer = "ff%s-lb" % self.tag
@@ -127,18 +140,18 @@ class Cluster(object):
     def __enter__(self):
         missing = netns_skip_reason()
         if missing:
-            need_frontend("netns", missing, installable=missing.startswith("the ip"))
+            self.need("netns", missing, installable=missing.startswith("the ip"))
         try:
             _ip("netns", "add", self.balancer)
         except RuntimeError as exc:
-            need_frontend("netns", "ip netns is not permitted here: %s" % exc, installable=False)
+            self.need("netns", "ip netns is not permitted here: %s" % exc, installable=False)
         self.made.append(self.balancer)
         try:
             self._link()
         except BaseException:
             self.close()
             raise
-        need_frontend("netns")
+        self.need("netns")
         return self
 
     def __exit__(self, *exc_info):
@@ -322,10 +335,10 @@ def _servers(line, addresses, pinned=False):
                      for i, address in enumerate(addresses))
 
 
-def nginx_conf(tmp, addresses):
+def nginx_conf(tmp, addresses, listen=BALANCER_ADDRESS):
     line = "        server {address} max_fails=1 fail_timeout=3s{backup};"
     return NGINX_BALANCER_CONF.format(
-        tmp=tmp, listen=BALANCER_ADDRESS, params=NGINX_PARAMS,
+        tmp=tmp, listen=listen, params=NGINX_PARAMS,
         servers=_servers(line, addresses), pinned=_servers(line, addresses, pinned=True))
 
 
@@ -360,11 +373,17 @@ backend {name}
 """
 
 
-def haproxy_conf(tmp, addresses):
+def haproxy_conf(tmp, addresses, listen=BALANCER_ADDRESS, log_requests=True):
+    """``log_requests=False`` (bench.py) logs failed requests only, as
+    nginx's ``access_log off`` logs none: a log line per request would be
+    part of what is measured."""
     line = "    server h{i} {address}{backup}"
     backends = "".join(HAPROXY_BACKEND.format(name=name, servers=_servers(line, addresses, pinned))
                        for name, pinned in (("hosts", False), ("pinned", True)))
-    return HAPROXY_BALANCER_CONF.format(tmp=tmp, listen=BALANCER_ADDRESS, backends=backends)
+    conf = HAPROXY_BALANCER_CONF.format(tmp=tmp, listen=listen, backends=backends)
+    if not log_requests:
+        conf = conf.replace("    option httplog\n", "    option httplog\n    option dontlog-normal\n", 1)
+    return conf
 
 
 # -- load ----------------------------------------------------------------------

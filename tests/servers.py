@@ -14,8 +14,6 @@ import sys
 import tempfile
 import time
 
-from conftest import need_frontend
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
 
@@ -240,6 +238,7 @@ def read_to_end(sock):
 def need_nginx():
     """Go on when nginx is here (see conftest.need_frontend); a test calls
     this before it starts anything, so a skip leaves nothing running."""
+    from conftest import need_frontend      # pytest's: bench.py imports this module too
     need_frontend("nginx", None if os.access(NGINX, os.X_OK)
                   else "nginx is not installed (Debian: nginx-light)")
 

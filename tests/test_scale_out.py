@@ -44,7 +44,7 @@ def balancer(request):
 def cluster(balancer, core_id, tmp_path):
     """Three hosts serving apps:host on the test's core, the balancer in
     front; everything is gone after the test, whatever happened."""
-    with Cluster(str(tmp_path)) as cluster:
+    with Cluster(str(tmp_path), need=need_frontend) as cluster:
         cluster.start_hosts(core_id, APP, *HOST_ARGS)
         cluster.start_balancer(balancer)
         cluster.label = "%s/%s" % (balancer, core_id)
