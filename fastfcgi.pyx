@@ -1935,6 +1935,9 @@ cdef Py_ssize_t _W_QUEUE_SUM = _py._W_QUEUE_SUM, _W_QUEUE_BUCKETS = _py._W_QUEUE
 cdef Py_ssize_t _W_QUEUE_DROPPED = _py._W_QUEUE_DROPPED
 cdef Py_ssize_t _W_LAST_CPU = _py._W_LAST_CPU, _W_LAST_RSS = _py._W_LAST_RSS
 cdef Py_ssize_t _W_RECYCLE = _py._W_RECYCLE
+cdef Py_ssize_t _W_CLIENT = _py._W_CLIENT, _W_CLIENT_LEN = _py._W_CLIENT_LEN
+cdef Py_ssize_t _CLIENT_BYTES = _py._CLIENT_BYTES
+_client_text = _py._client_text
 cdef double _bounds[32]
 cdef int _bounds_count = len(_py.DURATION_BUCKETS)
 for _i, _bound in enumerate(_py.DURATION_BUCKETS):
@@ -1953,8 +1956,9 @@ cdef extern from "Python.h":
     void _clear_error "PyErr_Clear" ()
 
 
-cdef Py_ssize_t _copy_utf8(char* out, Py_ssize_t at, value) except -2:
-    """``value``'s UTF-8 into out[at:], cut at _TEXT_BYTES; the new end,
+cdef Py_ssize_t _copy_utf8(char* out, Py_ssize_t at, value,
+                           Py_ssize_t most=_TEXT_BYTES) except -2:
+    """``value``'s UTF-8 into out[at:], cut at ``most``; the new end,
     or -1 when ``value`` is not a str with a UTF-8 form."""
     cdef Py_ssize_t size
     cdef const char* data
@@ -1964,8 +1968,8 @@ cdef Py_ssize_t _copy_utf8(char* out, Py_ssize_t at, value) except -2:
     if data == NULL:
         _clear_error()
         return -1
-    if size > _TEXT_BYTES - at:
-        size = _TEXT_BYTES - at
+    if size > most - at:
+        size = most - at
     memcpy(out + at, data, size)
     return at + size
 
@@ -2039,6 +2043,17 @@ cdef class WorkerRow:
             n = len(text)
             memcpy(out, PyBytes_AS_STRING(text), n)
         self.q[_W_TEXT_LEN] = n
+        # Its client: REMOTE_ADDR, or what _client_text makes of the rest.
+        n = -1
+        if type(params) is dict:
+            uri = PyDict_GetItem(params, "REMOTE_ADDR")
+            n = _copy_utf8(<char*>&self.q[_W_CLIENT], 0, <object>uri if uri != NULL else "",
+                           _CLIENT_BYTES)
+        if n < 0:
+            text = _client_text(params)
+            n = len(text)
+            memcpy(<char*>&self.q[_W_CLIENT], PyBytes_AS_STRING(text), n)
+        self.q[_W_CLIENT_LEN] = n
         return wait if queued else None
 
     def done(self, status, double duration):

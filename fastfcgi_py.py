@@ -5017,6 +5017,9 @@ _W_QUEUE_BUCKETS = 32       # q x 16: queue waits, the same buckets
 _W_LAST_CPU = 48            # d: the last request's CPU seconds (when measured)
 _W_LAST_RSS = 49            # q: the worker's RSS after its last request, bytes (when measured)
 _W_RECYCLE = 50             # q: why the worker ends on its own: 0, or _RECYCLE_RSS
+_W_CLIENT_LEN = 51          # q: bytes of the current request's client address
+_W_CLIENT = 52              # its REMOTE_ADDR, utf-8, 6 items
+_CLIENT_BYTES = 48
 _W_TEXT = 64                # "METHOD URI" of the current request, utf-8, to the row's end
 _TEXT_BYTES = (_ROW - _W_TEXT) * 8
 # What the retired row adds up: counts, and sums of seconds.
@@ -5172,10 +5175,16 @@ class Scoreboard(object):
 
     def current_request(self, slot):
         """The "METHOD URI" the worker in ``slot`` runs or last ran."""
-        base = self._base(slot)
-        size = min(self.q[base + _W_TEXT_LEN], _TEXT_BYTES)
-        return bytes(self.memory[8 * (base + _W_TEXT):8 * (base + _W_TEXT) + size]).decode(
-            "utf-8", "replace")
+        return self._text(slot, _W_TEXT, _W_TEXT_LEN, _TEXT_BYTES)
+
+    def current_client(self, slot):
+        """Its client's address."""
+        return self._text(slot, _W_CLIENT, _W_CLIENT_LEN, _CLIENT_BYTES)
+
+    def _text(self, slot, at, length, most):
+        start = 8 * (self._base(slot) + at)
+        size = min(self.q[self._base(slot) + length], most)
+        return bytes(self.memory[start:start + size]).decode("utf-8", "replace")
 
     def sample(self, listener, wanted):
         """Twice a second, from the supervisor: busy workers and the
@@ -5263,6 +5272,7 @@ class Scoreboard(object):
                     "pid": q[base + _W_PID], "state": state,
                     "requests": self._requests(base),
                     "current_request": self.current_request(slot) if state == "busy" else "",
+                    "current_client": self.current_client(slot) if state == "busy" else "",
                     "elapsed_seconds": round(mono - since, 6) if since > 0 else 0.0,
                     "last_request_duration_seconds": round(d[base + _W_LAST], 6),
                     # Measured only when asked (--max-rss, the access log's
@@ -5394,13 +5404,19 @@ def _request_text(params):
                            "utf-8", "replace")[:_TEXT_BYTES]
 
 
+def _client_text(params):
+    """Its client (REMOTE_ADDR), as utf-8 bytes that fit the row."""
+    client = params.get("REMOTE_ADDR")
+    return (client if type(client) is str else "").encode("utf-8", "replace")[:_CLIENT_BYTES]
+
+
 class WorkerRow(object):
     """One worker's row of the scoreboard, what its Server writes: busy
     since when (--timeout reads it), and each request's outcome.  The
     compiled core has a typed twin (the stores go straight to memory);
     a Server takes its core's."""
 
-    __slots__ = ("board", "slot", "d", "q", "text")
+    __slots__ = ("board", "slot", "d", "q", "text", "client")
 
     def __init__(self, board, slot):
         base = board._base(slot)
@@ -5409,6 +5425,8 @@ class WorkerRow(object):
         self.d = board.d[base:base + _ROW]
         self.q = board.q[base:base + _ROW]
         self.text = memoryview(board.memory)[8 * (base + _W_TEXT):8 * (base + _ROW)]
+        self.client = memoryview(board.memory)[8 * (base + _W_CLIENT):
+                                               8 * (base + _W_CLIENT) + _CLIENT_BYTES]
 
     def busy(self, since):
         """Busy since ``since`` (monotonic), or idle with 0.0."""
@@ -5422,6 +5440,9 @@ class WorkerRow(object):
             text = _request_text(request.params)
             self.text[:len(text)] = text
             self.q[_W_TEXT_LEN] = len(text)
+            client = _client_text(request.params)
+            self.client[:len(client)] = client
+            self.q[_W_CLIENT_LEN] = len(client)
         if queued:
             wait = _queue_wait_of(request)
             if wait is not None:
@@ -5513,7 +5534,8 @@ def _plain_status(doc):
         add(name.replace("_", " ").replace(" seconds", "") + " sum seconds", doc[name]["sum"])
     for worker in doc.get("worker", ()):
         lines.append("")
-        for key in ("pid", "state", "requests", "current_request", "elapsed_seconds",
+        for key in ("pid", "state", "requests", "current_request", "current_client",
+                    "elapsed_seconds",
                     "last_request_duration_seconds", "last_request_cpu_seconds",
                     "last_request_rss_bytes", "rss_bytes"):
             add(key.replace("_", " "), "-" if worker[key] is None else worker[key])
@@ -5675,6 +5697,7 @@ def _html_status(doc):
         (text(w["pid"]), '<span class="state %s">%s</span>' % (text(w["state"]), text(w["state"])),
          w["requests"],
          "<code>%s</code>" % text(w["current_request"]) if w["current_request"] else "",
+         text(w["current_client"]),
          _duration_text(w["elapsed_seconds"]) if w["state"] == "busy" else "",
          _duration_text(w["last_request_duration_seconds"]) if w["requests"] else "",
          "%.1f MB" % (w["rss_bytes"] / 1048576) if w["rss_bytes"] else "",
@@ -5694,8 +5717,8 @@ def _html_status(doc):
         "<h2>Requests per second</h2>",
         _history_svg(doc["history"], now),
         "<h2>Workers</h2>",
-        table(("pid", "state", "requests", "current request", "elapsed", "last duration",
-               "memory", "started"), worker_rows, numeric=(2, 6)),
+        table(("pid", "state", "requests", "current request", "client", "elapsed",
+               "last duration", "memory", "started"), worker_rows, numeric=(2, 7)),
         '<div class="columns"><div><h2>Responses</h2>',
         table(("status", "responses"), [(text(status), count) for status, count
                                         in doc["responses_total"].items()], numeric=(1,)),

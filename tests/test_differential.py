@@ -608,7 +608,7 @@ row_calls = st.lists(st.one_of(
     st.tuples(st.just("began"), st.builds(
         lambda params, start: dict(params, **start),
         st.dictionaries(
-            st.sampled_from(["REQUEST_METHOD", "REQUEST_URI", "PATH_INFO"]),
+            st.sampled_from(["REQUEST_METHOD", "REQUEST_URI", "PATH_INFO", "REMOTE_ADDR"]),
             st.one_of(st.text(max_size=300), st.sampled_from(["\ud800/x", "\xe9" * 200,
                                                               "a" * 300, ""]))),
         # Starts in the future (waits of 0 s) or no times: no clock in the comparison.

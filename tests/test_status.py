@@ -123,7 +123,7 @@ def test_status_answers_while_every_worker_is_stuck(start):
         busy = [w for w in doc["worker"] if w["state"] == "busy"]
         assert len(busy) == 2
         assert all(w["current_request"] == "GET /slow?5" and w["elapsed_seconds"] > 0
-                   for w in busy), busy
+                   and w["current_client"] == "127.0.0.1" for w in busy), busy
         assert "GET /slow?5" in http_get(status_address, "/status?full")[2].decode()
     finally:
         for thread in threads:

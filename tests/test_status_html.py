@@ -67,7 +67,8 @@ class Page(HTMLParser):
 
 
 class HostileRequest(object):
-    params = {"REQUEST_METHOD": "GET", "REQUEST_URI": HOSTILE_URI}
+    params = {"REQUEST_METHOD": "GET", "REQUEST_URI": HOSTILE_URI,
+              "REMOTE_ADDR": "<i>10.0.0.1"}
 
 
 def board_with_workers(core, count):
@@ -101,6 +102,7 @@ def test_html_status_escapes_the_request_and_has_a_row_per_worker(core):
     assert [row[1] for row in workers] == ["idle", "busy", "idle"]
     # The parser gives back the text as the client sent it: escaped once.
     assert workers[1][3] == "GET " + HOSTILE_URI
+    assert workers[1][4] == "<i>10.0.0.1" and "<i>" not in text     # escaped, as sent
     assert {"http-equiv": "refresh", "content": "5"} in page.metas
     assert page.polylines == []         # no history yet: a note instead of a line
     assert "no point yet" in text
@@ -237,4 +239,5 @@ def test_status_html_through_nginx(start, tmp_path):
     workers = page.table("pid")
     assert len(workers) == 2
     # The worker answering is busy with this very request.
-    assert ["busy", "GET /fastcgi-status?html"] in [row[1:4:2] for row in workers], workers
+    assert ["busy", "GET /fastcgi-status?html", "127.0.0.1"] in [
+        [row[1], row[3], row[4]] for row in workers], workers
