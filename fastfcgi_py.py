@@ -2775,9 +2775,10 @@ class AccessLog(object):
     CPU and memory fields cost a system call each, and are read only when
     the format names them."""
 
-    def __init__(self, format="common", path=None):
+    def __init__(self, format="common", path=None, status_requests=False):
         import string
         self.format = format
+        self.status_requests = status_requests  # the status and ping paths' too
         self.json = format == "json"
         template = ACCESS_LOG_COMMON if format == "common" else format
         if self.json:
@@ -2918,7 +2919,7 @@ class _Extras(object):
     _ServerBase._configure)."""
 
     __slots__ = ("status_paths", "max_queue_wait", "dropped", "dropped_logged", "access_log",
-                 "max_rss", "statm")
+                 "max_rss", "statm", "answered")
 
     def __init__(self, status_path, ping_path, max_queue_wait, access_log, max_rss):
         self.status_paths = (status_path, ping_path) if status_path or ping_path else None
@@ -2928,6 +2929,7 @@ class _Extras(object):
         self.access_log = access_log
         self.max_rss = max_rss      # bytes, or 0
         self.statm = _Statm() if max_rss else None
+        self.answered = None        # the status line of the last status or ping answer
 
 
 class _ServerBase(object):
@@ -3006,6 +3008,8 @@ class _ServerBase(object):
         if extras.max_rss and rss is None:
             rss = extras.statm.rss()
         if status is _NOT_COUNTED:
+            if began is not None and access_log.status_requests:
+                access_log.write(request, extras.answered, began, cpu, rss)
             return
         if self.board is not None and (cpu is not None or rss is not None):
             self.board.cost(cpu if cpu is not None else -1.0, rss or 0)
@@ -3056,6 +3060,7 @@ class _ServerBase(object):
         if params.get("REQUEST_METHOD") == "HEAD":
             body = b""
         request.finish(0, writer.head(status, headers) + body)
+        self.extras.answered = status
         return status
 
     def reopen_logs(self):
@@ -6968,6 +6973,9 @@ def build_arg_parser():
     p.add_argument("--access-log-file", metavar="PATH",
                    help="append the access log to PATH (implies --access-log), reopened on "
                         "SIGUSR1 for logrotate; default: stderr")
+    p.add_argument("--access-log-status", action="store_true",
+                   help="log the requests for --status-path and --ping-path too (implies "
+                        "--access-log; they are left out by default)")
     p.add_argument("--max-rss", type=float, default=0, metavar="MB",
                    help="recycle a worker whose resident memory passes MB after a request "
                         "(it finishes what it runs; a new one starts)")
@@ -7033,9 +7041,11 @@ def main(argv=None, core=None):
         log.error("--allow: %s", exc)
         return 2
     access_log = None
-    if args.access_log or args.access_log_format or args.access_log_file:
+    if args.access_log or args.access_log_format or args.access_log_file or \
+            args.access_log_status:
         try:
-            access_log = AccessLog(args.access_log_format or "common", args.access_log_file)
+            access_log = AccessLog(args.access_log_format or "common", args.access_log_file,
+                                   args.access_log_status)
         except ValueError as exc:
             log.error("--access-log-format: %s", exc)
             return 2

@@ -82,6 +82,18 @@ def test_a_template_names_its_fields_and_escapes_what_a_request_sends(start, tmp
     assert second.startswith("GET /hello/\\x22x\\x22\\x0D\\x0A 200 "), second
 
 
+def test_status_and_ping_requests_are_logged_when_asked(start, tmp_path):
+    log_path = str(tmp_path / "access.log")
+    server = start("--access-log-status", "--access-log-format", "{uri} {status}",
+                   "--access-log-file", log_path, "--ping-path", "/ping", "--workers", "2",
+                   "--drain-file", str(tmp_path / "drain"))
+    fcgi(server.address, "/ping")
+    open(str(tmp_path / "drain"), "w").close()
+    assert wait_until(lambda: fcgi(server.address, "/ping").status == 503, 5)
+    assert wait_until(lambda: {"/ping 200", "/ping 503"} <= set(lines(log_path)), 5), \
+        lines(log_path)
+
+
 def test_the_default_line_goes_through_the_log(start):
     server = start("--access-log")
     fcgi(server.address, "/hello")
