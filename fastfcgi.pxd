@@ -279,6 +279,7 @@ cdef class Connection:
         public object send_file
         public bint drain
         public bint registered
+        public bint retiring         # RETIRE_RECORD goes with the last send
         # The demultiplexer's (fastfcgi_py._Demultiplexer): active request
         # id -> Request, and the class it makes them with.
         public object requests

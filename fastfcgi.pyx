@@ -1266,6 +1266,7 @@ cdef class Connection:
         self.send_file = send_file
         self.drain = False
         self.registered = False
+        self.retiring = False
         if request_class is not None:
             self.request_class = request_class
 
@@ -1492,6 +1493,9 @@ cdef class Connection:
     def send_last(self, data):
         """Send ``data``, the connection's last output, and half-close it. See `fastfcgi_py.Connection.send_last`."""
         cdef int family = self._family if self._sock is None else self._sock.family
+        if self.retiring:
+            self.retiring = False
+            data = data + _py.RETIRE_RECORD
         if MSG_MORE == 0 or family == AF_UNIX:
             self.sendall(data)
         elif self._sock is not None:

@@ -1034,8 +1034,8 @@ class Connection(_Demultiplexer):
     """
 
     __slots__ = ("sock", "parser", "writer", "peer", "send_file", "drain", "registered",
-                 "requests", "request_class", "pending", "request_id", "role", "flags",
-                 "params", "error", "_recv_size")
+                 "retiring", "requests", "request_class", "pending", "request_id", "role",
+                 "flags", "params", "error", "_recv_size")
 
     def __init__(self, sock, parser, writer, peer="", send_file=None, request_class=None):
         self.sock = sock
@@ -1045,6 +1045,7 @@ class Connection(_Demultiplexer):
         self.send_file = send_file      # None: FastCGI records (module send_file)
         self.drain = False              # unread input: half-close and drain it
         self.registered = False         # in the Server's poller
+        self.retiring = False           # RETIRE_RECORD goes with the last send
         self.requests = {}              # active request id -> Request
         self.request_class = request_class or Request
         self.pending = None             # route's results no reader took (a list)
@@ -1231,7 +1232,11 @@ class Connection(_Demultiplexer):
         and half-close it (the caller closes it next).  Over TCP on Linux
         the data goes with MSG_MORE, so it leaves with the FIN in one
         segment: one packet fewer to send, and one fewer for the web server
-        to acknowledge, than a send then close().  Elsewhere, as sendall."""
+        to acknowledge, than a send then close().  Elsewhere, as sendall.
+        A ``retiring`` connection sends RETIRE_RECORD with it."""
+        if self.retiring:
+            self.retiring = False
+            data = data + RETIRE_RECORD
         sock = self.sock
         if not _MSG_MORE or sock.family == socket.AF_UNIX:
             sock.sendall(data)
@@ -2403,6 +2408,14 @@ KEPT_LINGER = 1.0
 # A stopping pool serves its listen queue until no connection came for
 # this long (see Server._finish_backlog).
 BACKLOG_SETTLE = 0.3
+# What follows the last answer on a kept connection a stopping worker
+# closes: an empty FCGI_GET_VALUES_RESULT (a management record, spec 4.1).
+# Sent with END_REQUEST in one write, it tells the web server not to reuse
+# the connection: nginx keeps an upstream connection only when END_REQUEST
+# ends what it read, and the close alone comes too late once it has put
+# the connection back in its cache and sent the next request on it (a
+# reset, and a failed POST: nginx retries no POST it has sent).
+RETIRE_RECORD = b"\x01\x0a\x00\x00\x00\x00\x00\x00"
 # After answering a request whose body was not read, we read and drop what
 # the web server still sends (so it never sees a reset before our reply), up
 # to this long.
@@ -3368,6 +3381,12 @@ class Server(_ServerBase):
                 return True     # wait in the poller for the next one
             wait = False        # only what has arrived, if no request began
 
+    def retire(self, request):
+        """The worker stops: ``request``'s kept connection closes after its
+        answer, which carries RETIRE_RECORD."""
+        request.keep_conn = False
+        request.connection.retiring = True
+
     def handle(self, request):
         """Run the gateway on one request; True if the connection stays.
         The caller marks the busy slot (before reading the request); this
@@ -3379,6 +3398,9 @@ class Server(_ServerBase):
         began = None
         if extras is not None and extras.access_log is not None:
             began = extras.access_log.begin()
+        conn = request.connection
+        if not self.alive and request.keep_conn:
+            self.retire(request)        # the record goes with END_REQUEST
         try:
             # The row shows the request, and counts its queue wait.
             waited = board.began(request) if board is not None else None
@@ -3389,7 +3411,13 @@ class Server(_ServerBase):
                 request.finish(0)
             lost = request.connection_lost
             keep = request.keep_conn and not lost and self.alive
-            conn = request.connection
+            if request.keep_conn and not keep and not lost:
+                self.retire(request)    # stopped while it ran
+            if conn.retiring and not lost:
+                # Its last send was not the last (the input still comes, or
+                # it stopped meanwhile): the record follows on its own.
+                conn.retiring = False
+                request.send(RETIRE_RECORD)
             if keep:
                 # The parser may have ended the connection meanwhile: a
                 # refused request without KEEP_CONN, a protocol error.
@@ -3465,6 +3493,7 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
         self.error = 0                  # the code that ended the connection
         self.drain = False              # close with a drain (Gateway.reject sets it)
         self.closing = False            # no new requests: close once they end
+        self.retiring = False           # RETIRE_RECORD sent
         self.send_file = None
         self._draining = False
         self._sink = None               # what a draining connection reads into
@@ -3753,6 +3782,12 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
             if request in self._stdin_full:
                 self.stdin_under_low(request)
         excess = _Demultiplexer.end_request(self, request_id)
+        if not (self.server.alive or self.requests or self.retiring or self.error) and \
+                self.parser.keep_conn:
+            # Stopping: the last answer on a kept connection, in the same
+            # turn of the loop as its END_REQUEST (see RETIRE_RECORD).
+            self.retiring = True
+            self._write(RETIRE_RECORD)
         if not self.parser.keep_conn or not self.server.alive:
             self.closing = True
         if self.closing:
@@ -4867,6 +4902,10 @@ class HTTPServer(Server):
     """``--http``: serves the gateway over HTTP/1.1 (development only)."""
 
     connection_class = _HTTPConnection
+
+    def retire(self, request):
+        """HTTP says it with "Connection: close"; a development server just
+        closes (serve_connection)."""
 
     def new_connection(self, conn):
         conn.parser = _SocketReader(conn.sock)  # replaced per request, see serve_connection

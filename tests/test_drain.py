@@ -118,6 +118,59 @@ def test_term_serves_the_listen_queue_and_refuses_new_connections(start, tmp_pat
         "removed %s" % address[5:] if transport == "unix" else "new connections dropped") in log
 
 
+def kept_request(client, path, query=""):
+    """Send a request with FCGI_KEEP_CONN on ``client`` (a Client), not
+    reading the answer."""
+    env = dict(ENV, PATH_INFO=path, REQUEST_URI=path, QUERY_STRING=query)
+    client.send_raw(b"".join([
+        fastfcgi_py._record(fastfcgi_py.FCGI_BEGIN_REQUEST, 1, b"\x00\x01\x01\x00\x00\x00\x00\x00"),
+        fastfcgi_py._record(fastfcgi_py.FCGI_PARAMS, 1, fastfcgi_py.encode_params(env)),
+        fastfcgi_py._record(fastfcgi_py.FCGI_PARAMS, 1, b""),
+        fastfcgi_py._record(fastfcgi_py.FCGI_STDIN, 1, b"")]))
+
+
+def rest_of(client):
+    """What ``client`` receives after the response it read, up to EOF."""
+    rest = bytes(client._buffer)
+    while True:
+        data = client.sock.recv(65536)
+        if not data:
+            return rest
+        rest += data
+
+
+@pytest.mark.parametrize("mode", ["wsgi", "asgi"])
+def test_a_stopping_worker_marks_the_last_answer_on_a_kept_connection(start, tmp_path, mode):
+    """A kept connection a stopping worker closes gets, right after its
+    last END_REQUEST, an empty FCGI_GET_VALUES_RESULT: nginx then does not
+    put it back in its pool, where its next request would meet the close.
+    Both ways: the request that runs when TERM comes, and one sent after
+    it on another kept connection."""
+    address = "unix:%s/app.sock" % tmp_path
+    if mode == "asgi":
+        server = start("--asgi", address=address, app="asgi_apps:app")
+        slow_path, slow_query = "/sleep", "1000"
+    else:
+        server = start(address=address)
+        slow_path, slow_query = "/slow", "1"
+    waiting = fastfcgi_py.Client(server.address)
+    hello = dict(ENV, PATH_INFO="/hello", REQUEST_URI="/hello", QUERY_STRING="")
+    for _ in range(2):
+        assert waiting.request(hello, keep_conn=True).body == b"Hello, world!"
+    running = fastfcgi_py.Client(server.address)
+    kept_request(running, slow_path, slow_query)
+    time.sleep(0.3)
+    server.signal(signal.SIGTERM)
+    time.sleep(0.2)
+    kept_request(waiting, "/hello")
+    for client in (running, waiting):
+        response = client.read_response()
+        assert (response.status, response.protocol_status) == (200, 0), response
+        assert rest_of(client) == fastfcgi_py.RETIRE_RECORD
+        client.close()
+    assert server.proc.wait(20) == 0, server.log()
+
+
 def test_a_single_process_serves_its_listen_queue_on_term(start, tmp_path):
     """Without the supervisor (one worker, no status): the same."""
     address = "unix:%s/app.sock" % tmp_path
@@ -292,11 +345,11 @@ def test_a_host_stopped_under_load_behind_nginx_fails_no_request(start, tmp_path
             try:
                 if i % 2:
                     status, _, got = nginx.request("GET", "/keep/hello", timeout=20)
-                    results.append(status == 200 and got == b"Hello, world!" or (status, got))
+                    results.append(status == 200 and got == b"Hello, world!" or ("GET", status))
                 else:
                     status, _, got = nginx.request("POST", "/keep/upload", body, timeout=20)
                     ok = status == 200 and json.loads(got)["size"] == len(body)
-                    results.append(ok or (status, got))
+                    results.append(ok or ("POST", status))
             except Exception as exc:      # noqa: BLE001 - what the client saw
                 results.append(repr(exc))
     threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
@@ -312,7 +365,8 @@ def test_a_host_stopped_under_load_behind_nginx_fails_no_request(start, tmp_path
         stop.set()
         for thread in threads:
             thread.join(30)
+        errors = [line for line in nginx.error_log().splitlines() if "[error]" in line]
         nginx.stop()
     failures = [r for r in results if r is not True]
-    assert not failures, (len(results), failures[:5])
+    assert not failures, (len(results), failures[:5], errors[:5])
     assert "Traceback" not in first.log() + second.log()

@@ -121,6 +121,7 @@ class Connection:
     error: int
     drain: bool
     registered: bool
+    retiring: bool
     pending: Optional[List[Any]]
     def __init__(self, sock: socket.socket, parser: Optional[Parser], writer: Optional[Writer],
                  peer: Any = ..., send_file: Any = ..., request_class: Optional[type] = ...) -> None: ...
