@@ -4239,8 +4239,13 @@ class ASGIGateway(Gateway):
     gateway(request)``), with the policy of every gateway, and its
     lifespan (``startup``, ``shutdown``)."""
 
-    def __init__(self, app, access_log=False, offload=None):
+    core = None
+
+    def __init__(self, app, access_log=False, offload=None, core=None):
         Gateway.__init__(self, app, access_log, offload)
+        # ``core`` as WSGIGateway's: whose asgi_scope builds the scopes.
+        self.core = core = core or self.core or sys.modules[__name__]
+        self._make_scope = core.asgi_scope
         self.state = {}             # the lifespan state, copied into each scope
         self._lifespan = None       # the lifespan task, while it runs
         self._to_app = self._from_app = None
@@ -4250,7 +4255,8 @@ class ASGIGateway(Gateway):
         response = _ASGIResponse(request, self.offload)
         status = None
         try:
-            await self.app(asgi_scope(request, self.state), response.receive, response.send)
+            await self.app(self._make_scope(request, self.state), response.receive,
+                           response.send)
             if not response.complete and not request.finished:
                 raise RuntimeError("the ASGI application returned before its response was "
                                    "complete" if response.head_sent else
@@ -7152,7 +7158,7 @@ def main(argv=None, core=None):
                                           loop=loop_name)
             return server_class(gateway, listener, **limits)
         if args.asgi or (args.raw and _is_async(app) and not args.http):
-            gateway = (ASGIGateway(app, access_log=access_log, offload=offload)
+            gateway = (ASGIGateway(app, access_log=access_log, offload=offload, core=core)
                        if args.asgi else AsyncRawGateway(app, access_log=access_log))
             return AsyncServer(gateway, listener, workers=workers_max, max_concurrency=args.max_concurrency,
                                loop=loop_name, **limits)

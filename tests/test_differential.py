@@ -638,3 +638,44 @@ def test_WorkerRow_cores_agree(calls):
     compiled, pure = (bytes(board.memory[board._base(i) * 8:board._base(i) * 8 + size])
                       for i in (0, 1))
     assert compiled == pure
+
+
+# -- the ASGI scope ----------------------------------------------------------------------
+#
+# fastfcgi.asgi_scope is the typed twin of fastfcgi_py's: any params (the
+# latin-1 str the parser makes, and anything else a Request may carry) give
+# the same scope, or the same exception.
+
+scope_keys = st.sampled_from([
+    "SCRIPT_NAME", "PATH_INFO", "REQUEST_URI", "QUERY_STRING", "HTTPS", "REQUEST_SCHEME",
+    "SERVER_PROTOCOL", "REQUEST_METHOD", "CONTENT_TYPE", "CONTENT_LENGTH", "HTTP_CONTENT_TYPE",
+    "HTTP_CONTENT_LENGTH", "REMOTE_ADDR", "REMOTE_PORT", "SERVER_ADDR", "SERVER_NAME",
+    "SERVER_PORT", "HTTP_HOST", "HTTP_X_A_B", "HTTP_", "HTTP", "HTTPX", "http_host",
+    "HTTP_\xe9", "HTTP_\u0100", "HTTP_CONTENT_TYPEX"])
+scope_values = st.one_of(
+    st.sampled_from(["", "-1", "1", "on", "ON", "https", "HTTP/2.0", "HTTP/1.0", "HTTP/",
+                     "/a?b", "?", "/caf\xc3\xa9", "%C3%A9", "80", "x", "\xff\xfe"]),
+    st.text(alphabet=st.characters(max_codepoint=255), max_size=30),
+    st.text(max_size=5))
+scope_params = st.dictionaries(st.one_of(scope_keys, st.text(max_size=8)), scope_values,
+                               max_size=12)
+
+
+def _scope_or_error(module, request, state):
+    try:
+        return module.asgi_scope(request, state)
+    except Exception as exc:        # noqa: BLE001 - the same error from both
+        return type(exc), str(exc)
+
+
+@needs_both
+@SETTINGS
+@given(params=scope_params, role=st.sampled_from([1, 2, 3, 7]),
+       state=st.sampled_from([None, {}, {"a": 1}]))
+def test_asgi_scope_cores_agree(params, role, state):
+    request = types.SimpleNamespace(params=params, role=role)
+    compiled = _scope_or_error(fastfcgi, request, state)
+    assert compiled == _scope_or_error(fastfcgi_py, request, state)
+    if isinstance(compiled, dict):
+        # Header order follows the params'; bytes are bytes.
+        assert all(type(n) is bytes and type(v) is bytes for n, v in compiled["headers"])
