@@ -4129,18 +4129,30 @@ def _status_line(status):
 _STATUS_LINES = {200: "200 OK"}
 
 
+def _asgi_head(writer, status, headers):
+    """The CGI head of an http.response.start: ``status`` its line,
+    ``headers`` its (name, value) bytes pairs; refused as Writer.head
+    refuses a head."""
+    return writer.head(status, _str_headers(headers))
+
+
+def _str_headers(headers):
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+
+
 class _ASGIResponse(object):
     """One request's ASGI ``receive`` and ``send`` (bound methods), and
     what they have done."""
 
     __slots__ = ("request", "status", "headers", "head_bytes", "head_sent", "complete",
-                 "head_only", "body_done", "offload")
+                 "head_only", "body_done", "offload", "make_head")
 
-    def __init__(self, request, offload=None):
+    def __init__(self, request, offload=None, make_head=_asgi_head):
         self.request = request
         self.offload = offload
+        self.make_head = make_head  # the core's _asgi_head
         self.status = None          # the status line, once http.response.start came
-        self.headers = None
+        self.headers = None         # its headers, as the application gave them
         self.head_bytes = None
         self.head_sent = False
         self.complete = False
@@ -4175,9 +4187,10 @@ class _ASGIResponse(object):
             if self.status is not None:
                 raise RuntimeError("http.response.start sent twice")
             status = _status_line(message["status"])
-            headers = [(name.decode("latin-1"), value.decode("latin-1"))
-                       for name, value in message.get("headers", ())]
-            self.head_bytes = request.connection.writer.head(status, headers)
+            headers = message.get("headers", ())
+            if type(headers) is not list and type(headers) is not tuple:
+                headers = list(headers)     # an iterable: read once here
+            self.head_bytes = self.make_head(request.connection.writer, status, headers)
             self.status = status
             self.headers = headers
             return
@@ -4218,7 +4231,7 @@ class _ASGIResponse(object):
         if self.head_sent:
             raise RuntimeError("http.response.pathsend after http.response.body")
         head = self.offload and self.offload.head(request.connection.writer, self.status,
-                                                  self.headers, path)
+                                                  _str_headers(self.headers), path)
         if head:
             self.head_sent = self.complete = True
             request.finish(0, head)
@@ -4243,16 +4256,18 @@ class ASGIGateway(Gateway):
 
     def __init__(self, app, access_log=False, offload=None, core=None):
         Gateway.__init__(self, app, access_log, offload)
-        # ``core`` as WSGIGateway's: whose asgi_scope builds the scopes.
+        # ``core`` as WSGIGateway's: whose asgi_scope and _asgi_head build
+        # the scopes and heads.
         self.core = core = core or self.core or sys.modules[__name__]
         self._make_scope = core.asgi_scope
+        self._make_head = core._asgi_head
         self.state = {}             # the lifespan state, copied into each scope
         self._lifespan = None       # the lifespan task, while it runs
         self._to_app = self._from_app = None
         self._lifespan_receiving = False
 
     async def __call__(self, request):
-        response = _ASGIResponse(request, self.offload)
+        response = _ASGIResponse(request, self.offload, self._make_head)
         status = None
         try:
             await self.app(self._make_scope(request, self.state), response.receive,

@@ -679,3 +679,36 @@ def test_asgi_scope_cores_agree(params, role, state):
     if isinstance(compiled, dict):
         # Header order follows the params'; bytes are bytes.
         assert all(type(n) is bytes and type(v) is bytes for n, v in compiled["headers"])
+
+
+# fastfcgi._asgi_head is the typed twin of fastfcgi_py's: any headers an
+# application may send (bytes pairs, lists, and the wrong types or
+# characters) give the same head, or the same exception.
+
+head_names = st.one_of(st.sampled_from([b"content-type", b"x-a", b"", b"bad name", b"\xe9",
+                                        b"a:b", "str-name"]),
+                       st.binary(max_size=6))
+head_values = st.one_of(st.sampled_from([b"", b"text/plain", b"a\tb", b"\xe9\xff", b"a\r\nb",
+                                         b"\x7f", b"\x00", "str"]),
+                        st.binary(max_size=8))
+head_pairs = st.one_of(st.tuples(head_names, head_values),
+                       st.lists(head_values, min_size=1, max_size=3),
+                       st.just(b"ab"), st.just(None))
+
+
+@needs_both
+@SETTINGS
+@given(status=st.sampled_from(["200 OK", "404 Not Found", "299", "2000", "20x", "200 \xe9",
+                               "200 a\r\n", "200 \u0100", b"200"]),
+       headers=st.lists(head_pairs, max_size=5), as_tuple=st.booleans(),
+       writer=st.sampled_from(["compiled", "pure"]))
+def test_asgi_head_cores_agree(status, headers, as_tuple, writer):
+    headers = tuple(headers) if as_tuple else headers
+    writer = fastfcgi.Writer() if writer == "compiled" else fastfcgi_py.Writer()
+    out = []
+    for module in (fastfcgi, fastfcgi_py):
+        try:
+            out.append(module._asgi_head(writer, status, headers))
+        except Exception as exc:        # noqa: BLE001 - the same error from both
+            out.append((type(exc), str(exc)))
+    assert out[0] == out[1]
