@@ -2399,6 +2399,9 @@ _CODE_REASONS = {
     ABORT: "request aborted by the web server",
     SEND: "write error: the web server went away",
 }
+# Python 3.12's eager tasks (asyncio.Task(eager_start=True)) start a
+# request's coroutine at once (AsyncServer._start).
+_EAGER_TASKS = sys.version_info >= (3, 12)
 # Kept connections one worker holds open at most; past it the least
 # recently used is closed (nginx then opens a new one).
 MAX_KEPT_CONNECTIONS = 64
@@ -4587,7 +4590,14 @@ class AsyncServer(_ServerBase):
         began = None
         if self.extras is not None and self.extras.access_log is not None:
             began = self.extras.access_log.begin()
-        request.task = self.loop.create_task(self._run(request, waited, began))
+        if _EAGER_TASKS and self.loop.get_task_factory() is None:
+            # It runs now, in the callback that parsed it, until it first
+            # waits: an application that answers without waiting is done
+            # without a step of the loop.
+            request.task = asyncio.Task(self._run(request, waited, began), loop=self.loop,
+                                        eager_start=True)
+        else:
+            request.task = self.loop.create_task(self._run(request, waited, began))
 
     async def _run(self, request, waited=None, began=None):
         status = None
