@@ -2954,6 +2954,14 @@ class _ServerBase(object):
 
     core = None
 
+    def retire(self, request):
+        """The worker stops: ``request``'s kept connection closes after its
+        answer, which carries RETIRE_RECORD.  Only in the same send as its
+        END_REQUEST (Connection.send_last): alone, it could reach nginx
+        after nginx sent the next request, as that request's answer."""
+        request.keep_conn = False
+        request.connection.retiring = True
+
     def _configure(self, gateway, listener, core, max_body, max_param_size, max_params_size,
                    allow, max_requests, max_conns, workers, board, status_path, ping_path,
                    max_queue_wait, access_log, max_rss):
@@ -3127,14 +3135,18 @@ class Server(_ServerBase):
             self.connection_class = self.core.Connection
         self._wake_r = self._wake_w = None
         self._kept = {}                 # fd -> Connection, kept for the next request
+        self._current = None            # the Request being served
         self._draining = {}             # fd -> _Draining, half-closed
         self._closed_fds = set()        # closed in this poll's batch (see _dispatch)
         self._poller = None             # serve_forever's
         self._accept_nodelay = not tune_listener(listener)
 
     def stop(self):
-        """Stop after the request in flight (signal-safe: sets a flag)."""
+        """Stop after the request in flight (signal-safe: sets flags)."""
         self.alive = False
+        request = self._current
+        if request is not None and request.keep_conn and not request.finished:
+            self.retire(request)
 
     # -- the accept loop ------------------------------------------------------
 
@@ -3384,12 +3396,6 @@ class Server(_ServerBase):
                 return True     # wait in the poller for the next one
             wait = False        # only what has arrived, if no request began
 
-    def retire(self, request):
-        """The worker stops: ``request``'s kept connection closes after its
-        answer, which carries RETIRE_RECORD."""
-        request.keep_conn = False
-        request.connection.retiring = True
-
     def handle(self, request):
         """Run the gateway on one request; True if the connection stays.
         The caller marks the busy slot (before reading the request); this
@@ -3404,6 +3410,7 @@ class Server(_ServerBase):
         conn = request.connection
         if not self.alive and request.keep_conn:
             self.retire(request)        # the record goes with END_REQUEST
+        self._current = request         # stop() retires it
         try:
             # The row shows the request, and counts its queue wait.
             waited = board.began(request) if board is not None else None
@@ -3414,13 +3421,6 @@ class Server(_ServerBase):
                 request.finish(0)
             lost = request.connection_lost
             keep = request.keep_conn and not lost and self.alive
-            if request.keep_conn and not keep and not lost:
-                self.retire(request)    # stopped while it ran
-            if conn.retiring and not lost:
-                # Its last send was not the last (the input still comes, or
-                # it stopped meanwhile): the record follows on its own.
-                conn.retiring = False
-                request.send(RETIRE_RECORD)
             if keep:
                 # The parser may have ended the connection meanwhile: a
                 # refused request without KEEP_CONN, a protocol error.
@@ -3432,6 +3432,7 @@ class Server(_ServerBase):
                 # (so nothing said it yet): one log line.
                 self.connection_failed(conn, request.unread_error)
         finally:
+            self._current = None
             if board is None:
                 pass
             elif status is not _NOT_COUNTED:
@@ -3496,7 +3497,7 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
         self.error = 0                  # the code that ended the connection
         self.drain = False              # close with a drain (Gateway.reject sets it)
         self.closing = False            # no new requests: close once they end
-        self.retiring = False           # RETIRE_RECORD sent
+        self.retiring = False           # RETIRE_RECORD goes with the last send
         self.send_file = None
         self._draining = False
         self._sink = None               # what a draining connection reads into
@@ -3654,7 +3655,14 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
             raise ConnectionResetError("the web server closed the connection")
         self._write(data)
 
-    send_last = sendall     # the connection closes when its requests are done
+    def send_last(self, data):
+        """The last output of a request without KEEP_CONN (the connection
+        closes when its requests are done): with RETIRE_RECORD when the
+        worker stops and no other request runs on it."""
+        if self.retiring and len(self.requests) <= 1:
+            self.retiring = False
+            data = data + RETIRE_RECORD
+        self.sendall(data)
 
     def _write(self, data):
         if self._draining or self.transport.is_closing():
@@ -3785,12 +3793,6 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
             if request in self._stdin_full:
                 self.stdin_under_low(request)
         excess = _Demultiplexer.end_request(self, request_id)
-        if not (self.server.alive or self.requests or self.retiring or self.error) and \
-                self.parser.keep_conn:
-            # Stopping: the last answer on a kept connection, in the same
-            # turn of the loop as its END_REQUEST (see RETIRE_RECORD).
-            self.retiring = True
-            self._write(RETIRE_RECORD)
         if not self.parser.keep_conn or not self.server.alive:
             self.closing = True
         if self.closing:
@@ -4472,6 +4474,9 @@ class AsyncServer(_ServerBase):
             loop.call_soon_threadsafe(self._wake_main)
 
     def _wake_main(self):
+        for request in self._running:
+            if request.keep_conn and not request.finished:
+                self.retire(request)
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(None)
 
@@ -4579,6 +4584,8 @@ class AsyncServer(_ServerBase):
     # -- requests -------------------------------------------------------------------------
 
     def _start(self, request):
+        if not self.alive and request.keep_conn:
+            self.retire(request)
         self._running[request] = time.monotonic()
         waited = None
         if self.board is not None:
