@@ -64,7 +64,9 @@ def test_cores_share_the_constants(core):
         if name == "CORE":
             assert core.CORE == ("pure" if core is fastfcgi_py else "compiled")
         elif name not in ("Parser", "Writer", "Connection", "Request", "WorkerRow",  # its own
-                          "WSGIGateway", "Server", "HTTPServer", "AsyncServer"):  # the core as default
+                          "asgi_scope",
+                          "WSGIGateway", "ASGIGateway", "Server", "HTTPServer",
+                          "AsyncServer"):  # the core as default
             assert getattr(core, name) is getattr(fastfcgi_py, name), name
         elif name.endswith(("Gateway", "Server")):
             assert getattr(core, name).__mro__[1 if core is not fastfcgi_py else 0] \
