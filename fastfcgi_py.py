@@ -3562,31 +3562,41 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
     def _process(self):
         parser = self.parser
         server = self.server
-        while not (self._draining or self.transport.is_closing()):
-            event = parser.next_event()
-            out = parser.data_to_send()
-            if out:
-                self._write(out)
-            if event is None:
-                return
-            if type(event) is tuple and event[0] == FCGI_PARAMS and server.overloaded:
-                self._refuse(event[1])
-                continue
-            found = self.route(event)
-            if found is None:
-                continue
-            if type(found) is int:
-                self._ended(found)
-                return
-            if type(found) is tuple:
-                # It failed before its params: the policy answers it.
-                if server.board is not None and found[2] != ABORT:
-                    server.board.rejected()
-                if not server.gateway.reject(self, found[1], found[2]):
-                    self.closing = True
-                    self._close_if_idle()
-            else:
-                server._start(found)
+        eager = None        # (request, coroutine): started once the buffer is read
+        try:
+            while not (self._draining or self.transport.is_closing()):
+                event = parser.next_event()
+                out = parser.data_to_send()
+                if out:
+                    self._write(out)
+                if event is None:
+                    return
+                if type(event) is tuple and event[0] == FCGI_PARAMS and server.overloaded:
+                    self._refuse(event[1])
+                    continue
+                found = self.route(event)
+                if found is None:
+                    continue
+                if type(found) is int:
+                    self._ended(found)
+                    return
+                if type(found) is tuple:
+                    # It failed before its params: the policy answers it.
+                    if server.board is not None and found[2] != ABORT:
+                        server.board.rejected()
+                    if not server.gateway.reject(self, found[1], found[2]):
+                        self.closing = True
+                        self._close_if_idle()
+                else:
+                    coro = server._start(found)
+                    if coro is not None:
+                        if eager is None:
+                            eager = []
+                        eager.append((found, coro))
+        finally:
+            if eager is not None:
+                for request, coro in eager:
+                    server._start_eagerly(request, coro)
 
     def _refuse(self, request_id):
         """Spec 5.5: a request we have no room for gets END_REQUEST with
@@ -4597,14 +4607,19 @@ class AsyncServer(_ServerBase):
         began = None
         if self.extras is not None and self.extras.access_log is not None:
             began = self.extras.access_log.begin()
+        coro = self._run(request, waited, began)
         if _EAGER_TASKS and self.loop.get_task_factory() is None:
-            # It runs now, in the callback that parsed it, until it first
-            # waits: an application that answers without waiting is done
-            # without a step of the loop.
-            request.task = asyncio.Task(self._run(request, waited, began), loop=self.loop,
-                                        eager_start=True)
-        else:
-            request.task = self.loop.create_task(self._run(request, waited, began))
+            return coro     # _start_eagerly, once the connection's buffer is read
+        request.task = self.loop.create_task(coro)
+        return None
+
+    def _start_eagerly(self, request, coro):
+        """Run ``coro`` now, in the callback that read the request, until it
+        first waits: an application that answers without waiting is done
+        without a step of the loop.  Only after the rest of what arrived
+        with it is parsed (its stdin's end, an abort, a protocol error), as
+        for a task the loop starts later."""
+        request.task = asyncio.Task(coro, loop=self.loop, eager_start=True)
 
     async def _run(self, request, waited=None, began=None):
         status = None
