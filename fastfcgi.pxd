@@ -334,6 +334,15 @@ cdef class _RequestCore:
     cdef int _finish_with(self, object out, Py_ssize_t tail_len) except -1
 
 
+cdef class _AsyncRequestCore(_RequestCore):
+    # fastfcgi_py.AsyncRequest's own state, for fastfcgi.AsyncRequest.
+    cdef:
+        public object _waiter
+        public object _on_stdin_read
+        public object task
+        public bint _input_broken
+
+
 cdef class _Response:
     # fastfcgi_py._Response's state, and the head checked by start_response
     # in the form _finish writes (None when the writer is not ours).

@@ -3491,7 +3491,7 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
         self.writer = server.writer
         self.peer = peer
         self.requests = {}
-        self.request_class = AsyncRequest
+        self.request_class = server.request_class
         self.pending = None
         self.transport = None
         self.error = 0                  # the code that ended the connection
@@ -3571,7 +3571,8 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
                     self._write(out)
                 if event is None:
                     return
-                if type(event) is tuple and event[0] == FCGI_PARAMS and server.overloaded:
+                if type(event) is tuple and event[0] == FCGI_PARAMS and \
+                        len(server._running) >= server.max_concurrency:     # .overloaded
                     self._refuse(event[1])
                     continue
                 found = self.route(event)
@@ -3663,7 +3664,10 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
         OSError once the connection is gone."""
         if self._draining or self.transport.is_closing():
             raise ConnectionResetError("the web server closed the connection")
-        self._write(data)
+        if self._held is not None:
+            self._held.append(data)     # after the file being sent (send_file_records)
+        else:
+            self.transport.write(data)
 
     def send_last(self, data):
         """The last output of a request without KEEP_CONN (the connection
@@ -3796,13 +3800,17 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
     # -- the end -----------------------------------------------------------------------
 
     def end_request(self, request_id):
-        request = self.requests.get(request_id)
+        """As _Demultiplexer's, and what the connection does once a request
+        ends: its reading, its close."""
+        request = self.requests.pop(request_id, None)
+        excess = self.parser.end_request(request_id)
         if request is not None:
             if not request.stdin_done and not request.connection_lost:
                 self.drain = True       # its input still comes: dropped at the close
             if request in self._stdin_full:
                 self.stdin_under_low(request)
-        excess = _Demultiplexer.end_request(self, request_id)
+            if request._waiter is not None:
+                request._wake()     # a wait for the disconnect ends with the response
         if not self.parser.keep_conn or not self.server.alive:
             self.closing = True
         if self.closing:
@@ -3834,26 +3842,17 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
     peer_text = Connection.peer_text
 
 
-class AsyncRequest(Request):
-    """One request on the asyncio server: the Request's API, with its reads,
-    ``drain`` and ``stream_stdout_then_finish`` as coroutines, and an
-    on-stdin callback (Net::Async::FastCGI's request).  Output is written
-    at once (``print_stdout``); ``await drain()`` waits while the web
-    server is slower than the application."""
+class _AsyncRequestMethods(object):
+    """What an AsyncRequest adds to a Request: awaiting reads, ``drain``,
+    the on-stdin callback.  On the Request of either core (the compiled
+    one keeps the state and ``finish`` in C); see AsyncRequest."""
 
-    __slots__ = ("_waiter", "_on_stdin_read", "task", "_input_broken")
-
-    def __init__(self, connection, request_id, role, flags, params):
-        Request.__init__(self, connection, request_id, role, flags, params)
-        self._waiter = None             # a future a read waits on
-        self._on_stdin_read = None
-        self.task = None                # the asyncio task running it
-        self._input_broken = False      # the connection's input is over (PROTO, EOF...)
+    __slots__ = ()
 
     # -- what the connection delivers ---------------------------------------------
 
     def _on_stdin(self, chunk):
-        Request._on_stdin(self, chunk)
+        super(_AsyncRequestMethods, self)._on_stdin(chunk)
         if len(self._buffer) > _STDIN_HIGH:
             self.connection.stdin_over_high(self)
         if self._on_stdin_read is not None:
@@ -3861,17 +3860,17 @@ class AsyncRequest(Request):
         self._wake()
 
     def _on_data(self, chunk):
-        Request._on_data(self, chunk)
+        super(_AsyncRequestMethods, self)._on_data(chunk)
         if len(self._data_buffer) > _STDIN_HIGH:
             self.connection.stdin_over_high(self)
         self._wake()
 
     def _on_abort(self, code):
-        Request._on_abort(self, code)
+        super(_AsyncRequestMethods, self)._on_abort(code)
         self._wake()
 
     def _on_connection_lost(self, code):
-        Request._on_connection_lost(self, code)
+        super(_AsyncRequestMethods, self)._on_connection_lost(code)
         self._input_broken = True
         self._wake()
 
@@ -3918,7 +3917,7 @@ class AsyncRequest(Request):
                 return True
 
     def _take(self, size):
-        data = Request._take(self, size)
+        data = super(_AsyncRequestMethods, self)._take(size)
         if len(self._buffer) < _STDIN_LOW and self in self.connection._stdin_full:
             self.connection.stdin_under_low(self)
         return data
@@ -4012,10 +4011,6 @@ class AsyncRequest(Request):
             await self.drain()
         self.finish(exit_code)
 
-    def finish(self, exit_code=0, _tail=b""):
-        Request.finish(self, exit_code, _tail)
-        self._wake()        # a wait for the disconnect ends with the response
-
     async def wait_disconnect(self):
         """Return once the web server aborted the request, the connection
         is lost (or can bring nothing more) or the response is complete."""
@@ -4026,6 +4021,23 @@ class AsyncRequest(Request):
     def is_aborted(self):
         """True once the web server aborted the request or went away."""
         return self._aborted
+
+
+class AsyncRequest(_AsyncRequestMethods, Request):
+    """One request on the asyncio server: the Request's API, with its reads,
+    ``drain`` and ``stream_stdout_then_finish`` as coroutines, and an
+    on-stdin callback (Net::Async::FastCGI's request).  Output is written
+    at once (``print_stdout``); ``await drain()`` waits while the web
+    server is slower than the application."""
+
+    __slots__ = ("_waiter", "_on_stdin_read", "task", "_input_broken")
+
+    def __init__(self, connection, request_id, role, flags, params):
+        Request.__init__(self, connection, request_id, role, flags, params)
+        self._waiter = None             # a future a read waits on
+        self._on_stdin_read = None
+        self.task = None                # the asyncio task running it
+        self._input_broken = False      # the connection's input is over (PROTO, EOF...)
 
 
 class AsyncRawGateway(RawGateway):
@@ -4176,7 +4188,7 @@ class _ASGIResponse(object):
 
     async def receive(self):
         request = self.request
-        if not self.body_done and not request.is_aborted:
+        if not self.body_done and not request._aborted:
             try:
                 body = await request.read_stdin_chunk()
             except RequestError as exc:
@@ -4213,7 +4225,7 @@ class _ASGIResponse(object):
             raise RuntimeError("%s after the response was complete" % kind)
         if self.status is None:
             raise RuntimeError("%s before http.response.start" % kind)
-        if request.is_aborted:
+        if request._aborted:
             # ASGI HTTP spec: send on a closed connection raises an OSError
             # (RequestError is one).
             raise _gone_error(request)
@@ -4257,7 +4269,7 @@ class _ASGIResponse(object):
             if not self.head_only:
                 await request.send_file(f.fileno())
         self.complete = True
-        if request.is_aborted:
+        if request._aborted:
             raise _gone_error(request)
         request.finish(0)
 
@@ -4295,9 +4307,9 @@ class ASGIGateway(Gateway):
         except RequestError as exc:
             status = self._request_failed(request, response.head_sent, exc) or response.status
         except Exception:
-            if not request.is_aborted:
+            if not request._aborted:
                 status = self._app_failed(request, response.head_sent) or response.status
-        if request.is_aborted and not request.finished:
+        if request._aborted and not request.finished:
             # The web server aborted it or went away, and the application
             # stopped (frameworks raise their ClientDisconnect): one line.
             self._request_failed(request, response.head_sent, _gone_error(request))
@@ -4445,6 +4457,7 @@ class AsyncServer(_ServerBase):
         self._configure(gateway, listener, core, max_body, max_param_size, max_params_size,
                         allow, max_requests, max_conns, workers, board, status_path, ping_path,
                         max_queue_wait, access_log, max_rss)
+        self.request_class = self.core.AsyncRequest
         self.max_concurrency = max_concurrency
         self.refused = 0            # OVERLOADED answers not logged yet
         self.refused_logged = 0.0
@@ -4641,7 +4654,7 @@ class AsyncServer(_ServerBase):
                 self.connection_failed(conn, request.unread_error)
             self._end(request, status, began)
 
-    def _end(self, request, status=None, began=None):
+    def _end(self, request, status, began):
         running = self._running
         first = next(iter(running)) is request
         started = running.pop(request)

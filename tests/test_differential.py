@@ -654,7 +654,9 @@ scope_keys = st.sampled_from([
     "HTTP_\xe9", "HTTP_\u0100", "HTTP_CONTENT_TYPEX"])
 scope_values = st.one_of(
     st.sampled_from(["", "-1", "1", "on", "ON", "https", "HTTP/2.0", "HTTP/1.0", "HTTP/",
-                     "/a?b", "?", "/caf\xc3\xa9", "%C3%A9", "80", "x", "\xff\xfe"]),
+                     "/a?b", "?", "/caf\xc3\xa9", "%C3%A9", "80", "x", "\xff\xfe",
+                     # ports as int() reads them, and does not
+                     "0080", "8_0", " 80", "1234567890", "\u0661\u0662", "-80"]),
     st.text(alphabet=st.characters(max_codepoint=255), max_size=30),
     st.text(max_size=5))
 scope_params = st.dictionaries(st.one_of(scope_keys, st.text(max_size=8)), scope_values,
@@ -679,6 +681,13 @@ def test_asgi_scope_cores_agree(params, role, state):
     if isinstance(compiled, dict):
         # Header order follows the params'; bytes are bytes.
         assert all(type(n) is bytes and type(v) is bytes for n, v in compiled["headers"])
+    # The compiled core reuses a header's pair while its value repeats:
+    # the same names with new values (and equal ones, as new objects) again.
+    for changed in ({k: v + "x" for k, v in params.items() if isinstance(v, str)},
+                    {k: "".join(list(v)) for k, v in params.items() if isinstance(v, str)}):
+        request = types.SimpleNamespace(params=changed, role=role)
+        assert _scope_or_error(fastfcgi, request, state) == \
+            _scope_or_error(fastfcgi_py, request, state)
 
 
 # fastfcgi._asgi_head is the typed twin of fastfcgi_py's: any headers an
