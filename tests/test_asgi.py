@@ -137,6 +137,26 @@ def test_asgi_get_values_tell_the_bounds_enforced(asgi):
     peer.close()
 
 
+def test_asgi_allow_list_closes_other_peers(asgi):
+    """--allow on the asyncio worker: a peer not in the list is closed
+    unanswered, with a log line, and the worker serves the others."""
+    server = asgi("--allow", "10.1.2.3,192.168.0.0/16")
+    peer = RawPeer(server.address)
+    try:
+        peer.send(request(1, env("/hello"), flags=KEEP))
+        assert peer.record() is None
+    except ConnectionResetError:        # closed with our bytes unread: a reset
+        pass
+    peer.close()
+    assert wait_until(lambda: "connection from 127.0.0.1 refused: not in --allow"
+                      in server.log(), 5)
+    allowed = asgi("--allow", "127.0.0.0/8")
+    peer = RawPeer(allowed.address)
+    peer.send(request(1, env("/hello"), flags=KEEP))
+    assert peer.response(1)[:2] == (200, b"Hello, world!")
+    peer.close()
+
+
 # -- multiplexing ---------------------------------------------------------------------------
 
 def test_asgi_100_interleaved_requests_on_one_connection(asgi):

@@ -21,7 +21,7 @@ import pytest
 import fastfcgi_py
 from conftest import begin, end_reply, get_values, params_records, rec, request
 from conftest import request as fcgi_request
-from servers import read_to_end
+from servers import read_to_end, wait_until
 
 HELLO = b"Hello, world!"
 
@@ -658,6 +658,59 @@ def test_Server_holds_max_conns_kept_connections_and_says_so(core, tmp_path):
         assert b"FCGI_MAX_CONNS6" in clients[2].recv(100)
     finally:
         close_all(server, clients, lsock)
+
+
+async def hello_asgi(scope, receive, send):
+    if scope["type"] != "http":
+        raise ValueError("no lifespan")         # served without it
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(HELLO)).encode())]})
+    await send({"type": "http.response.body", "body": HELLO})
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_AsyncServer_holds_max_conns_connections_and_accepts_again(core, tmp_path, loop):
+    """Past ``max_conns`` the asyncio worker stops accepting: a third kept
+    connection waits in the listen queue, and is served once one of the
+    two closes."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    lsock = listener(socket.AF_UNIX, tmp_path)
+    started = []
+
+    def serve():        # the loop is made in the thread it runs in
+        server = core.AsyncServer(core.ASGIGateway(hello_asgi), lsock, core=core,
+                                  max_conns=2, loop=loop)
+        started.append(server)
+        server.serve_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    clients = []
+    try:
+        assert wait_until(lambda: started, 10)
+        for _ in range(3):
+            client = connect(lsock)
+            client.sendall(fcgi_request(1, {"REQUEST_METHOD": "GET"}, flags=1))
+            clients.append(client)
+        assert HELLO in clients[0].recv(65536) and HELLO in clients[1].recv(65536)
+        clients[2].settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            clients[2].recv(65536)          # not accepted: the worker holds two
+        assert len(started[0].connections) == 2
+        clients[0].close()
+        clients[2].settimeout(10)
+        assert HELLO in clients[2].recv(65536)
+        clients[1].sendall(fcgi_request(2, {"REQUEST_METHOD": "GET"}, flags=1))
+        assert HELLO in clients[1].recv(65536)          # the kept one serves on
+    finally:
+        if started:
+            started[0].stop()
+        thread.join(10)
+        assert not thread.is_alive()
+        for client in clients:
+            client.close()
+        lsock.close()
 
 
 # -- FU's blocking reader over real sockets (moved from the Parser) -------------------
