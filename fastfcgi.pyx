@@ -1935,8 +1935,8 @@ cdef inline bint _is_header_key(object key) except -1:
 
 
 # HTTP_USER_AGENT -> (b"user-agent", the value last seen, its pair): a
-# header whose value is the str of the last request (the parser's value
-# cache gives the same object) reuses its immutable (name, value) pair.
+# header whose value equals the last request's reuses its immutable
+# (name, value) pair.
 cdef dict _header_pairs = {}
 
 
@@ -1963,7 +1963,8 @@ cdef list _asgi_headers(dict params, object role):
         if not _is_header_key(<object>key):
             continue
         known = PyDict_GetItem(_header_pairs, <object>key)
-        if known != NULL and _same_text((<tuple>known)[1], <object>value):
+        if (known != NULL and (<tuple>known)[2] is not None
+                and _same_text((<tuple>known)[1], <object>value)):
             headers.append((<tuple>known)[2])
             continue
         if known != NULL:
@@ -1972,7 +1973,9 @@ cdef list _asgi_headers(dict params, object role):
             name = (<object>key)[5:].lower().replace("_", "-").encode("latin-1")
         pair = (name, _latin1_bytes(<object>value))
         if known != NULL or len(_header_pairs) < 512:   # the names a web server forwards repeat
-            _header_pairs[<object>key] = (name, <object>value, pair)
+            # Values past 1 KB are not kept: 512 names hold 1 MB at most.
+            _header_pairs[<object>key] = (name, <object>value, pair) if len(pair[1]) <= 1024 \
+                else (name, None, None)
         headers.append(pair)
     content_type = params.get("CONTENT_TYPE") or params.get("HTTP_CONTENT_TYPE")
     if content_type:
