@@ -4068,15 +4068,27 @@ def _asgi_headers(params, role):
     """request_headers' pairs as ASGI wants them (latin-1 bytes)."""
     headers = []
     append = headers.append
-    names = _HEADER_NAMES
+    known_keys = _HEADER_PAIRS
     for key, value in params.items():
-        if key[:5] == "HTTP_" and key != "HTTP_CONTENT_TYPE" and key != "HTTP_CONTENT_LENGTH":
-            name = names.get(key)
-            if name is None:
-                name = key[5:].lower().replace("_", "-").encode("latin-1")
-                if len(names) < 512:        # the names a web server forwards repeat
-                    names[key] = name
-            append((name, value.encode("latin-1")))
+        known = known_keys.get(key)
+        if known is None:
+            if key[:5] != "HTTP_" or key == "HTTP_CONTENT_TYPE" or key == "HTTP_CONTENT_LENGTH":
+                known = False
+            else:
+                known = (key[5:].lower().replace("_", "-").encode("latin-1"), None, None)
+            if len(known_keys) < 512:       # the names a web server sends repeat
+                known_keys[key] = known
+        if known is False:
+            continue
+        if known[2] is not None and known[1] == value:
+            append(known[2])                # the last request's value: its pair
+            continue
+        pair = (known[0], value.encode("latin-1"))
+        if key in known_keys:
+            # Values past 1 KB are not kept: 512 names hold 1 MB at most.
+            known_keys[key] = (known[0], value, pair) if len(pair[1]) <= 1024 else \
+                (known[0], None, None)
+        append(pair)
     content_type = params.get("CONTENT_TYPE") or params.get("HTTP_CONTENT_TYPE")
     if content_type:
         append((b"content-type", content_type.encode("latin-1")))
@@ -4086,7 +4098,11 @@ def _asgi_headers(params, role):
     return headers
 
 
-_HEADER_NAMES = {}      # HTTP_USER_AGENT -> b"user-agent", for the names seen most
+# What _asgi_headers knows of the param names it has seen (a web server
+# sends the same ones): False for a name that is not a header's, else
+# (b"user-agent", the value last seen, its pair), so a header whose value
+# equals the last request's reuses its immutable (name, value) pair.
+_HEADER_PAIRS = {}
 
 
 def _address(host, port):
