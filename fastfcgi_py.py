@@ -4176,7 +4176,35 @@ def _asgi_head(writer, status, headers):
     """The CGI head of an http.response.start: ``status`` its line,
     ``headers`` its (name, value) bytes pairs; refused as Writer.head
     refuses a head."""
-    return writer.head(status, _str_headers(headers))
+    lines = _HEAD_LINES
+    if type(writer) is Writer and type(status) is str and \
+            (type(headers) is list or type(headers) is tuple):
+        # An application sends the same lines again: those Writer.head
+        # took before are joined as they are.
+        try:
+            out = [lines[status]]
+            for pair in headers:
+                if type(pair) is not tuple:
+                    break
+                out.append(lines[pair])
+            else:
+                out.append(b"\r\n")
+                return b"".join(out)
+        except (KeyError, TypeError):   # new, or unhashable: Writer.head checks it
+            pass
+    head = writer.head(status, _str_headers(headers))
+    if type(writer) is Writer and len(lines) < 256:
+        lines[status] = b"Status: " + status.encode("latin-1") + b"\r\n"
+        for pair in headers:
+            if type(pair) is tuple and type(pair[0]) is bytes and type(pair[1]) is bytes \
+                    and len(pair[1]) <= 256 and len(lines) < 256:
+                lines[pair] = pair[0] + b": " + pair[1] + b"\r\n"
+    return head
+
+
+# The lines of heads Writer.head took: a status str, or a (name, value)
+# bytes tuple, to its bytes (256 lines at most, values up to 256 bytes).
+_HEAD_LINES = {}
 
 
 def _str_headers(headers):
