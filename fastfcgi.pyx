@@ -2116,6 +2116,98 @@ def asgi_scope(request, state=None):
     return scope
 
 
+# _ASGIResponse's typed twin.  An ASGI application awaits send() twice for
+# the smallest response; as coroutines, with their frames and the checks
+# in Python, the two were the largest part of the gateway's instructions.
+# Here the common messages (a valid http.response.start, an
+# http.response.body of bytes) are done in the call, which returns an
+# awaitable that is already done; every other message goes to the pure
+# coroutine, so whatever is refused is refused when awaited, with the same
+# error, as on the pure core.
+
+cdef object _EXHAUSTED = iter(())      # an iterator that stays at its end
+cdef dict _status_lines = _py._STATUS_LINES
+
+
+@cython.final
+cdef class _Done:
+    """An awaitable already done (its result None): what send() returns
+    for a message it has sent."""
+
+    def __await__(self):
+        return _EXHAUSTED
+
+
+cdef _Done _DONE = _Done()
+
+
+cdef class _ASGIResponseCore:
+    """The state of an `_ASGIResponse`, and its send, in C. See `fastfcgi_py._ASGIResponse`."""
+
+    cdef public object request, status, headers, head_bytes, offload, make_head
+    cdef public bint head_sent, complete, head_only, body_done
+
+    def __init__(self, request, offload=None, make_head=_asgi_head):
+        self.request = request
+        self.offload = offload
+        self.make_head = make_head
+        self.head_only = request.params.get("REQUEST_METHOD") == "HEAD"
+
+    def send(self, message):
+        """ASGI's send: an awaitable (see the section comment)."""
+        cdef _RequestCore request
+        if type(message) is not dict or not isinstance(self.request, _RequestCore):
+            return _py._ASGIResponseMethods.send(self, message)
+        request = <_RequestCore>self.request
+        kind = (<dict>message).get("type")
+        if kind == "http.response.start":
+            status = (<dict>message).get("status")
+            status = _status_lines.get(status) if type(status) is int else None
+            headers = (<dict>message).get("headers", ())
+            if self.status is None and status is not None and \
+                    (type(headers) is list or type(headers) is tuple):
+                try:
+                    self.head_bytes = self.make_head(request.connection.writer, status, headers)
+                except Exception:
+                    return _py._ASGIResponseMethods.send(self, message)
+                self.status = status
+                self.headers = headers
+                return _DONE
+        elif kind == "http.response.body":
+            body = (<dict>message).get("body", b"")
+            more = (<dict>message).get("more_body", False)
+            if self.status is not None and not self.complete and not request._aborted and \
+                    type(body) is bytes:
+                waiting = self._body(request, body, more)
+                return _DONE if waiting is None else waiting
+        return _py._ASGIResponseMethods.send(self, message)
+
+    def _send_body(self, body, more):
+        """The body out. See `fastfcgi_py._ASGIResponseMethods._send_body`."""
+        return self._body(self.request, body, more)
+
+    cdef object _body(self, request, bytes body, more):
+        if self.head_only:
+            body = b""
+        if not self.head_sent:
+            self.head_sent = True
+            body = self.head_bytes + body
+        if more:
+            if not body:
+                return None
+            request.print_stdout(body)
+            return request.drain()
+        self.complete = True
+        request.finish(0, body)
+        return None
+
+
+class _ASGIResponse(_ASGIResponseCore, _py._ASGIResponseMethods):
+    """One request's ASGI receive and send, its send in C. See `fastfcgi_py._ASGIResponse`."""
+
+    __slots__ = ()
+
+
 ##############################################################################
 # The servers on this core  ###################################################
 ##############################################################################
@@ -2273,7 +2365,7 @@ cdef class WorkerRow:
         """Busy since ``since`` (monotonic), or idle with 0.0."""
         self.d[_W_BUSY] = since
 
-    def began(self, request, bint show=True, bint queued=True):
+    def began(self, request, bint show=True, bint queued=True, double busy=0.0):
         """The worker runs ``request``: shown, its queue wait counted (and
         returned, or None). See `fastfcgi_py.WorkerRow.began`."""
         # _request_text's "METHOD URI", copied from the str's own UTF-8
@@ -2297,6 +2389,8 @@ cdef class WorkerRow:
                     self.queued(wait)
         if not show:
             return wait if queued else None
+        if busy:
+            self.d[_W_BUSY] = busy
         if type(params) is dict:
             method = PyDict_GetItem(params, "REQUEST_METHOD")
             uri = PyDict_GetItem(params, "REQUEST_URI")
@@ -2328,11 +2422,11 @@ cdef class WorkerRow:
         """A request ended with ``status`` after ``duration`` seconds."""
         self._done(status, duration)
 
-    def finished(self, status):
-        """done() for the request that began at the busy mark, then idle."""
-        cdef double since = self.d[_W_BUSY]
+    def finished(self, status, since=None):
+        """done() for the request that began at ``since`` (default: the busy mark), then idle."""
+        cdef double start = self.d[_W_BUSY] if since is None else since
         self.d[_W_BUSY] = 0.0
-        self._done(status, _monotonic() - since if since > 0 else 0.0)
+        self._done(status, _monotonic() - start if start > 0 else 0.0)
 
     def queued(self, double seconds):
         """The request waited ``seconds`` before the worker took it."""

@@ -4211,24 +4211,11 @@ def _str_headers(headers):
     return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
 
 
-class _ASGIResponse(object):
-    """One request's ASGI ``receive`` and ``send`` (bound methods), and
-    what they have done."""
+class _ASGIResponseMethods(object):
+    """The ASGI ``receive`` and ``send`` of an _ASGIResponse (its state
+    is the class's, or the compiled twin's)."""
 
-    __slots__ = ("request", "status", "headers", "head_bytes", "head_sent", "complete",
-                 "head_only", "body_done", "offload", "make_head")
-
-    def __init__(self, request, offload=None, make_head=_asgi_head):
-        self.request = request
-        self.offload = offload
-        self.make_head = make_head  # the core's _asgi_head
-        self.status = None          # the status line, once http.response.start came
-        self.headers = None         # its headers, as the application gave them
-        self.head_bytes = None
-        self.head_sent = False
-        self.complete = False
-        self.head_only = request.params.get("REQUEST_METHOD") == "HEAD"
-        self.body_done = False      # the last http.request went out
+    __slots__ = ()
 
     async def receive(self):
         request = self.request
@@ -4276,11 +4263,22 @@ class _ASGIResponse(object):
         if kind == "http.response.body":
             body = message.get("body", b"")
             more = message.get("more_body", False)
+            if type(body) is not bytes:
+                if not isinstance(body, (bytearray, memoryview)):
+                    raise TypeError("http.response.body: the body must be bytes, not %s"
+                                    % type(body).__name__)
+                body = bytes(body)
+            waiting = self._send_body(body, more)
+            if waiting is not None:
+                await waiting
         elif kind == "http.response.pathsend":
             await self._send_path(message["path"])
-            return
         else:
             raise ValueError("unknown ASGI message type %r" % (kind,))
+
+    def _send_body(self, body, more):
+        """An http.response.body's bytes out, after the head with the
+        first; returns what to await (the request's drain), or None."""
         if self.head_only:
             body = b""
         if not self.head_sent:
@@ -4288,12 +4286,12 @@ class _ASGIResponse(object):
             body = self.head_bytes + body
         if not more:
             self.complete = True
-            request.finish(0, body)
-            return
+            self.request.finish(0, body)
+            return None
         if body:
-            request.print_stdout(body)
-            await request.drain()
-
+            self.request.print_stdout(body)
+            return self.request.drain()
+        return None
 
     async def _send_path(self, path):
         """The http.response.pathsend extension: the file at ``path`` (the
@@ -4318,6 +4316,26 @@ class _ASGIResponse(object):
         request.finish(0)
 
 
+class _ASGIResponse(_ASGIResponseMethods):
+    """One request's ASGI ``receive`` and ``send`` (bound methods), and
+    what they have done."""
+
+    __slots__ = ("request", "status", "headers", "head_bytes", "head_sent", "complete",
+                 "head_only", "body_done", "offload", "make_head")
+
+    def __init__(self, request, offload=None, make_head=_asgi_head):
+        self.request = request
+        self.offload = offload
+        self.make_head = make_head  # the core's _asgi_head
+        self.status = None          # the status line, once http.response.start came
+        self.headers = None         # its headers, as the application gave them
+        self.head_bytes = None
+        self.head_sent = False
+        self.complete = False
+        self.head_only = request.params.get("REQUEST_METHOD") == "HEAD"
+        self.body_done = False      # the last http.request went out
+
+
 class ASGIGateway(Gateway):
     """Runs an ASGI 3 application on an AsyncRequest (``await
     gateway(request)``), with the policy of every gateway, and its
@@ -4332,13 +4350,14 @@ class ASGIGateway(Gateway):
         self.core = core = core or self.core or sys.modules[__name__]
         self._make_scope = core.asgi_scope
         self._make_head = core._asgi_head
+        self._response_class = core._ASGIResponse
         self.state = {}             # the lifespan state, copied into each scope
         self._lifespan = None       # the lifespan task, while it runs
         self._to_app = self._from_app = None
         self._lifespan_receiving = False
 
     async def __call__(self, request):
-        response = _ASGIResponse(request, self.offload, self._make_head)
+        response = self._response_class(request, self.offload, self._make_head)
         status = None
         try:
             await self.app(self._make_scope(request, self.state), response.receive,
@@ -4653,14 +4672,12 @@ class AsyncServer(_ServerBase):
     def _start(self, request):
         if not self.alive and request.keep_conn:
             self.retire(request)
-        self._running[request] = time.monotonic()
+        running = self._running
+        running[request] = now = time.monotonic()
         waited = None
         if self.board is not None:
             # The row shows the oldest request; every one's wait counts.
-            first = len(self._running) == 1
-            if first:
-                self.busy_slot(self._running[request])
-            waited = self.board.began(request, first)
+            waited = self.board.began(request, len(running) == 1, True, now)
         began = None
         if self.extras is not None and self.extras.access_log is not None:
             began = self.extras.access_log.begin()
@@ -4702,18 +4719,21 @@ class AsyncServer(_ServerBase):
         running = self._running
         first = next(iter(running)) is request
         started = running.pop(request)
-        if self.board is not None:
-            if status is not _NOT_COUNTED:
-                self.board.done(status, time.monotonic() - started)
-        if first and self.busy_slot is not None:
-            # --timeout watches the oldest running request; the status
-            # page shows it.
-            if running:
-                oldest = next(iter(running))
-                self.busy_slot(running[oldest])
-                self.board.began(oldest, True, False)
+        board = self.board
+        if board is not None:
+            if not running and status is not _NOT_COUNTED:
+                board.finished(status, started)     # counted, and the worker idle
             else:
-                self.busy_slot(0.0)
+                if status is not _NOT_COUNTED:
+                    board.done(status, time.monotonic() - started)
+                if first:
+                    # --timeout watches the oldest running request; the
+                    # status page shows it.
+                    if running:
+                        oldest = next(iter(running))
+                        board.began(oldest, True, False, running[oldest])
+                    else:
+                        board.busy(0.0)
         if self.extras is not None:
             # Requests interleave here: no CPU time of one request.
             self.after(request, status, began, concurrent=True)
@@ -5586,11 +5606,14 @@ class WorkerRow(object):
         """Busy since ``since`` (monotonic), or idle with 0.0."""
         self.d[_W_BUSY] = since
 
-    def began(self, request, show=True, queued=True):
+    def began(self, request, show=True, queued=True, busy=0.0):
         """The worker runs ``request``: with ``show`` the status page says
-        so; with ``queued`` its queue wait (X-Request-Start) is counted.
-        Returns that wait in seconds, or None."""
+        so (with ``busy``, a monotonic time, busy since then); with
+        ``queued`` its queue wait (X-Request-Start) is counted.  Returns
+        that wait in seconds, or None."""
         if show:
+            if busy:
+                self.d[_W_BUSY] = busy
             text = _request_text(request.params)
             self.text[:len(text)] = text
             self.q[_W_TEXT_LEN] = len(text)
@@ -5618,10 +5641,12 @@ class WorkerRow(object):
         d[_W_LAST] = duration
         q[_W_BUCKETS + bisect_left(DURATION_BUCKETS, duration)] += 1
 
-    def finished(self, status):
-        """done() for the request that began at the busy mark, then idle."""
+    def finished(self, status, since=None):
+        """done() for the request that began at ``since`` (monotonic; by
+        default the busy mark), then idle."""
         d = self.d
-        since = d[_W_BUSY]
+        if since is None:
+            since = d[_W_BUSY]
         d[_W_BUSY] = 0.0
         self.done(status, time.monotonic() - since if since > 0 else 0.0)
 

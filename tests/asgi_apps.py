@@ -242,10 +242,44 @@ async def block(scope, receive, send):
     await respond(send, b"blocked")
 
 
+_START = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+_BODY = {"type": "http.response.body", "body": b"done"}
+MISUSES = {
+    "start_twice": [_START, _START],
+    "body_first": [_BODY],
+    "unknown_type": [_START, {"type": "http.response.bogus"}],
+    "bad_status": [{"type": "http.response.start", "status": 99}],
+    "bad_header": [{"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1\n2")]}],
+    "str_body": [_START, {"type": "http.response.body", "body": "text"}],
+    "after_complete": [_START, _BODY, _BODY],
+}
+
+
+async def misuse(scope, receive, send):
+    """Sends /misuse/NAME's messages: send() itself raises nothing, each
+    await raises what the message breaks.  Logs what each await gave,
+    then completes the response if it can."""
+    name = scope["path"].split("/")[2]
+    results = []
+    for message in MISUSES[name]:
+        pending = send(message)
+        try:
+            await pending
+            results.append("ok")
+        except Exception as exc:
+            results.append("%s: %s" % (type(exc).__name__, exc))
+    sys.stderr.write("misuse %s: %s\n" % (name, json.dumps(results)))
+    sys.stderr.flush()
+    if results[0] != "ok":
+        await send(_START)
+    if name != "after_complete":
+        await send(_BODY)
+
+
 ROUTES = {name: globals()[name] for name in [
     "hello", "upload", "count_body", "chunks", "download", "sleep", "wait_disconnect",
     "read_later", "read_in_close", "fail_before_head", "fail_after_head", "no_response",
-    "sse", "filter_upper", "pathsend", "stuck", "pid", "block"]}
+    "sse", "filter_upper", "pathsend", "stuck", "pid", "block", "misuse"]}
 ROUTES["scope"] = scope_dump
 
 

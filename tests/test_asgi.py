@@ -326,6 +326,35 @@ def test_asgi_application_errors(asgi, path, status, app_status, closes):
     assert "Traceback" in server.log() or "returned without" in server.log()
 
 
+MISUSE_ERRORS = {
+    "start_twice": ["ok", "RuntimeError: http.response.start sent twice"],
+    "body_first": ["RuntimeError: http.response.body before http.response.start"],
+    "unknown_type": ["ok", "ValueError: unknown ASGI message type 'http.response.bogus'"],
+    "bad_status": ["ValueError: invalid ASGI status 99"],
+    "bad_header": ["ValueError: invalid character '\\n' in header value '1\\n2'"],
+    "str_body": ["ok", "TypeError: http.response.body: the body must be bytes, not str"],
+    "after_complete": ["ok", "ok", "RuntimeError: http.response.body after the response was "
+                       "complete"],
+}
+
+
+def test_asgi_send_refuses_what_breaks_the_protocol_when_awaited(asgi):
+    """ASGI send on both cores (the compiled one sends the common messages
+    in the call): a message that breaks the protocol raises, with the same
+    error, when it is awaited; what was sent before stands, and the
+    response completes."""
+    server = asgi()
+    peer = RawPeer(server.address)
+    for i, name in enumerate(sorted(MISUSE_ERRORS), 1):
+        peer.send(request(i, env("/misuse/" + name), flags=KEEP))
+        status, body, app_status, _, _ = peer.response(i)
+        assert (status, body, app_status) == (200, b"done", 0), name
+        line = "misuse %s: %s" % (name, json.dumps(MISUSE_ERRORS[name]))
+        assert wait_until(lambda: line in server.log(), 5), (line, server.log()[-2000:])
+    peer.close()
+    assert "Traceback" not in server.log()
+
+
 def test_asgi_limits_are_answered(asgi):
     server = asgi("--max-body", "1k", "--max-param-size", "100")
     peer = RawPeer(server.address)
