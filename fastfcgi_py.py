@@ -3507,6 +3507,7 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
         self._held = None               # writes waiting for a file being sent
         self._file_sent = None
         self._reading_paused = False
+        self._recv_size = _RECV_FIRST
 
     # -- asyncio's protocol calls ------------------------------------------------
 
@@ -3514,14 +3515,20 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
         self.transport = transport
 
     def get_buffer(self, sizehint):
+        # The loop's hint (64 KB on uvloop) is not taken: as the blocking
+        # Connection's reads, a connection's first are _RECV_FIRST (the
+        # compiled Parser's first buffer, not grown); each read that fills
+        # its buffer doubles the next, up to _RECV_SIZE.
         if self._draining or self.error:
             if self._sink is None:
                 self._sink = bytearray(_RECV_FIRST)
             return self._sink
-        return self.parser.get_buffer(sizehint)
+        return self.parser.get_buffer(self._recv_size)
 
     def buffer_updated(self, nbytes):
         if not (self._draining or self.error):
+            if nbytes == self._recv_size and nbytes < _RECV_SIZE:
+                self._recv_size = nbytes * 2        # a stream: read more at once
             self.parser.buffer_updated(nbytes)
             self._process()
 
@@ -4493,6 +4500,20 @@ class BlockingASGIGateway(object):
             self.loop.close()
 
 
+class _AcceptedSocket(socket.socket):
+    """An accepted connection's socket whose ``family`` and ``type`` are
+    plain ints: socket.socket's properties make an enum member at each
+    read (about 5k instructions under callgrind), and the loop's
+    connect_accepted_socket reads both for every connection."""
+
+    __slots__ = ("family", "type")
+
+    def __init__(self, family, kind, proto, fd):
+        socket.socket.__init__(self, family, kind, proto, fd)
+        self.family = family
+        self.type = kind
+
+
 class AsyncServer(_ServerBase):
     """Serves FastCGI from ``listener`` with an async gateway
     (``await gateway(request)``) on an asyncio loop (see the section
@@ -4623,14 +4644,18 @@ class AsyncServer(_ServerBase):
             self._accepting = False
 
     def _accept(self):
-        nodelay = self.listener.family != socket.AF_UNIX
+        family = int(self.listener.family)
+        nodelay = family != socket.AF_UNIX
         for _ in range(ACCEPT_BATCH):
             if len(self.connections) >= self.max_conns:
                 # Full: the kernel's backlog (or another worker) holds the rest.
                 self._stop_accepting()
                 return
             try:
-                sock, peer = self.listener.accept()
+                # As Connection.accept: accept4() gives a blocking socket,
+                # which the loop makes non-blocking.
+                fd, peer = self.listener._accept()
+                sock = _AcceptedSocket(family, socket.SOCK_STREAM, 0, fd)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
