@@ -3578,9 +3578,17 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
                     self._write(out)
                 if event is None:
                     return
-                if type(event) is tuple and event[0] == FCGI_PARAMS and \
-                        len(server._running) >= server.max_concurrency:     # .overloaded
-                    self._refuse(event[1])
+                if type(event) is tuple and event[0] == FCGI_PARAMS:
+                    # A new request (route's first case, without its call).
+                    if len(server._running) >= server.max_concurrency:     # .overloaded
+                        self._refuse(event[1])
+                        continue
+                    request = self.request_class(self, event[1], event[2], event[3], event[4])
+                    coro = server._start(request)
+                    if coro is not None:
+                        if eager is None:
+                            eager = []
+                        eager.append((request, coro))
                     continue
                 found = self.route(event)
                 if found is None:
@@ -3588,19 +3596,12 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
                 if type(found) is int:
                     self._ended(found)
                     return
-                if type(found) is tuple:
-                    # It failed before its params: the policy answers it.
-                    if server.board is not None and found[2] != ABORT:
-                        server.board.rejected()
-                    if not server.gateway.reject(self, found[1], found[2]):
-                        self.closing = True
-                        self._close_if_idle()
-                else:
-                    coro = server._start(found)
-                    if coro is not None:
-                        if eager is None:
-                            eager = []
-                        eager.append((found, coro))
+                # It failed before its params: the policy answers it.
+                if server.board is not None and found[2] != ABORT:
+                    server.board.rejected()
+                if not server.gateway.reject(self, found[1], found[2]):
+                    self.closing = True
+                    self._close_if_idle()
         finally:
             if eager is not None:
                 for request, coro in eager:
