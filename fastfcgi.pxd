@@ -327,6 +327,8 @@ cdef class _RequestCore:
         public object _views
         public int _input_error
         public bint _gone
+        public object _stdout_head
+        public bint _head_open
 
     # send(data, last): False once the web server went away.
     cdef bint _send(self, object data, bint last) except -1

@@ -1638,8 +1638,19 @@ class _RequestMethods(object):
         data = self._encode(data)
         if data and not self._aborted:
             self._stdout_used = True
+            if self._stdout_head is None or self._head_open:
+                self._see_head(data)
             self.stdout_bytes += len(data)
             self.send(self.connection.writer.stdout(self.request_id, data))
+
+    def _see_head(self, data):
+        # stdout's first bytes, kept until the CGI head's end (at most
+        # _HEAD_SEEN) for response_status.
+        head = self._stdout_head
+        head = data[:_HEAD_SEEN] if head is None else head + data[:_HEAD_SEEN - len(head)]
+        self._stdout_head = head
+        self._head_open = len(head) < _HEAD_SEEN and b"\n\n" not in head and \
+            b"\r\n\r\n" not in head
 
     def print_stderr(self, data):
         """Send ``data`` (str or bytes) in STDERR records now: it lands in
@@ -1660,7 +1671,10 @@ class _RequestMethods(object):
         "200 OK", ``headers`` (name, value) str pairs, ``body`` bytes or
         str (encoded with the request's encoding)."""
         status = _status_line(status) if type(status) is int else status
-        self.finish(0, self.connection.writer.head(status, headers) + self._encode(body))
+        head = self.connection.writer.head(status, headers)
+        if not self._stdout_used:
+            self._see_head(head)
+        self.finish(0, head + self._encode(body))
 
     def stdout_with_close(self):
         """A file-like stdout whose close() finishes the request."""
@@ -1733,6 +1747,14 @@ class _RequestMethods(object):
         return self._stdout_used
 
     @property
+    def response_status(self):
+        """The status of the CGI head the application sent by
+        print_stdout or send_http_response (RFC 3875 6.3.3: its Status
+        line, "302 Found" for a Location without one, else "200 OK"), or
+        None before any.  Only the head's first 4 KB are looked at."""
+        return _cgi_status(self._stdout_head)
+
+    @property
     def connection_lost(self):
         """True once the connection can carry nothing more for the request
         (a write failed, or the web server closed it): not even its
@@ -1787,6 +1809,29 @@ class HTTPRequest(object):
         return "<HTTPRequest %s %s, %d body bytes>" % (self.method, self.uri, len(self.body))
 
 
+# How much of a response's head Request.response_status reads (--raw's status
+# in the access log and the status page's counts).
+_HEAD_SEEN = 4096
+
+
+def _cgi_status(head):
+    """The status a CGI head gives (see Request.response_status)."""
+    if not head:
+        return None
+    location = False
+    for line in head.split(b"\n"):
+        line = line.rstrip(b"\r")
+        if not line:
+            break                   # the head's end
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"status":
+            status = value.strip().decode("latin-1")
+            return status if len(status) >= 3 and status[:3].isdigit() else None
+        location = location or name == b"location"
+    return "302 Found" if location else "200 OK"
+
+
 def _log_excess(request, excess):
     log.warning("request %d %s %s: the web server sent %d body bytes past CONTENT_LENGTH %s; "
                 "the application read CONTENT_LENGTH bytes, the rest was dropped",
@@ -1807,7 +1852,7 @@ class Request(_RequestMethods):
                  "encoding", "_buffer", "_stdin_done",
                  "_aborted", "_finished", "_stderr_used", "_stdout_used",
                  "_data_buffer", "_data_done", "stdout_bytes", "_views",
-                 "_input_error", "_gone")
+                 "_input_error", "_gone", "_stdout_head", "_head_open")
 
     def __init__(self, connection, request_id, role, flags, params):
         connection.requests[request_id] = self      # its events come here
@@ -1825,6 +1870,8 @@ class Request(_RequestMethods):
         self._finished = False
         self._stderr_used = False
         self._stdout_used = False
+        self._stdout_head = None    # the first bytes on stdout (response_status)
+        self._head_open = False     # ...and the head's end is not among them yet
         self.stdout_bytes = 0       # body bytes sent (the access log counts them)
         # FILTER role (spec 6.4): the file to filter comes as FCGI_DATA,
         # after stdin.  ``data`` is its file-like view.
@@ -2376,6 +2423,8 @@ class RawGateway(Gateway):
             status = self._app_failed(request, request.stdout_used)
         if not request.finished:
             request.finish(0)
+        if exc is None and not request._aborted:
+            status = request.response_status    # for the access log and the metrics
         return status
 
 

@@ -229,6 +229,22 @@ def raw_echo(request):
     request.finish(0)
 
 
+RAW_HEADS = {
+    "status": "Content-Type: text/plain\r\nStatus: 404 Not Found\r\n\r\nnope",
+    "location": "Location: http://example.com/\r\n\r\n",
+    "plain": "Content-Type: text/plain\r\n\r\nhi",
+    "lf": "Status: 503 Busy\nContent-Type: text/plain\n\nbusy",
+}
+
+
+def raw_status(request):
+    """--raw: the head named by the query string, printed in pieces."""
+    head = RAW_HEADS[request.query_string]
+    request.print_stdout(head[:10])
+    request.print_stdout(head[10:])
+    request.finish(0)
+
+
 def flask_app():
     from flask import Flask, request
     app = Flask("fastfcgi_test")

@@ -409,12 +409,14 @@ def test_asgi_term_finishes_running_requests_and_runs_lifespan_shutdown(asgi):
 def test_asgi_async_raw_application(start):
     """--raw with an async def callable runs on the asyncio server, with
     the AsyncRequest (await read_stdin_bytes, print_stdout, drain)."""
-    server = start("--raw", app="asgi_apps:raw_echo")
+    server = start("--raw", "--access-log", app="asgi_apps:raw_echo")
     peer = RawPeer(server.address)
     peer.send(request(1, env("/echo", "POST", CONTENT_LENGTH="5"), b"hello", flags=0))
     status, body, _, _, _ = peer.response(1)
     assert (status, body) == (200, b"POST /echo 5\nHELLO")
     peer.close()
+    # The status the application printed is logged.
+    assert wait_until(lambda: '"POST /echo HTTP/1.1" 200 ' in server.log(), 5), server.log()
 
 
 def test_asgi_timeout_logs_the_oldest_request_task_and_replaces_the_worker(asgi):
@@ -461,7 +463,7 @@ def test_as_http_request_and_send_http_response(start, app):
     a plain request object in, a status / headers / body response out.  A
     body past the stdin high-water mark is read whole too (the read that
     waits for more lifts the pause)."""
-    server = start("--raw", app=app)
+    server = start("--raw", "--access-log", app=app)
     peer = RawPeer(server.address)
     peer.send(request(1, env("/x", "PUT", REQUEST_URI="/x?q=1", QUERY_STRING="q=1",
                              HTTP_X_THING="thing", CONTENT_LENGTH="4"), b"data", flags=KEEP))
@@ -473,6 +475,8 @@ def test_as_http_request_and_send_http_response(start, app):
     status, body, _, _, _ = peer.response(1)
     assert status == 201 and body.endswith(b"b" * 100 + b"'") and len(body) > 400000
     peer.close()
+    assert wait_until(lambda: server.log().count('"PUT /x HTTP/1.1" 201 ') == 1 and
+                      '"PUT /x?q=1 HTTP/1.1" 201 ' in server.log(), 5), server.log()
 
 
 def test_asgi_a_protocol_error_is_http_disconnect_and_the_worker_serves_on(asgi):

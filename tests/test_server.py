@@ -324,6 +324,26 @@ def test_Server_raw_request_api(start):
     assert response.stderr == b"raw request served\n"
 
 
+@pytest.mark.parametrize("app, query, logged", [
+    ("raw_status", "status", 404),      # Status after another header
+    ("raw_status", "location", 302),    # RFC 3875 6.2.3: a client redirect
+    ("raw_status", "plain", 200),
+    ("raw_status", "lf", 503),          # lines ended by LF alone
+    ("raw_http", "", 201),              # send_http_response
+])
+def test_Server_raw_responses_are_logged_and_counted_with_their_status(start, app, query,
+                                                                        logged):
+    """--raw: the status of the head the application printed reaches the
+    access log and the status page's counts."""
+    server = start("--raw", "--access-log", "--status-path", "/fpm-status", app="apps:" + app)
+    response = get(server, "/r", QUERY_STRING=query)
+    if query != "location":
+        assert response.status == logged
+    assert wait_until(lambda: '"GET /r HTTP/1.1" %d' % logged in server.log(), 5), server.log()
+    status = json.loads(get(server, "/fpm-status", QUERY_STRING="json").body)
+    assert status["responses_total"]["%dxx" % (logged // 100)] == 1, status["responses_total"]
+
+
 def test_Server_access_log(start):
     server = start("--access-log")
     get(server, "/hello")
