@@ -1954,6 +1954,7 @@ async def app(scope, receive, send):
 INSTR_ASGI_SERVER = INSTR_ASGI_APP + """\
 import os, socket, sys
 backend, n, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with_board = sys.argv[4:] == ["board"]
 if backend == "uvicorn":
     import uvicorn
     config = uvicorn.Config(app, uds=path, loop="uvloop", http="httptools", lifespan="on",
@@ -1968,12 +1969,14 @@ if backend == "uvicorn":
     server.run()
     sys.exit(0)
 import fastfcgi as core
+import fastfcgi_py
 assert core.CORE == "compiled", core.__file__
 listener = socket.socket(socket.AF_UNIX)
 listener.bind(path)
 listener.listen(1024)
+board = fastfcgi_py.Scoreboard(1).row(0) if with_board else None
 server = core.AsyncServer(core.ASGIGateway(app), listener, core=core, max_requests=n,
-                          loop="uvloop")
+                          loop="uvloop", board=board)
 print("ready", flush=True)
 server.serve_forever()
 """
@@ -2361,7 +2364,8 @@ def main(argv=None):
                             "client: issue 16's CPU comparison, counted")
     instr.add_argument("--board", action="store_true",
                        help="the worker publishes into a scoreboard row, as under the "
-                            "supervisor (--status, --timeout, --workers N)")
+                            "supervisor (--status, --timeout, --workers N); with --asgi, "
+                            "fastfcgi's worker (uvicorn has none)")
     instr.add_argument("--venv", default=BENCH_VENV, metavar="DIR",
                        help="the venv on %s (as e2e's)" % DEBIAN_PYTHON)
     instr.add_argument("--rebuild", action="store_true",
