@@ -1647,7 +1647,8 @@ class _RequestMethods(object):
         # stdout's first bytes, kept until the CGI head's end (at most
         # _HEAD_SEEN) for response_status.
         head = self._stdout_head
-        head = data[:_HEAD_SEEN] if head is None else head + data[:_HEAD_SEEN - len(head)]
+        seen = bytes(data[:_HEAD_SEEN if head is None else _HEAD_SEEN - len(head)])
+        head = seen if head is None else head + seen
         self._stdout_head = head
         self._head_open = len(head) < _HEAD_SEEN and b"\n\n" not in head and \
             b"\r\n\r\n" not in head

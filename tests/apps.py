@@ -238,10 +238,15 @@ RAW_HEADS = {
 
 
 def raw_status(request):
-    """--raw: the head named by the query string, printed in pieces."""
+    """--raw: the head named by the query string, printed in pieces (as
+    str, or a memoryview then a bytearray for "lf")."""
     head = RAW_HEADS[request.query_string]
-    request.print_stdout(head[:10])
-    request.print_stdout(head[10:])
+    if request.query_string == "lf":
+        request.print_stdout(memoryview(head[:10].encode()))
+        request.print_stdout(bytearray(head[10:].encode()))
+    else:
+        request.print_stdout(head[:10])
+        request.print_stdout(head[10:])
     request.finish(0)
 
 
