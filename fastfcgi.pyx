@@ -2132,10 +2132,21 @@ cdef dict _status_lines = _py._STATUS_LINES
 @cython.final
 cdef class _Done:
     """An awaitable already done (its result None): what send() returns
-    for a message it has sent."""
+    for a message it has sent.  A coroutine too (send, throw, close), so
+    asyncio.create_task(send(message)) takes it as it takes the pure
+    core's."""
 
     def __await__(self):
         return _EXHAUSTED
+
+    def send(self, value):
+        raise StopIteration
+
+    def throw(self, typ, val=None, tb=None):
+        raise (typ if val is None else val)
+
+    def close(self):
+        pass
 
 
 cdef _Done _DONE = _Done()

@@ -713,6 +713,7 @@ class Parser(object):
 # in.
 _RECV_FIRST = 16384
 _RECV_SIZE = 262144
+_ASYNC_RECV_SIZE = 65536        # the asyncio worker's (see _AsyncConnection.get_buffer)
 
 _HANDLERS = {
     FCGI_ABORT_REQUEST: Parser._on_abort_request,
@@ -1651,7 +1652,7 @@ class _RequestMethods(object):
         head = seen if head is None else head + seen
         self._stdout_head = head
         self._head_open = len(head) < _HEAD_SEEN and b"\n\n" not in head and \
-            b"\r\n\r\n" not in head
+            b"\r\n\r\n" not in head and head[:1] != b"\n" and head[:2] != b"\r\n"
 
     def print_stderr(self, data):
         """Send ``data`` (str or bytes) in STDERR records now: it lands in
@@ -1752,8 +1753,9 @@ class _RequestMethods(object):
         """The status of the CGI head the application sent by
         print_stdout or send_http_response (RFC 3875 6.3.3: its Status
         line, "302 Found" for a Location without one, else "200 OK"), or
-        None before any.  Only the head's first 4 KB are looked at."""
-        return _cgi_status(self._stdout_head)
+        None before a whole head (the web server answers 502 for a head
+        that never ends).  Only the head's first 4 KB are looked at."""
+        return None if self._head_open else _cgi_status(self._stdout_head)
 
     @property
     def connection_lost(self):
@@ -1827,8 +1829,10 @@ def _cgi_status(head):
         name, _, value = line.partition(b":")
         name = name.strip().lower()
         if name == b"status":
-            status = value.strip().decode("latin-1")
-            return status if len(status) >= 3 and status[:3].isdigit() else None
+            status = value.strip()
+            # bytes.isdigit: ASCII digits only (the access log makes an int of them)
+            return status.decode("latin-1") if status[:3].isdigit() and len(status) >= 3 \
+                else None
         location = location or name == b"location"
     return "302 Found" if location else "200 OK"
 
@@ -3565,10 +3569,11 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
         self.transport = transport
 
     def get_buffer(self, sizehint):
-        # The loop's hint (64 KB on uvloop) is not taken: as the blocking
-        # Connection's reads, a connection's first are _RECV_FIRST (the
-        # compiled Parser's first buffer, not grown); each read that fills
-        # its buffer doubles the next, up to _RECV_SIZE.
+        # The loop's hint (64 KB on uvloop) is not taken at first: as the
+        # blocking Connection's reads, a connection's first are _RECV_FIRST
+        # (the compiled Parser's first buffer, not grown); each read that
+        # fills its buffer doubles the next, up to _ASYNC_RECV_SIZE (a
+        # kept connection keeps its buffer: 1024 of them hold 128 MB at most).
         if self._draining or self.error:
             if self._sink is None:
                 self._sink = bytearray(_RECV_FIRST)
@@ -3577,7 +3582,7 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
 
     def buffer_updated(self, nbytes):
         if not (self._draining or self.error):
-            if nbytes == self._recv_size and nbytes < _RECV_SIZE:
+            if nbytes == self._recv_size and nbytes < _ASYNC_RECV_SIZE:
                 self._recv_size = nbytes * 2        # a stream: read more at once
             self.parser.buffer_updated(nbytes)
             self._process()
@@ -4559,10 +4564,10 @@ class _AcceptedSocket(socket.socket):
 
     __slots__ = ("family", "type")
 
-    def __init__(self, family, kind, proto, fd):
-        socket.socket.__init__(self, family, kind, proto, fd)
-        self.family = family
-        self.type = kind
+    def __init__(self, family, type, proto, fileno):     # as socket.dup() calls it
+        socket.socket.__init__(self, family, type, proto, fileno)
+        self.family = int(family)
+        self.type = int(type)
 
 
 class AsyncServer(_ServerBase):

@@ -234,6 +234,8 @@ RAW_HEADS = {
     "location": "Location: http://example.com/\r\n\r\n",
     "plain": "Content-Type: text/plain\r\n\r\nhi",
     "lf": "Status: 503 Busy\nContent-Type: text/plain\n\nbusy",
+    "superscript": "Status: \u00b200 X\r\n\r\nodd",       # not ASCII digits
+    "unended": "Content-Type: text/plain\r\n",              # no blank line: no head
 }
 
 

@@ -255,6 +255,12 @@ MISUSES = {
 }
 
 
+async def send_in_tasks(scope, receive, send):
+    """Each send() run as a task: asyncio.create_task wants a coroutine."""
+    await asyncio.create_task(send(_START))
+    await asyncio.create_task(send({"type": "http.response.body", "body": b"from tasks"}))
+
+
 async def misuse(scope, receive, send):
     """Sends /misuse/NAME's messages: send() itself raises nothing, each
     await raises what the message breaks.  Logs what each await gave,
@@ -279,7 +285,8 @@ async def misuse(scope, receive, send):
 ROUTES = {name: globals()[name] for name in [
     "hello", "upload", "count_body", "chunks", "download", "sleep", "wait_disconnect",
     "read_later", "read_in_close", "fail_before_head", "fail_after_head", "no_response",
-    "sse", "filter_upper", "pathsend", "stuck", "pid", "block", "misuse"]}
+    "sse", "filter_upper", "pathsend", "stuck", "pid", "block", "misuse",
+    "send_in_tasks"]}
 ROUTES["scope"] = scope_dump
 
 

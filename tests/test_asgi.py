@@ -355,6 +355,17 @@ def test_asgi_send_refuses_what_breaks_the_protocol_when_awaited(asgi):
     assert "Traceback" not in server.log()
 
 
+def test_asgi_send_run_as_a_task(asgi):
+    """send(message) is a coroutine on both cores: an application may hand
+    it to asyncio.create_task."""
+    server = asgi()
+    peer = RawPeer(server.address)
+    peer.send(request(1, env("/send_in_tasks"), flags=KEEP))
+    assert peer.response(1)[:3] == (200, b"from tasks", 0)
+    peer.close()
+    assert "Traceback" not in server.log()
+
+
 def test_asgi_limits_are_answered(asgi):
     server = asgi("--max-body", "1k", "--max-param-size", "100")
     peer = RawPeer(server.address)

@@ -839,3 +839,21 @@ def test_servers_keep_under_the_shared_instance_keys_limit(core, server_class):
     with socket.socket(socket.AF_UNIX) as lsock:
         server = getattr(core, server_class)(gateway, lsock)
         assert len(vars(server)) <= 30, sorted(vars(server))
+
+
+def test_AcceptedSocket_duplicates_as_socket_dup_does():
+    """The asyncio worker's accepted socket: family and type plain ints,
+    and dup() (which calls the class again) works."""
+    import socket
+    a, b = socket.socketpair()
+    try:
+        sock = fastfcgi_py._AcceptedSocket(a.family, a.type, 0, a.detach())
+        copy = sock.dup()
+        assert (type(sock.family), sock.family, sock.type) == (int, socket.AF_UNIX,
+                                                               socket.SOCK_STREAM)
+        copy.sendall(b"ping")
+        assert b.recv(4) == b"ping"
+        copy.close()
+        sock.close()
+    finally:
+        b.close()

@@ -330,18 +330,24 @@ def test_Server_raw_request_api(start):
     ("raw_status", "plain", 200),
     ("raw_status", "lf", 503),          # lines ended by LF alone
     ("raw_http", "", 201),              # send_http_response
+    ("raw_status", "superscript", None),
+    ("raw_status", "unended", None),
 ])
 def test_Server_raw_responses_are_logged_and_counted_with_their_status(start, app, query,
                                                                         logged):
     """--raw: the status of the head the application printed reaches the
-    access log and the status page's counts."""
+    access log and the status page's counts; a head without a status of
+    three ASCII digits, or one that never ends, is "-" and "other"."""
     server = start("--raw", "--access-log", "--status-path", "/fpm-status", app="apps:" + app)
     response = get(server, "/r", QUERY_STRING=query)
-    if query != "location":
+    if query not in ("location", "superscript", "unended"):
         assert response.status == logged
-    assert wait_until(lambda: '"GET /r HTTP/1.1" %d' % logged in server.log(), 5), server.log()
+    line = '"GET /r HTTP/1.1" %s ' % (logged or "-")
+    assert wait_until(lambda: line in server.log(), 5), server.log()
     status = json.loads(get(server, "/fpm-status", QUERY_STRING="json").body)
-    assert status["responses_total"]["%dxx" % (logged // 100)] == 1, status["responses_total"]
+    counted = "%dxx" % (logged // 100) if logged else "other"
+    assert status["responses_total"][counted] == 1, status["responses_total"]
+    assert "Traceback" not in server.log()
 
 
 def test_Server_access_log(start):
