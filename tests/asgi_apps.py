@@ -256,9 +256,11 @@ MISUSES = {
 
 
 async def send_in_tasks(scope, receive, send):
-    """Each send() run as a task: asyncio.create_task wants a coroutine."""
-    await asyncio.create_task(send(_START))
-    await asyncio.create_task(send({"type": "http.response.body", "body": b"from tasks"}))
+    """Each send() run as a task: asyncio.create_task wants a coroutine
+    (Python 3.6 has only ensure_future)."""
+    create_task = getattr(asyncio, "create_task", asyncio.ensure_future)
+    await create_task(send(_START))
+    await create_task(send({"type": "http.response.body", "body": b"from tasks"}))
 
 
 async def misuse(scope, receive, send):
