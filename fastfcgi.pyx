@@ -2164,6 +2164,9 @@ cdef class _ASGIResponseCore:
         self.make_head = make_head
         self.head_only = request.params.get("REQUEST_METHOD") == "HEAD"
 
+    # A Python function (binding), so it can carry the mark of a coroutine
+    # function (_mark_coroutine_function, below the class).
+    @cython.binding(True)
     def send(self, message):
         """ASGI's send: an awaitable (see the section comment)."""
         cdef _RequestCore request
@@ -2217,6 +2220,9 @@ class _ASGIResponse(_ASGIResponseCore, _py._ASGIResponseMethods):
     """One request's ASGI receive and send, its send in C. See `fastfcgi_py._ASGIResponse`."""
 
     __slots__ = ()
+
+
+_py._mark_coroutine_function(_ASGIResponseCore.send)
 
 
 ##############################################################################

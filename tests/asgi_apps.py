@@ -263,6 +263,23 @@ async def send_in_tasks(scope, receive, send):
     await create_task(send({"type": "http.response.body", "body": b"from tasks"}))
 
 
+async def send_marked(scope, receive, send):
+    """Whether send is a coroutine function, as each one that asks says:
+    inspect, asyncio (before 3.14, where asgiref asks it), and asgiref's
+    async_to_sync, which warns when it is not (built, not run: it cannot
+    run in the loop's thread)."""
+    import inspect
+    import warnings
+    from asgiref.sync import AsyncToSync
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        AsyncToSync(send)
+    said = {"inspect": inspect.iscoroutinefunction(send),
+            "asyncio": asyncio.iscoroutinefunction(send) if sys.version_info < (3, 14) else None,
+            "asgiref": [str(warning.message) for warning in caught]}
+    await respond(send, json.dumps(said).encode())
+
+
 async def misuse(scope, receive, send):
     """Sends /misuse/NAME's messages: send() itself raises nothing, each
     await raises what the message breaks.  Logs what each await gave,
@@ -288,7 +305,7 @@ ROUTES = {name: globals()[name] for name in [
     "hello", "upload", "count_body", "chunks", "download", "sleep", "wait_disconnect",
     "read_later", "read_in_close", "fail_before_head", "fail_after_head", "no_response",
     "sse", "filter_upper", "pathsend", "stuck", "pid", "block", "misuse",
-    "send_in_tasks"]}
+    "send_in_tasks", "send_marked"]}
 ROUTES["scope"] = scope_dump
 
 
