@@ -958,6 +958,7 @@ class Target(object):
         self.key = key or "%s-%s%s" % (backend, transport, "-keepalive" if keepalive else "")
         self.netns = netns
         self.options = list(options)
+        self.access_log = None  # with --access-log: the file its lines go to
         self.address = None    # the backend's, as fastfcgi spells it
         self.port = None       # nginx's
         self.proc = None
@@ -969,35 +970,43 @@ class Target(object):
 
 
 def backend_command(target, python, tmp):
-    """(argv, extra environment) starting ``target``'s backend."""
+    """(argv, extra environment) starting ``target``'s backend.  With
+    ``target.access_log`` set (--access-log), one that has an access log
+    writes it to a file: fastfcgi to that one, uWSGI its request log to
+    that one, uvicorn and granian theirs to their output (``target.log``)."""
     address = target.address
+    log = target.access_log
     if target.backend in ("compiled", "pure"):
         extra = {"FASTFCGI_PURE": "1"} if target.backend == "pure" else {}
-        return [python, "-c", FASTFCGI_RUNNER, "--fcgi", address] + target.options + [
-            "bench_hello:app"], extra
+        return [python, "-c", FASTFCGI_RUNNER, "--fcgi", address] + target.options + (
+            ["--access-log-file", log] if log else []) + ["bench_hello:app"], extra
     if target.backend in ("asgi-compiled", "asgi-pure"):
         extra = {"FASTFCGI_PURE": "1"} if target.backend == "asgi-pure" else {}
-        return [python, "-c", FASTFCGI_RUNNER, "--fcgi", address, "--asgi", "--loop", "uvloop",
-                "bench_hello_asgi:app"], extra
+        return [python, "-c", FASTFCGI_RUNNER, "--fcgi", address, "--asgi", "--loop", "uvloop"
+                ] + (["--access-log-file", log] if log else []) + ["bench_hello_asgi:app"], extra
     if target.backend in HTTP_BACKENDS:
         if address.startswith("unix:"):
             bind = ["--uds", address[5:]]
         else:
             host, _, port = address.rpartition(":")
             bind = ["--host", host, "--port", port]
+        # Their access logs are INFO lines: the log level lets them through.
         if target.backend == "uvicorn":
             return [python, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools",
-                    "--no-access-log", "--lifespan", "off", "--log-level", "warning",
-                    "--workers", "1"] + bind + ["bench_hello_asgi:app"], {}
+                    "--lifespan", "off", "--workers", "1"] + (
+                ["--log-level", "info"] if log else
+                ["--no-access-log", "--log-level", "warning"]) + bind + [
+                "bench_hello_asgi:app"], {}
         return [python, "-m", "granian", "--interface", "asgi", "--loop", "uvloop",
-                "--workers", "1", "--no-ws", "--log-level", "warning",
-                "--no-access-log"] + bind + ["bench_hello_asgi:app"], {}
+                "--workers", "1", "--no-ws"] + (
+            ["--access-log", "--log-level", "info"] if log else
+            ["--no-access-log", "--log-level", "warning"]) + bind + ["bench_hello_asgi:app"], {}
     if target.backend == "uwsgi":
         socket_arg = address[5:] if address.startswith("unix:") else address
         return ["uwsgi", "--plugin", "python3", "--fastcgi-socket", socket_arg,
                 "--wsgi-file", os.path.join(tmp, "bench_hello.py"), "--callable", "app",
-                "--master", "--processes", "1", "--disable-logging", "--need-app",
-                "--listen", "1024"], {}
+                "--master", "--processes", "1", "--need-app", "--listen", "1024"] + (
+            ["--logto", log] if log else ["--disable-logging"]), {}
     if target.backend == "flup":
         return [python, os.path.join(tmp, "bench_flup.py"), address], {}
     raise ValueError(target.backend)
@@ -1503,6 +1512,9 @@ def run_e2e(args):
                 else:
                     t.address = "unix:%s/%s.sock" % (tmp, t.key)
                 t.port = _free_port(ports)
+                if args.access_log and t.backend != "flup":     # flup has none
+                    t.access_log = os.path.join(tmp, t.key + (
+                        ".log" if t.backend in HTTP_BACKENDS else "-access.log"))
             say("starting %d backends (%s)\n" % (len(targets), py["python"]))
             for t in targets:
                 start_backend(t, py["python"], py["build_dir"], tmp, say)
@@ -1531,6 +1543,8 @@ def run_e2e(args):
                 lambda t, conns: run_wrk(args, t.port, [t.proc], nginx, conns, args.duration),
                 say)
             load_after = os.getloadavg()
+            if args.access_log:
+                env_info["access_log_lines"] = access_log_lines(targets)
             profiles = {}
             if args.profile:
                 profiles = run_profiles(args, targets, nginx, say)
@@ -2133,6 +2147,22 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt("signal %d" % signum)
 
 
+def access_log_lines(targets):
+    """{key: lines in its access log} for --access-log, which must have
+    some: a backend that logged nothing was not measured logging."""
+    counts = {}
+    for t in targets:
+        if t.access_log is None:
+            continue
+        with open(t.access_log, "rb") as f:
+            # uvicorn's and granian's output has their start-up lines too.
+            counts[t.key] = sum(1 for line in f if b"GET / " in line)
+        if not counts[t.key]:
+            raise BenchError("%s: --access-log, but no access log line in %s"
+                             % (t.key, t.access_log))
+    return counts
+
+
 def e2e_notes(py, rows):
     notes = []
     if not py["compiled_parser"].startswith("fastfcgi."):
@@ -2194,6 +2224,7 @@ def describe_e2e(args, tools, py, targets):
         "uvicorn": py["uvicorn"], "granian": py["granian"], "uvloop": py["uvloop"],
         "nginx": _first_line(_output([tools["nginx"], "-v"])),
         "settings": {"repeat": args.repeat, "duration_s": args.duration,
+                     "access_log": args.access_log,
                      "nginx_workers": args.nginx_workers,
                      "warmup_s": args.warmup, "conns": args.conns, "threads": args.threads,
                      "transports": args.transports, "backends": args.backends,
@@ -2233,9 +2264,10 @@ def e2e_header_text(info):
 def e2e_table_text(info, rows, checks, ratios, notes):
     workers = info["settings"]["nginx_workers"]
     out = ["", "end to end: wrk -> nginx (%d worker%s) -> backend (1 worker), hello world "
-           "(13 B), medians of %d runs of %ds" % (workers, "s" if workers > 1 else "",
-                                                  info["settings"]["repeat"],
-                                                  info["settings"]["duration_s"])]
+           "(13 B)%s, medians of %d runs of %ds" % (
+               workers, "s" if workers > 1 else "",
+               ", access logs on" if info["settings"]["access_log"] else "",
+               info["settings"]["repeat"], info["settings"]["duration_s"])]
     row = "%-13s %-9s %5s %-9s %9s %7s %8s %8s %14s %5s %12s %6s %6s"
     out.append(row % ("backend", "transport", "conns", "keepalive", "req/s", "spread",
                       "p99 ms", "p50 ms", "backend us/req", "sys%", "nginx us/req",
@@ -2264,6 +2296,9 @@ def e2e_table_text(info, rows, checks, ratios, notes):
                    "backends' (see --nginx-workers)"
                    % ("core" if workers == 1 else "%d cores" % workers, ", ".join(capped),
                       "s" if len(capped) == 1 else ""))
+    if info.get("access_log_lines"):
+        out.append("access log lines (warm-up runs included): " + ", ".join(
+            "%s %d" % item for item in sorted(info["access_log_lines"].items())))
     out.append("")
     out.append("targets (ratios of median req/s):")
     for title, ratio, wanted, status in checks:
@@ -2321,6 +2356,11 @@ def main(argv=None):
                           "against uvicorn (uvloop, httptools) and granian behind the same "
                           "nginx (proxy_pass, keepalive upstream); default backends "
                           "asgi-compiled,uvicorn,granian")
+    e2e.add_argument("--access-log", action="store_true",
+                     help="every backend with an access log writes one line per request "
+                          "to a file: fastfcgi (--access-log-file), uvicorn and granian "
+                          "(their own, as uvicorn does by default), uWSGI (its request "
+                          "log); flup has none")
     e2e.add_argument("--no-keepalive", dest="keepalive", action="store_false",
                      help="skip the fastcgi_keep_conn runs of the fastfcgi backends")
     e2e.add_argument("--keepalive-pool", type=int, default=64, metavar="N",
