@@ -25,6 +25,7 @@ from cpython.long cimport (PyLong_AsLongAndOverflow,
                            PyLong_AsUnsignedLongLongMask, PyLong_CheckExact)
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.tuple cimport PyTuple_GET_ITEM
 from cpython.unicode cimport (PyUnicode_1BYTE_KIND, PyUnicode_DATA,
                               PyUnicode_DecodeLatin1, PyUnicode_DecodeUTF8,
                               PyUnicode_FromOrdinal,
@@ -317,6 +318,14 @@ cdef object _as_bytes(object data):
 #   and, since a str keeps its hash, the hashing when it goes into the dict.
 #   Each cache is a fixed table whose slot keeps the last string hashed to
 #   it, so its memory is bounded whatever the peer sends.
+# * A web server sends the same names in the same order request after
+#   request (its fastcgi_params, then the headers a client sends), and
+#   most values again.  The last request's dict is kept as a template: a
+#   block whose names are the template's, pair for pair, becomes a copy of
+#   it (one copy of the table, the names' hashes and all) with only the
+#   changed values set.  A block of other names is decoded pair by pair,
+#   and after a few in a row one becomes the template.  The template is
+#   never handed out: the dict a request gets is its own.
 
 cdef extern from *:
     """
@@ -422,15 +431,17 @@ cdef Py_ssize_t _count_params(const unsigned char* data, Py_ssize_t end) noexcep
 
 
 cdef object _decode_params(const unsigned char* data, Py_ssize_t end,
-                           long long max_size):
+                           long long max_size, Py_ssize_t count=-1):
     # The dict of a complete block, or the code PLEN or PROTO, checked in
     # fastfcgi_py._decode_params' order: name length, value length, the
-    # limit, then the bounds.
+    # limit, then the bounds.  ``count``: _count_params, when known.
     cdef Py_ssize_t i = 0
     cdef long long n, v
+    if count < 0:
+        count = _count_params(data, end)
     # Sized for the keys WSGIGateway.environ adds to its copy too (the
     # copy keeps the table's size): building the environ never resizes.
-    cdef dict params = _new_dict(_count_params(data, end) + ENVIRON_ROOM)
+    cdef dict params = _new_dict(count + ENVIRON_ROOM)
     while i < end:
         n = _nv_length(data, &i, end)
         if n < 0 or i >= end:
@@ -445,6 +456,86 @@ cdef object _decode_params(const unsigned char* data, Py_ssize_t end,
         PyDict_SetItem(params, _cached_latin1(_name_cache, data + i, <Py_ssize_t>n),
                        _cached_latin1(_value_cache, data + i + n, <Py_ssize_t>v))
         i += n + v
+    return params
+
+
+cdef dict _template = None          # a recent block's dict, never changed
+cdef tuple _template_names = ()       # its keys and values, in the block's order
+cdef tuple _template_values = ()
+cdef int _template_misses = 0       # blocks of other names since it last matched
+
+
+cdef inline bint _is_latin1(object text, const unsigned char* p, Py_ssize_t n) noexcept:
+    # Whether ``text``, a str the params were decoded into (one byte a
+    # character, as latin-1 decodes), is p[:n].
+    return (PyUnicode_GET_LENGTH(text) == n and
+            memcmp(PyUnicode_DATA(text), p, <size_t>n) == 0)
+
+
+cdef Py_ssize_t _count_params_as_template(const unsigned char* data, Py_ssize_t end,
+                                          bint* same) noexcept:
+    # _count_params, and whether the pairs' names are the template's, one
+    # for one.
+    cdef Py_ssize_t i = 0, count = 0, n_template = len(_template_names)
+    cdef long long n, v
+    same[0] = _template is not None
+    while i < end:
+        n = _nv_length(data, &i, end)
+        if n < 0 or i >= end:
+            break
+        v = _nv_length(data, &i, end)
+        if v < 0 or n + v > end - i:
+            break
+        if same[0] and (count >= n_template or not _is_latin1(
+                <object>PyTuple_GET_ITEM(_template_names, count), data + i, <Py_ssize_t>n)):
+            same[0] = False
+        i += n + v
+        count += 1
+    if count != n_template:
+        same[0] = False
+    return count
+
+
+cdef object _decode_request_params(const unsigned char* data, Py_ssize_t end,
+                                   long long max_size):
+    # _decode_params of a request's block, through the template when its
+    # names are the template's (see the section comment).
+    global _template, _template_names, _template_values, _template_misses
+    cdef Py_ssize_t i = 0, k = 0
+    cdef long long n, v
+    cdef bint same
+    cdef Py_ssize_t count = _count_params_as_template(data, end, &same)
+    if not same:
+        params = _decode_params(data, end, max_size, count)
+        _template_misses += 1
+        if (_template is None or _template_misses >= TEMPLATE_AFTER_MISSES) and \
+                type(params) is dict and len(<dict>params) == count:   # no name twice
+            _template = params.copy()
+            _template_names = tuple(_template)
+            _template_values = tuple(_template.values())
+            _template_misses = 0
+        return params
+    _template_misses = 0
+    params = _template.copy()
+    # The checks of _decode_params, in its order: the limit may be another
+    # parser's, and bytes may follow the pairs.
+    while i < end:
+        n = _nv_length(data, &i, end)
+        if n < 0 or i >= end:
+            return PROTO
+        v = _nv_length(data, &i, end)
+        if v < 0:
+            return PROTO
+        if n > max_size or v > max_size:
+            return PLEN
+        if n + v > end - i:
+            return PROTO
+        if not _is_latin1(<object>PyTuple_GET_ITEM(_template_values, k), data + i + n,
+                          <Py_ssize_t>v):
+            PyDict_SetItem(params, <object>PyTuple_GET_ITEM(_template_names, k),
+                           _cached_latin1(_value_cache, data + i + n, <Py_ssize_t>v))
+        i += n + v
+        k += 1
     return params
 
 
@@ -926,8 +1017,8 @@ cdef class Parser:
             state.add_params(content, n)
             return None
         # The empty record ends the stream (spec 3.3).
-        decoded = _decode_params(state.params_buf, state.params_len,
-                                 self._c_max_param_size)
+        decoded = _decode_request_params(state.params_buf, state.params_len,
+                                         self._c_max_param_size)
         free(state.params_buf)
         state.params_buf = NULL
         state.params_len = state.params_cap = 0

@@ -693,6 +693,83 @@ def test_asgi_scope_cores_agree(params, role, state):
             _scope_or_error(fastfcgi_py, request, state)
 
 
+# The compiled Parser keeps the last request's params as a template: a
+# block with the template's names, pair for pair, is a copy of it with the
+# changed values set.  Series of blocks that share names, as a web
+# server's do, and their variants must decode as the pure core decodes
+# them, in the same order, whatever the requests did to the dicts they
+# were given.
+
+block_names = st.sampled_from(["REQUEST_METHOD", "HTTP_HOST", "HTTP_X", "A", "", "\xe9",
+                               "N" * 65, "N" * 130])
+block_values = st.sampled_from(["", "GET", "POST", "1", "\xe9t\xe9", "v" * 64, "v" * 65,
+                                "v" * 130])
+
+
+@st.composite
+def block_series(draw):
+    """Name-value blocks: a shape, then that shape again and its variants
+    (other values, a name changed, a pair more or fewer, a name twice,
+    bytes after the pairs), sometimes another shape."""
+    shapes = [draw(st.lists(st.tuples(block_names, block_values), max_size=6))
+              for _ in range(draw(st.integers(1, 2)))]
+    # Enough of the first shape, sometimes, that it becomes the template
+    # (after 16 blocks of other names, TEMPLATE_AFTER_MISSES).
+    blocks = [b"".join(nv(name, value) for name, value in shapes[0])] * draw(st.sampled_from(
+        [0, 1, 17]))
+    for _ in range(draw(st.integers(1, 8))):
+        pairs = list(draw(st.sampled_from(shapes)))
+        change = draw(st.sampled_from(["same", "same", "values", "name", "more", "fewer",
+                                       "twice", "tail"]))
+        at = draw(st.integers(0, len(pairs)))
+        if change == "values" and pairs:
+            pairs = [(name, draw(block_values)) for name, _ in pairs]
+        elif change == "name" and at < len(pairs):
+            pairs[at] = (draw(block_names), pairs[at][1])
+        elif change == "more":
+            pairs.insert(at, (draw(block_names), draw(block_values)))
+        elif change == "fewer" and at < len(pairs):
+            del pairs[at]
+        elif change == "twice" and at < len(pairs):
+            pairs.insert(at, (pairs[at][0], draw(block_values)))
+        body = b"".join(nv(name, value) for name, value in pairs)
+        if change == "tail":
+            body += draw(st.binary(min_size=1, max_size=6))
+        blocks.append(body)
+    return blocks
+
+
+def decoded_blocks(module, blocks, max_param_size):
+    """What a parser gives each block, as a request on a new connection:
+    its events, the params as ordered items; each dict is changed after."""
+    out = []
+    for body in blocks:
+        parser = module.Parser(max_param_size=max_param_size)
+        data = begin(1, 1, 0) + rec(4, 1, body) + rec(4, 1, b"") + rec(5, 1, b"")
+        events, _ = run(parser, [data], eof=False)
+        shown = []
+        for event in events:
+            if type(event) is tuple and event and type(event[-1]) is dict:
+                params = event[-1]
+                shown.append(event[:-1] + (list(params.items()),))
+                # What an application may do to its dict (the environ is a copy).
+                params["REQUEST_METHOD"] = "CHANGED"
+                params.pop("HTTP_HOST", None)
+                params["NEW"] = "x"
+            else:
+                shown.append(event)
+        out.append(shown)
+    return out
+
+
+@needs_both
+@SETTINGS
+@given(blocks=block_series(), max_param_size=st.sampled_from([0, 1, 64, 130, 1000]))
+def test_Parser_cores_agree_on_blocks_that_repeat_their_names(blocks, max_param_size):
+    assert decoded_blocks(fastfcgi, blocks, max_param_size) == \
+        decoded_blocks(fastfcgi_py, blocks, max_param_size)
+
+
 # fastfcgi._asgi_head is the typed twin of fastfcgi_py's: any headers an
 # application may send (bytes pairs, lists, and the wrong types or
 # characters) give the same head, or the same exception.
