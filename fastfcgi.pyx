@@ -430,29 +430,40 @@ cdef Py_ssize_t _count_params(const unsigned char* data, Py_ssize_t end) noexcep
     return count
 
 
+cdef inline int _pair_lengths(const unsigned char* data, Py_ssize_t* i, Py_ssize_t end,
+                              long long max_size, long long* n, long long* v) noexcept:
+    # The name and value lengths of the pair at data[*i], *i past them: 0,
+    # or the code PROTO or PLEN, checked in fastfcgi_py._decode_params'
+    # order: name length, value length, the limit, then the bounds.
+    n[0] = _nv_length(data, i, end)
+    if n[0] < 0 or i[0] >= end:
+        return PROTO
+    v[0] = _nv_length(data, i, end)
+    if v[0] < 0:
+        return PROTO
+    if n[0] > max_size or v[0] > max_size:
+        return PLEN
+    if n[0] + v[0] > end - i[0]:
+        return PROTO
+    return 0
+
+
 cdef object _decode_params(const unsigned char* data, Py_ssize_t end,
                            long long max_size, Py_ssize_t count=-1):
-    # The dict of a complete block, or the code PLEN or PROTO, checked in
-    # fastfcgi_py._decode_params' order: name length, value length, the
-    # limit, then the bounds.  ``count``: _count_params, when known.
+    # The dict of a complete block, or the code PLEN or PROTO (see
+    # _pair_lengths).  ``count``: _count_params, when known.
     cdef Py_ssize_t i = 0
     cdef long long n, v
+    cdef int code
     if count < 0:
         count = _count_params(data, end)
     # Sized for the keys WSGIGateway.environ adds to its copy too (the
     # copy keeps the table's size): building the environ never resizes.
     cdef dict params = _new_dict(count + ENVIRON_ROOM)
     while i < end:
-        n = _nv_length(data, &i, end)
-        if n < 0 or i >= end:
-            return PROTO
-        v = _nv_length(data, &i, end)
-        if v < 0:
-            return PROTO
-        if n > max_size or v > max_size:
-            return PLEN
-        if n + v > end - i:
-            return PROTO
+        code = _pair_lengths(data, &i, end, max_size, &n, &v)
+        if code:
+            return code
         PyDict_SetItem(params, _cached_latin1(_name_cache, data + i, <Py_ssize_t>n),
                        _cached_latin1(_value_cache, data + i + n, <Py_ssize_t>v))
         i += n + v
@@ -503,6 +514,7 @@ cdef object _decode_request_params(const unsigned char* data, Py_ssize_t end,
     global _template, _template_names, _template_values, _template_misses
     cdef Py_ssize_t i = 0, k = 0
     cdef long long n, v
+    cdef int code
     cdef bint same
     cdef Py_ssize_t count = _count_params_as_template(data, end, &same)
     if not same:
@@ -517,19 +529,12 @@ cdef object _decode_request_params(const unsigned char* data, Py_ssize_t end,
         return params
     _template_misses = 0
     params = _template.copy()
-    # The checks of _decode_params, in its order: the limit may be another
-    # parser's, and bytes may follow the pairs.
+    # Checked as _decode_params checks: the limit may be another parser's,
+    # and bytes may follow the pairs.
     while i < end:
-        n = _nv_length(data, &i, end)
-        if n < 0 or i >= end:
-            return PROTO
-        v = _nv_length(data, &i, end)
-        if v < 0:
-            return PROTO
-        if n > max_size or v > max_size:
-            return PLEN
-        if n + v > end - i:
-            return PROTO
+        code = _pair_lengths(data, &i, end, max_size, &n, &v)
+        if code:
+            return code
         if not _is_latin1(<object>PyTuple_GET_ITEM(_template_values, k), data + i + n,
                           <Py_ssize_t>v):
             PyDict_SetItem(params, <object>PyTuple_GET_ITEM(_template_names, k),
