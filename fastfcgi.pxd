@@ -153,9 +153,10 @@ cdef enum:
     # the longest string kept.
     STR_CACHE_SIZE = 512
     STR_CACHE_MAX_LEN = 64
-    # The blocks of other names in a row that make the next one the params
-    # template: a shape that comes back replaces it within 16 requests,
-    # and traffic of shapes that never repeat copies one for a block in 16.
+    # The blocks of other names in a row that make the last of them the
+    # params template: a shape that comes back replaces it within 16
+    # requests, and traffic of shapes that never repeat makes one for a
+    # block in 16.
     TEMPLATE_AFTER_MISSES = 16
     # Room a params dict is made with for the WSGI environ's own keys
     # (wsgi.*, fastcgi.*, the required CGI ones).

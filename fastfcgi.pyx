@@ -306,7 +306,7 @@ cdef object _as_bytes(object data):
 ##############################################################################
 #
 # A name-value block (spec 3.4) becomes a dict of latin-1 str in one C loop.
-# Two things make it cheap:
+# Three things make it cheap:
 #
 # * The dict is created at its final size (one quick pass counts the pairs),
 #   so it is not resized three times on the way to nginx's thirty-odd
@@ -320,12 +320,13 @@ cdef object _as_bytes(object data):
 #   it, so its memory is bounded whatever the peer sends.
 # * A web server sends the same names in the same order request after
 #   request (its fastcgi_params, then the headers a client sends), and
-#   most values again.  The last request's dict is kept as a template: a
+#   most values again.  A recent request's dict is kept as a template: a
 #   block whose names are the template's, pair for pair, becomes a copy of
 #   it (one copy of the table, the names' hashes and all) with only the
-#   changed values set.  A block of other names is decoded pair by pair,
-#   and after a few in a row one becomes the template.  The template is
-#   never handed out: the dict a request gets is its own.
+#   changed values set.  A block of other names is decoded pair by pair;
+#   the 16th such block in a row becomes the template.  The template is
+#   never handed out (the dict a request gets is its own), and it does not
+#   keep a request's credentials.
 
 cdef extern from *:
     """
@@ -414,10 +415,14 @@ cdef inline long long _nv_length(const unsigned char* data, Py_ssize_t* i,
     return ((n & 0x7F) << 24) | (data[at + 1] << 16) | (data[at + 2] << 8) | data[at + 3]
 
 
-cdef Py_ssize_t _count_params(const unsigned char* data, Py_ssize_t end) noexcept:
+cdef Py_ssize_t _count_params(const unsigned char* data, Py_ssize_t end, tuple names,
+                             bint* same) noexcept:
     # How many well-formed pairs the block starts with: the dict's size.
+    # With ``names``, whether they are the pairs' names, one for one (*same).
     cdef Py_ssize_t i = 0, count = 0
+    cdef Py_ssize_t n_names = len(names) if names is not None else -1
     cdef long long n, v
+    same[0] = names is not None
     while i < end:
         n = _nv_length(data, &i, end)
         if n < 0 or i >= end:
@@ -425,8 +430,13 @@ cdef Py_ssize_t _count_params(const unsigned char* data, Py_ssize_t end) noexcep
         v = _nv_length(data, &i, end)
         if v < 0 or n + v > end - i:
             break
+        if same[0] and (count >= n_names or not _str_is(
+                <object>PyTuple_GET_ITEM(names, count), data + i, <Py_ssize_t>n)):
+            same[0] = False
         i += n + v
         count += 1
+    if count != n_names:
+        same[0] = False
     return count
 
 
@@ -455,8 +465,9 @@ cdef object _decode_params(const unsigned char* data, Py_ssize_t end,
     cdef Py_ssize_t i = 0
     cdef long long n, v
     cdef int code
+    cdef bint same
     if count < 0:
-        count = _count_params(data, end)
+        count = _count_params(data, end, None, &same)
     # Sized for the keys WSGIGateway.environ adds to its copy too (the
     # copy keeps the table's size): building the environ never resizes.
     cdef dict params = _new_dict(count + ENVIRON_ROOM)
@@ -470,74 +481,94 @@ cdef object _decode_params(const unsigned char* data, Py_ssize_t end,
     return params
 
 
-cdef dict _template = None          # a recent block's dict, never changed
-cdef tuple _template_names = ()       # its keys and values, in the block's order
-cdef tuple _template_values = ()
+# The template: (its dict, never changed; the block's names, pair by pair;
+# the values to compare, pair by pair, None where the pair is always set).
+cdef tuple _template = None
 cdef int _template_misses = 0       # blocks of other names since it last matched
+# Values the template does not keep (its dict has "" for them; the pairs
+# are always set): a request's credentials, which no other needs.
+cdef frozenset _UNKEPT = frozenset(("HTTP_COOKIE", "HTTP_AUTHORIZATION",
+                                    "HTTP_PROXY_AUTHORIZATION"))
 
 
-cdef inline bint _is_latin1(object text, const unsigned char* p, Py_ssize_t n) noexcept:
+cdef inline bint _str_is(object text, const unsigned char* p, Py_ssize_t n) noexcept:
     # Whether ``text``, a str the params were decoded into (one byte a
     # character, as latin-1 decodes), is p[:n].
     return (PyUnicode_GET_LENGTH(text) == n and
             memcmp(PyUnicode_DATA(text), p, <size_t>n) == 0)
 
 
-cdef Py_ssize_t _count_params_as_template(const unsigned char* data, Py_ssize_t end,
-                                          bint* same) noexcept:
-    # _count_params, and whether the pairs' names are the template's, one
-    # for one.
-    cdef Py_ssize_t i = 0, count = 0, n_template = len(_template_names)
+cdef tuple _new_template(const unsigned char* data, Py_ssize_t end, dict params,
+                         Py_ssize_t count):
+    # The template of a block of ``count`` well-formed pairs, decoded into
+    # ``params``.  A name's later pairs are always set, so that its last
+    # value wins, as in a decoded block.
+    cdef Py_ssize_t i = 0, k
     cdef long long n, v
-    same[0] = _template is not None
-    while i < end:
+    cdef dict kept = params.copy()
+    cdef set seen = set()
+    cdef list names = []
+    cdef list values = []
+    for k in range(count):
         n = _nv_length(data, &i, end)
-        if n < 0 or i >= end:
-            break
         v = _nv_length(data, &i, end)
-        if v < 0 or n + v > end - i:
-            break
-        if same[0] and (count >= n_template or not _is_latin1(
-                <object>PyTuple_GET_ITEM(_template_names, count), data + i, <Py_ssize_t>n)):
-            same[0] = False
+        name = _cached_latin1(_name_cache, data + i, <Py_ssize_t>n)
+        value = _cached_latin1(_value_cache, data + i + n, <Py_ssize_t>v)
+        if name in _UNKEPT:
+            kept[name] = ""
+            value = None
+        elif name in seen:
+            value = None
+        seen.add(name)
+        names.append(name)
+        values.append(value)
         i += n + v
-        count += 1
-    if count != n_template:
-        same[0] = False
-    return count
+    return (kept, tuple(names), tuple(values))
+
+
+def _forget_params_template():
+    """Drop the params template: the next request's block makes one (for
+    the tests, which start from none)."""
+    global _template, _template_misses
+    _template = None
+    _template_misses = 0
 
 
 cdef object _decode_request_params(const unsigned char* data, Py_ssize_t end,
                                    long long max_size):
     # _decode_params of a request's block, through the template when its
     # names are the template's (see the section comment).
-    global _template, _template_names, _template_values, _template_misses
+    global _template, _template_misses
     cdef Py_ssize_t i = 0, k = 0
     cdef long long n, v
     cdef int code
-    cdef bint same
-    cdef Py_ssize_t count = _count_params_as_template(data, end, &same)
+    cdef bint same = False
+    cdef PyObject* compared
+    template = _template        # held here, whatever replaces it meanwhile
+    names = template[1] if template is not None else None
+    cdef Py_ssize_t count = _count_params(data, end, names, &same)
     if not same:
         params = _decode_params(data, end, max_size, count)
-        _template_misses += 1
-        if (_template is None or _template_misses >= TEMPLATE_AFTER_MISSES) and \
-                type(params) is dict and len(<dict>params) == count:   # no name twice
-            _template = params.copy()
-            _template_names = tuple(_template)
-            _template_values = tuple(_template.values())
+        if _template_misses < TEMPLATE_AFTER_MISSES:
+            _template_misses += 1
+        if (template is None or _template_misses == TEMPLATE_AFTER_MISSES) and \
+                type(params) is dict:
+            _template = _new_template(data, end, params, count)
             _template_misses = 0
         return params
     _template_misses = 0
-    params = _template.copy()
+    params = (<dict>template[0]).copy()
+    values = template[2]
     # Checked as _decode_params checks: the limit may be another parser's,
     # and bytes may follow the pairs.
     while i < end:
         code = _pair_lengths(data, &i, end, max_size, &n, &v)
         if code:
             return code
-        if not _is_latin1(<object>PyTuple_GET_ITEM(_template_values, k), data + i + n,
-                          <Py_ssize_t>v):
-            PyDict_SetItem(params, <object>PyTuple_GET_ITEM(_template_names, k),
+        compared = PyTuple_GET_ITEM(values, k)
+        if <object>compared is None or not _str_is(<object>compared, data + i + n,
+                                                   <Py_ssize_t>v):
+            PyDict_SetItem(params, <object>PyTuple_GET_ITEM(names, k),
                            _cached_latin1(_value_cache, data + i + n, <Py_ssize_t>v))
         i += n + v
         k += 1

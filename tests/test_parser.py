@@ -1,8 +1,10 @@
 """Parser behaviour, on both cores, each input fed whole, bytewise and with
 trailing data (see conftest.check_three_ways)."""
 
+import gc
 import socket
 import struct
+import sys
 
 import pytest
 
@@ -22,6 +24,24 @@ def end_reply(request_id, protocol_status, app_status=0):
 
 
 # -- requests ---------------------------------------------------------------
+
+@pytest.mark.skipif(not hasattr(sys, "getrefcount"), reason="no reference counts (PyPy)")
+def test_Parser_keeps_no_credentials_once_the_requests_are_gone(core):
+    """The compiled parser keeps a recent request's params as a template
+    (fastfcgi.pyx, "Params"), but not its cookies and authorization: once
+    the request's dict is gone, nothing holds them, on either core."""
+    secrets = {"HTTP_COOKIE": "session=" + "c" * 100, "HTTP_AUTHORIZATION": "Bearer " + "a" * 100,
+               "HTTP_PROXY_AUTHORIZATION": "Basic " + "p" * 100}     # past the value cache
+    env = dict(GET_ENV, HTTP_HOST="example.org", **secrets)
+    for _ in range(3):      # the first makes the template; the others match it
+        params = run(core.Parser(), [request(1, env)])[0][0][4]
+        assert params == env
+    decoded = [params[name] for name in secrets]
+    params = None
+    gc.collect()        # a parser and its requests' state may be a cycle
+    # Held by the list alone (and getrefcount's argument).
+    assert [sys.getrefcount(decoded[i]) for i in range(3)] == [2, 2, 2]
+
 
 def test_Parser_get_request(core):
     data = request(1, GET_ENV)
