@@ -2053,10 +2053,14 @@ def count_instructions(args, python, build_dir, core, mode, n, tmp):
         if server.stdout.readline().strip() != b"ready":
             raise BenchError("the %s server did not start under valgrind" % core)
         stream = os.path.join(CORPUS, GET_FILE)
-        if core == "uvicorn":
-            stream = os.path.join(tmp, "request.http")
+        if args.headers == "host":
+            stream = os.path.join(tmp, "request-host-only.bin")
             with open(stream, "wb") as f:
-                f.write(_http_request_of(os.path.join(CORPUS, GET_FILE), mode == "keep"))
+                f.write(_host_only_stream(os.path.join(CORPUS, GET_FILE)))
+        if core == "uvicorn":
+            fastcgi_stream, stream = stream, os.path.join(tmp, "request.http")
+            with open(stream, "wb") as f:
+                f.write(_http_request_of(fastcgi_stream, mode == "keep"))
         subprocess.check_call([DEBIAN_PYTHON, client_py, sock, str(n), mode, stream],
                               env=_clean_env())
         server.wait(300)
@@ -2071,10 +2075,8 @@ def count_instructions(args, python, build_dir, core, mode, n, tmp):
     raise BenchError("no total in %s" % out)
 
 
-def _http_request_of(stream_path, keep):
-    """The HTTP/1.1 request a FastCGI request stream (nginx's) came from:
-    its method, URI and every HTTP_* param as a header, so an HTTP server
-    parses what ours decodes."""
+def _params_of(stream_path):
+    """The params of the first request in a FastCGI request stream."""
     import fastfcgi_py
     parser = fastfcgi_py.Parser()
     with open(stream_path, "rb") as f:
@@ -2082,6 +2084,28 @@ def _http_request_of(stream_path, keep):
     params = None
     while params is None:       # the first event: (PARAMS done, id, role, flags, params)
         params = next((item for item in parser.next_event() if isinstance(item, dict)), None)
+    return params
+
+
+def _host_only_stream(stream_path):
+    """The FastCGI request nginx sends for the same GET with a Host header
+    alone, as wrk's (--headers host): the stream's params without its
+    other HTTP_* ones."""
+    import fastfcgi_py
+    params = [(name, value) for name, value in _params_of(stream_path).items()
+              if not name.startswith("HTTP_") or name == "HTTP_HOST"]
+    return b"".join([
+        fastfcgi_py._record(fastfcgi_py.FCGI_BEGIN_REQUEST, 1, struct.pack("!HB5x", 1, 0)),
+        fastfcgi_py._record(fastfcgi_py.FCGI_PARAMS, 1, fastfcgi_py.encode_params(params)),
+        fastfcgi_py._record(fastfcgi_py.FCGI_PARAMS, 1, b""),
+        fastfcgi_py._record(fastfcgi_py.FCGI_STDIN, 1, b"")])
+
+
+def _http_request_of(stream_path, keep):
+    """The HTTP/1.1 request a FastCGI request stream (nginx's) came from:
+    its method, URI and every HTTP_* param as a header, so an HTTP server
+    parses what ours decodes."""
+    params = _params_of(stream_path)
     lines = ["%s %s HTTP/1.1" % (params["REQUEST_METHOD"], params["REQUEST_URI"])]
     for name, value in params.items():
         if name.startswith("HTTP_") and name != "HTTP_CONNECTION":
@@ -2122,8 +2146,9 @@ def run_instructions(args):
         return 2
     print("source:      %s (%s)" % (HERE, _git_revision()))
     print("python:      %s (%s)" % (py["python_version"], py["python"]))
-    print("request:     tests/corpus/%s, 16 at a time, %s hello world, one worker%s"
-          % (GET_FILE, "ASGI" if args.asgi else "WSGI",
+    print("request:     tests/corpus/%s%s, 16 at a time, %s hello world, one worker%s"
+          % (GET_FILE, " with a Host header alone" if args.headers == "host" else "",
+             "ASGI" if args.asgi else "WSGI",
              ", publishing into a scoreboard row" if args.board else ""))
     if args.asgi:
         print("uvicorn:     %s (uvloop, httptools), the same request in HTTP/1.1"
@@ -2398,6 +2423,9 @@ def main(argv=None):
     instr.add_argument("--modes", type=lambda s: _csv(s, ("close", "keep"), "--modes"),
                        default=["close", "keep"], metavar="LIST",
                        help="close (a connection per request), keep, or both (default both)")
+    instr.add_argument("--headers", choices=("browser", "host"), default="browser",
+                       help="the request's headers: a browser's (the corpus GET, 33 params), "
+                            "or Host alone, as wrk's GET comes through nginx (20 params)")
     instr.add_argument("--asgi", action="store_true",
                        help="an asyncio worker (uvloop) serving an ASGI hello world, and "
                             "uvicorn (uvloop, httptools) serving it over HTTP/1.1 to the same "
