@@ -280,6 +280,12 @@ async def send_marked(scope, receive, send):
     await respond(send, json.dumps(said).encode())
 
 
+async def task_name(scope, receive, send):
+    """The name of the task the request runs in (Python 3.8 named tasks)."""
+    task = asyncio.current_task() if hasattr(asyncio, "current_task") else None
+    await respond(send, (task.get_name() if hasattr(task, "get_name") else "-").encode())
+
+
 async def misuse(scope, receive, send):
     """Sends /misuse/NAME's messages: send() itself raises nothing, each
     await raises what the message breaks.  Logs what each await gave,
@@ -305,7 +311,7 @@ ROUTES = {name: globals()[name] for name in [
     "hello", "upload", "count_body", "chunks", "download", "sleep", "wait_disconnect",
     "read_later", "read_in_close", "fail_before_head", "fail_after_head", "no_response",
     "sse", "filter_upper", "pathsend", "stuck", "pid", "block", "misuse",
-    "send_in_tasks", "send_marked"]}
+    "send_in_tasks", "send_marked", "task_name"]}
 ROUTES["scope"] = scope_dump
 
 

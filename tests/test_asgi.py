@@ -392,6 +392,18 @@ def test_asgi_send_is_a_coroutine_function(asgi, core_id):
     assert said["asyncio"] is (None if sys.version_info >= (3, 14) else marked)
 
 
+@pytest.mark.skipif(sys.version_info < (3, 8), reason="tasks have names from Python 3.8")
+def test_asgi_request_task_is_named(asgi):
+    """A request runs in a task named "fastfcgi request" (asyncio.all_tasks()
+    and a task's repr say what it is), eager (3.12+) or not."""
+    server = asgi()
+    peer = RawPeer(server.address)
+    for request_id in (1, 2):
+        peer.send(request(request_id, env("/task_name"), flags=KEEP))
+        assert peer.response(request_id)[:2] == (200, b"fastfcgi request")
+    peer.close()
+
+
 def test_asgi_limits_are_answered(asgi):
     server = asgi("--max-body", "1k", "--max-param-size", "100")
     peer = RawPeer(server.address)
