@@ -3013,11 +3013,23 @@ class _ServerBase(object):
 
     core = None
 
-    def retire(self, request):
+    def _pool_serves_on(self):
+        """Whether this worker stops alone (a reload, a recycle, a
+        scale-down), not with its pool."""
+        return self.board is None or self.board.board.state() != "stopping"
+
+    def retire(self, request, hand_over=True):
         """The worker stops: ``request``'s kept connection closes after its
         answer, which carries RETIRE_RECORD.  Only in the same send as its
         END_REQUEST (Connection.send_last): alone, it could reach nginx
-        after nginx sent the next request, as that request's answer."""
+        after nginx sent the next request, as that request's answer.
+        While the pool serves on, the connection goes to another worker
+        instead, once idle (see Handover), unless not ``hand_over``: the
+        blocking server's request that begins after the stop came in
+        bytes read past the last one, and the connection could carry on
+        like this for ever."""
+        if hand_over and self._handover is not None and self._pool_serves_on():
+            return
         request.keep_conn = False
         request.connection.retiring = True
 
@@ -3163,6 +3175,104 @@ class _ServerBase(object):
                 " between requests" if idle else "")
 
 
+# -- kept connections handed over ------------------------------------------------
+#
+# A worker that stops while its pool serves on (a reload, --max-requests,
+# --max-rss, a scale-down) holds kept connections the web server may send
+# its next request on at any moment.  Closing one races that request: it
+# meets a reset, and neither nginx nor HAProxy retries a POST it has sent
+# (HAProxy closes its client's connection instead, for the client to
+# retry).  No record of the spec tells a web server to stop using a
+# connection it is not reading.  So the stopping worker passes its idle
+# kept connections (nothing read of a next request) to the pool's other
+# workers: the connection stays open, and a request that crossed waits in
+# its socket's buffer for the new owner.  When the whole pool stops they
+# are closed after the linger, as before.
+
+
+def _is_idle(conn):
+    """A kept connection between requests: nothing of a next one read,
+    nothing of the last one left to write or drain."""
+    return not (conn.requests or conn.pending or conn.drain or conn.retiring or conn.error
+                or conn.parser.buffered)
+
+
+class Handover(object):
+    """Kept connections passed between a pool's workers: a datagram socket
+    pair the supervisor makes before it forks them.  A stopping worker
+    gives the descriptors of its idle connections (SCM_RIGHTS); a serving
+    one takes them.  Each message reaches one reader, so each connection
+    gets one new owner."""
+
+    BATCH = 16      # descriptors a message carries
+
+    def __init__(self):
+        self.give_end, self.take_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.give_end.setblocking(False)
+        self.take_end.setblocking(False)
+        self.fd = self.take_end.fileno()    # readable: connections wait to be taken
+
+    def give(self, fds):
+        """Pass ``fds`` on; returns how many of them went (the first ones).
+        The caller closes its own descriptors after, whatever went."""
+        given = 0
+        while given < len(fds):
+            batch = fds[given:given + self.BATCH]
+            try:
+                self.give_end.sendmsg([b"k"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                struct.pack("%di" % len(batch), *batch))])
+            except OSError as exc:
+                log.warning("kept connections not handed over: %s", exc)
+                break
+            given += len(batch)
+        return given
+
+    def take(self, family):
+        """The sockets (blocking, of ``family``) of one message given, or
+        [] when none waits or another worker was quicker."""
+        try:
+            _, ancillary, _, _ = self.take_end.recvmsg(
+                1, socket.CMSG_SPACE(self.BATCH * struct.calcsize("i")))
+        except (BlockingIOError, InterruptedError):
+            return []
+        fds = []
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                count = len(data) // struct.calcsize("i")
+                fds.extend(struct.unpack("%di" % count, data[:count * struct.calcsize("i")]))
+        socks = []
+        for fd in fds:
+            sock = socket.socket(int(family), socket.SOCK_STREAM, 0, fd)
+            sock.setblocking(True)      # O_NONBLOCK is the giver's choice, shared
+            socks.append(sock)
+        return socks
+
+    def discard(self):
+        """The pool stops: close what waits to be taken."""
+        while True:
+            try:
+                socks = self.take(socket.AF_UNIX)
+            except OSError:
+                return
+            if not socks:
+                return
+            for sock in socks:
+                sock.close()
+
+    def close(self):
+        self.give_end.close()
+        self.take_end.close()
+
+
+def _peer_of(sock):
+    """A connection's peer address as accept() gives it ("" for a unix
+    socket's, or when it is gone)."""
+    try:
+        return sock.getpeername()
+    except OSError:
+        return ""
+
+
 class Server(_ServerBase):
     """Serves FastCGI requests from ``listener`` with ``gateway(request)``.
 
@@ -3179,6 +3289,7 @@ class Server(_ServerBase):
 
     core = None
     connection_class = None
+    HANDS_OVER = True               # serve_forever takes a Handover
 
     def __init__(self, gateway, listener, *, core=None, max_body=None,
                  max_param_size=DEFAULT_MAX_PARAM_SIZE,
@@ -3192,7 +3303,8 @@ class Server(_ServerBase):
         self.request_class = self.core.Request
         if self.connection_class is None:
             self.connection_class = self.core.Connection
-        self._wake_r = self._wake_w = None
+        self._wake_r = None
+        self._handover = None           # serve_forever's
         self._kept = {}                 # fd -> Connection, kept for the next request
         self._current = None            # the Request being served
         self._draining = {}             # fd -> _Draining, half-closed
@@ -3209,17 +3321,23 @@ class Server(_ServerBase):
 
     # -- the accept loop ------------------------------------------------------
 
-    def serve_forever(self, parent_pid=None):
-        """Serve until stop() (or the parent process ``parent_pid`` dies)."""
-        self._wake_r, self._wake_w = os.pipe()
+    def serve_forever(self, parent_pid=None, handover=None):
+        """Serve until stop() (or the parent process ``parent_pid`` dies).
+        ``handover``: the pool's Handover: connections other workers pass
+        on are kept, and the idle ones are passed on when this worker
+        stops while the pool serves on."""
+        self._wake_r, wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        old_wakeup = signal.set_wakeup_fd(self._wake_w)
+        os.set_blocking(wake_w, False)
+        old_wakeup = signal.set_wakeup_fd(wake_w)
         poller = self._poller = _Poller()
         self.listener.setblocking(False)
         listener_fd = self.listener.fileno()
         poller.register(listener_fd)
         poller.register(self._wake_r)
+        self._handover = handover
+        if handover is not None:
+            poller.register(handover.fd)
         try:
             while self.alive:
                 if parent_pid is not None and os.getppid() != parent_pid:
@@ -3231,6 +3349,12 @@ class Server(_ServerBase):
             if self.drain_backlog:
                 self._finish_backlog(listener_fd)
             poller.unregister(listener_fd)
+            if handover is not None:
+                poller.unregister(handover.fd)      # taking no more
+                if self._pool_serves_on():
+                    self._hand_over(handover)
+                else:
+                    self._handover = None           # the pool stops: retire them
             if self.drain_backlog:
                 self.listener.close()       # the last one out: new connects are refused
             self._linger()
@@ -3242,7 +3366,7 @@ class Server(_ServerBase):
             poller.close()
             signal.set_wakeup_fd(old_wakeup)
             os.close(self._wake_r)
-            os.close(self._wake_w)
+            os.close(wake_w)
 
     def _dispatch(self, ready, listener_fd=None):
         """Serve what ``ready`` (the poller's list) says is readable."""
@@ -3267,10 +3391,32 @@ class Server(_ServerBase):
                     os.read(fd, 512)
                 except OSError:
                     pass
+            elif self._handover is not None and fd == self._handover.fd:
+                self._take(self._handover)
             elif fd in self._draining and not (closed and fd in closed):
                 self._drain_some(self._draining[fd])
             if not self.alive and listener_fd is not None and not self.drain_backlog:
                 break       # stopping: the rest of the batch is _linger's
+
+    def _take(self, handover):
+        """Keep the connections another worker passed on (see Handover)."""
+        for sock in handover.take(self.listener.family):
+            conn = self.connection_class(sock, None, None, _peer_of(sock))
+            self.new_connection(conn)
+            self._keep(conn)
+
+    def _hand_over(self, handover):
+        """This worker stops and its pool serves on: its idle kept
+        connections go to the other workers (see Handover)."""
+        idle = [conn for conn in self._kept.values() if _is_idle(conn)]
+        if not idle:
+            return
+        given = handover.give([conn.fileno() for conn in idle])
+        for conn in idle[:given]:
+            self._close(conn)
+        if given:
+            log.info("worker %d stops: %d kept connection(s) handed to the other workers",
+                     os.getpid(), given)
 
     def _finish_backlog(self, listener_fd):
         """The pool stops and its door is closed (close_the_door): serve
@@ -3293,13 +3439,17 @@ class Server(_ServerBase):
         the web server sends a request on it makes a failed request (nginx
         retries once, on another kept connection that may be closing too);
         nginx reuses its most recent connections first, so the busy ones
-        get one last request, and those left idle are cold."""
+        get one last request, and those left idle are cold.  When the pool
+        serves on, the idle ones went to the other workers before (see
+        Handover): what is left here is the pool's last."""
         deadline = time.monotonic() + KEPT_LINGER
         while self._kept:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             self._dispatch(self._poller.poll(left))
+            if self._handover is not None:
+                self._hand_over(self._handover)     # the ones idle now
 
     def _accept(self):
         """Accept and serve the connections waiting (a few at most, so kept
@@ -3468,7 +3618,7 @@ class Server(_ServerBase):
             began = extras.access_log.begin()
         conn = request.connection
         if not self.alive and request.keep_conn:
-            self.retire(request)        # the record goes with END_REQUEST
+            self.retire(request, hand_over=False)   # the record goes with END_REQUEST
         self._current = request         # stop() retires it
         try:
             # The row shows the request, and counts its queue wait.
@@ -3479,7 +3629,8 @@ class Server(_ServerBase):
             if not request.finished:
                 request.finish(0)
             lost = request.connection_lost
-            keep = request.keep_conn and not lost and self.alive
+            # Stopping, the connection goes to another worker, or closes.
+            keep = request.keep_conn and not lost and (self.alive or self._handover is not None)
             if keep:
                 # The parser may have ended the connection meanwhile: a
                 # refused request without KEEP_CONN, a protocol error.
@@ -3879,8 +4030,12 @@ class _AsyncConnection(_Demultiplexer, _BaseProtocol):
                 self.stdin_under_low(request)
             if request._waiter is not None:
                 request._wake()     # a wait for the disconnect ends with the response
-        if not self.parser.keep_conn or not self.server.alive:
+        server = self.server
+        if not self.parser.keep_conn or not (server.alive or server._handover is not None):
             self.closing = True
+        elif not server.alive:
+            # Stopping: to another worker as soon as it is idle (see Handover).
+            server.loop.call_soon(server._hand_over, server._handover, [self])
         if self.closing:
             # After the caller's writes (a reject's drain flag among them).
             self.server.loop.call_soon(self._close_if_idle)
@@ -4607,6 +4762,7 @@ class AsyncServer(_ServerBase):
     """
 
     core = None
+    HANDS_OVER = True               # serve_forever takes a Handover
 
     def __init__(self, gateway, listener, *, core=None, max_body=None,
                  max_param_size=DEFAULT_MAX_PARAM_SIZE,
@@ -4622,16 +4778,22 @@ class AsyncServer(_ServerBase):
         self.max_concurrency = max_concurrency
         self.refused = 0            # OVERLOADED answers not logged yet
         self.refused_logged = 0.0
+        self._handover = None       # _serve's
         self.connections = set()
         self._running = {}          # AsyncRequest -> its start (monotonic), oldest first
         self._accepting = False
         self.last_accept = 0.0      # loop time (a stopping pool waits for a quiet queue)
         self._stopped = None
-        self.loop, self.loop_name = _new_loop(loop)
+        self.loop = _new_loop(loop)[0]
         asyncio.set_event_loop(self.loop)
         startup = getattr(gateway, "startup", None)
         if startup is not None:
             self.loop.run_until_complete(startup())
+
+    @property
+    def loop_name(self):
+        """"uvloop" or "asyncio"."""
+        return "uvloop" if type(self.loop).__module__.startswith("uvloop") else "asyncio"
 
     @property
     def running(self):
@@ -4666,23 +4828,27 @@ class AsyncServer(_ServerBase):
 
     # -- the loop ---------------------------------------------------------------------
 
-    def serve_forever(self, parent_pid=None):
+    def serve_forever(self, parent_pid=None, handover=None):
         """Serve until stop() (or the parent process ``parent_pid`` dies),
-        then end the lifespan and close the loop."""
+        then end the lifespan and close the loop.  ``handover``: as
+        Server.serve_forever's."""
         loop = self.loop
         try:
-            loop.run_until_complete(self._serve(parent_pid))
+            loop.run_until_complete(self._serve(parent_pid, handover))
             shutdown = getattr(self.gateway, "shutdown", None)
             if shutdown is not None:
                 loop.run_until_complete(shutdown())
         finally:
             loop.close()
 
-    async def _serve(self, parent_pid):
+    async def _serve(self, parent_pid, handover):
         loop = self.loop
         self._stopped = loop.create_future()
         self.listener.setblocking(False)
         self._start_accepting()
+        self._handover = handover
+        if handover is not None:
+            loop.add_reader(handover.fd, self._take, handover)
         while self.alive:
             if parent_pid is not None and os.getppid() != parent_pid:
                 log.warning("supervisor %d is gone; worker exits", parent_pid)
@@ -4695,12 +4861,18 @@ class AsyncServer(_ServerBase):
             while loop.time() - self.last_accept < BACKLOG_SETTLE:
                 await asyncio.sleep(0.05)
         self._stop_accepting()
+        if handover is not None:
+            loop.remove_reader(handover.fd)         # taking no more
+            if not self._pool_serves_on():
+                self._handover = None               # the pool stops: retire them
         if self.drain_backlog:
             self.listener.close()
         # As Server._linger: kept connections are served a moment longer,
         # each closed after its answer; the running requests end.
         deadline = loop.time() + KEPT_LINGER
         while self._running or (self.connections and loop.time() < deadline):
+            if self._handover is not None:
+                self._hand_over(self._handover)     # the ones idle now
             for conn in list(self.connections):
                 if not conn.requests and loop.time() >= deadline:
                     conn.closing = True
@@ -4754,6 +4926,39 @@ class AsyncServer(_ServerBase):
             conn = _AsyncConnection(self, peer)
             self.connections.add(conn)
             self.loop.create_task(self._connect(conn, sock))
+
+    def _take(self, handover):
+        """As Server._take."""
+        for sock in handover.take(self.listener.family):
+            conn = _AsyncConnection(self, _peer_of(sock))
+            self.connections.add(conn)
+            self.loop.create_task(self._connect(conn, sock))
+
+    def _hand_over(self, handover, connections=None):
+        """As Server._hand_over: the connections (``connections``, or all)
+        with no request running, nothing unread in their parser and
+        nothing left to write."""
+        if handover is None:
+            return
+        idle = []
+        for conn in (self.connections if connections is None else connections):
+            transport = conn.transport
+            if transport is None or transport.is_closing() or conn.closing or \
+                    conn._reading_paused or transport.get_write_buffer_size() or \
+                    not _is_idle(conn):
+                continue
+            transport.pause_reading()       # what comes now waits for the new owner
+            idle.append(conn)
+        if not idle:
+            return
+        given = handover.give([conn.transport.get_extra_info("socket").fileno() for conn in idle])
+        for conn in idle[:given]:
+            conn.close()
+        for conn in idle[given:]:
+            conn.transport.resume_reading()
+        if given:
+            log.info("worker %d stops: %d kept connection(s) handed to the other workers",
+                     os.getpid(), given)
 
     async def _connect(self, conn, sock):
         try:
@@ -5139,7 +5344,7 @@ class HTTPServer(Server):
 
     connection_class = _HTTPConnection
 
-    def retire(self, request):
+    def retire(self, request, hand_over=True):
         """HTTP says it with "Connection: close"; a development server just
         closes (serve_connection)."""
 
@@ -6438,6 +6643,7 @@ class Supervisor(object):
         self.status_path = status_path
         self.ping_path = ping_path
         self.workers = {}            # pid -> Worker
+        self.handover = Handover()   # kept connections, from stopping workers to the others
         self.generation = 0
         self.signal_queue = []
         self.crashes = []            # monotonic times of recent crashes
@@ -6618,7 +6824,10 @@ class Supervisor(object):
         signal.signal(_SLOW_SIGNAL, report_slow)
         signal.signal(signal.SIGUSR1, lambda signum, frame: server.reopen_logs())
         row.busy(0.0)
-        server.serve_forever(parent_pid=parent)
+        if getattr(server, "HANDS_OVER", False):
+            server.serve_forever(parent_pid=parent, handover=self.handover)
+        else:
+            server.serve_forever(parent_pid=parent)
         return 0
 
     def reap(self):
@@ -6809,6 +7018,7 @@ class Supervisor(object):
                     self.listener.close()   # the workers hold it until they are done
             for worker in self.workers.values():
                 self._kill(worker.pid, signal.SIGTERM if graceful else signal.SIGKILL)
+            self.handover.discard()     # given before the stop, taken by none
 
     # -- --status ---------------------------------------------------------------------
 
@@ -6879,6 +7089,7 @@ class Supervisor(object):
         finally:
             for name in self.SIGNALS:
                 signal.signal(getattr(signal, "SIG" + name), signal.SIG_DFL)
+            self.handover.close()
         return self.exit_code
 
 

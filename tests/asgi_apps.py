@@ -235,6 +235,12 @@ async def pid(scope, receive, send):
     await respond(send, str(os.getpid()).encode())
 
 
+async def host(scope, receive, send):
+    """As apps.host (without its delays): "? PID", then the body."""
+    body = await read_body(receive)
+    await respond(send, ("? %d\n" % os.getpid()).encode() + body)
+
+
 async def block(scope, receive, send):
     """?SECONDS: blocks the whole loop (an application's mistake), so new
     connections wait in the listen queue."""
@@ -310,7 +316,7 @@ async def misuse(scope, receive, send):
 ROUTES = {name: globals()[name] for name in [
     "hello", "upload", "count_body", "chunks", "download", "sleep", "wait_disconnect",
     "read_later", "read_in_close", "fail_before_head", "fail_after_head", "no_response",
-    "sse", "filter_upper", "pathsend", "stuck", "pid", "block", "misuse",
+    "sse", "filter_upper", "pathsend", "stuck", "pid", "host", "block", "misuse",
     "send_in_tasks", "send_marked", "task_name"]}
 ROUTES["scope"] = scope_dump
 
