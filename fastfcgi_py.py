@@ -3024,10 +3024,8 @@ class _ServerBase(object):
         END_REQUEST (Connection.send_last): alone, it could reach nginx
         after nginx sent the next request, as that request's answer.
         While the pool serves on, the connection goes to another worker
-        instead, once idle (see Handover), unless not ``hand_over``: the
-        blocking server's request that begins after the stop came in
-        bytes read past the last one, and the connection could carry on
-        like this for ever."""
+        instead, once idle (see Handover), unless not ``hand_over`` (see
+        Server.handle)."""
         if hand_over and self._handover is not None and self._pool_serves_on():
             return
         request.keep_conn = False
@@ -3305,6 +3303,7 @@ class Server(_ServerBase):
             self.connection_class = self.core.Connection
         self._wake_r = None
         self._handover = None           # serve_forever's
+        self._hand_over_until = 0.0     # stopping: requests keep their connection until then
         self._kept = {}                 # fd -> Connection, kept for the next request
         self._current = None            # the Request being served
         self._draining = {}             # fd -> _Draining, half-closed
@@ -3315,6 +3314,7 @@ class Server(_ServerBase):
     def stop(self):
         """Stop after the request in flight (signal-safe: sets flags)."""
         self.alive = False
+        self._hand_over_until = time.monotonic() + KEPT_LINGER / 2
         request = self._current
         if request is not None and request.keep_conn and not request.finished:
             self.retire(request)
@@ -3618,7 +3618,11 @@ class Server(_ServerBase):
             began = extras.access_log.begin()
         conn = request.connection
         if not self.alive and request.keep_conn:
-            self.retire(request, hand_over=False)   # the record goes with END_REQUEST
+            # Begun after the stop: the web server keeps the connection
+            # busy, and we read past the last request (so it cannot be
+            # handed over with what we read); retired after a moment,
+            # with the record in the same send as END_REQUEST.
+            self.retire(request, hand_over=time.monotonic() < self._hand_over_until)
         self._current = request         # stop() retires it
         try:
             # The row shows the request, and counts its queue wait.
@@ -3651,9 +3655,10 @@ class Server(_ServerBase):
                 board.busy(0.0)             # scrapes do not count as requests
         if extras is not None:
             self.after(request, status, began)
-        if self.max_requests and self.served >= self.max_requests:
+        if self.max_requests and self.served >= self.max_requests and self.alive:
             log.info("served %d requests (--max-requests): worker recycles", self.served)
             self.alive = False
+            self._hand_over_until = time.monotonic() + KEPT_LINGER / 2
         return keep
 
 
