@@ -5348,6 +5348,7 @@ class HTTPServer(Server):
     """``--http``: serves the gateway over HTTP/1.1 (development only)."""
 
     connection_class = _HTTPConnection
+    HANDS_OVER = False              # development: its connections close when it stops
 
     def retire(self, request, hand_over=True):
         """HTTP says it with "Connection: close"; a development server just
