@@ -3288,6 +3288,7 @@ class Server(_ServerBase):
     core = None
     connection_class = None
     HANDS_OVER = True               # serve_forever takes a Handover
+    _hand_over_until = 0.0          # stopping: requests keep their connection until then
 
     def __init__(self, gateway, listener, *, core=None, max_body=None,
                  max_param_size=DEFAULT_MAX_PARAM_SIZE,
@@ -3303,7 +3304,6 @@ class Server(_ServerBase):
             self.connection_class = self.core.Connection
         self._wake_r = None
         self._handover = None           # serve_forever's
-        self._hand_over_until = 0.0     # stopping: requests keep their connection until then
         self._kept = {}                 # fd -> Connection, kept for the next request
         self._current = None            # the Request being served
         self._draining = {}             # fd -> _Draining, half-closed
